@@ -1,0 +1,55 @@
+# Two commands do all set-up on a fresh Debian machine: `make demo` and `make test`.
+# As root, the Debian packages FUSE needs are installed first; then a .venv with ninefs in it.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+PYTEST_ARGS ?=
+
+.PHONY: all demo test test-fast bench lint format fuzz system-deps clean
+
+all: test
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP):
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@echo "installing ninefs and its test dependencies into $(VENV) (pyfuse3 builds from source, ~30 s)"
+	@set -o pipefail; $(PY) -m pip install -q -e '.[fuse,test]' 2>&1 | grep -v '^WARNING: Location' || exit 1
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: $(STAMP)
+	@$(PY) -m tests.demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not fuse" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_9p.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

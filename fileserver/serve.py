@@ -1,0 +1,86 @@
+"""`ninefs serve`: export a directory (or a fresh RAM tree) over 9P2000.
+
+Listens on loopback unless told otherwise, logs connections and errors to
+stderr, prints the address it bound (so `tcp!127.0.0.1!0` is usable from
+scripts), and stops cleanly on SIGINT or SIGTERM: in-flight requests are
+cancelled and every fid is clunked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from functools import partial
+
+import trio
+
+from ninep import Limits, Server, Tree
+from ninep.transport import parse_address
+
+from .local import LocalTree
+from .ram import RamTree
+
+__all__ = ["register", "serve_tree"]
+
+DEFAULT_LISTEN = "tcp!127.0.0.1!5640"
+log = logging.getLogger("ninefs.serve")
+
+
+async def serve_tree(tree: Tree, listen: str, *, limits: Limits = Limits(), trace: bool = False) -> None:
+    """Serve `tree` on `listen` until SIGINT/SIGTERM or cancellation."""
+    tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
+    server = Server(tree, limits=limits, trace=tracer)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(server.serve, listen)
+            for a in addresses:
+                print(f"ninefs: serving on {a}", flush=True)
+            async for signum in signals:
+                log.info("stopping on %s", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    await tree.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        addr = parse_address(args.listen, listening=True)
+    except ValueError as e:
+        print(f"ninefs serve: {e}", file=sys.stderr)
+        return 2
+    if not addr.is_loopback:
+        log.warning("listening on %s: anyone who can reach it can use the tree (no auth yet)", addr)
+    try:
+        tree: Tree = LocalTree(args.dir, read_only=args.ro) if args.dir else RamTree(read_only=args.ro)
+    except OSError as e:
+        print(f"ninefs serve: {e}", file=sys.stderr)
+        return 1
+    what = args.dir or "a RAM tree"
+    log.info("exporting %s%s", what, " read-only" if args.ro else "")
+    limits = Limits(msize=args.msize)
+    try:
+        trio.run(partial(serve_tree, tree, args.listen, limits=limits, trace=args.trace))
+    except OSError as e:
+        print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="export a directory (or a RAM tree) over 9P2000")
+    p.add_argument("dir", nargs="?", help="directory to export (default: a fresh RAM tree)")
+    p.add_argument(
+        "--listen", "-l", default=DEFAULT_LISTEN, help=f"where to listen (default {DEFAULT_LISTEN})"
+    )
+    p.add_argument("--ro", action="store_true", help="refuse every change")
+    p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
+    p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(run=_run)

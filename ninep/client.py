@@ -1,0 +1,332 @@
+"""The 9P2000 client connection: raw 9P calls over one trio stream.
+
+One reader task routes every R-message to the task waiting on its tag, so any
+number of calls may be in flight at once. Tags and fids are allocated and
+recycled by small plain objects (`TagPool`, `FidPool`). Cancelling a call sends
+Tflush and waits for Rflush before its tag is reused (flush(5)). The
+people-facing path API (`ninep.connect`) is built on this in `files.py`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import heapq
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from . import codec
+from .codec import CodecError
+from .constants import DEFAULT_MSIZE, IOHDRSZ, NOFID, NOTAG, VERSION
+from .errors import NinePError, ProtocolError, TimedOut, error_for
+from .messages import (
+    Message,
+    Qid,
+    Rattach,
+    Rauth,
+    Rclunk,
+    Rcreate,
+    Rerror,
+    Rflush,
+    Ropen,
+    Rread,
+    Rremove,
+    Rstat,
+    Rversion,
+    Rwalk,
+    Rwrite,
+    Rwstat,
+    Stat,
+    Tattach,
+    Tauth,
+    Tclunk,
+    Tcreate,
+    Tflush,
+    Topen,
+    Tread,
+    Tremove,
+    Tstat,
+    Tversion,
+    Twalk,
+    Twrite,
+    Twstat,
+)
+from .transport import FrameReader
+
+__all__ = ["Connection", "FidPool", "TagPool", "single_error"]
+
+log = logging.getLogger("ninefs.client")
+R = TypeVar("R", bound=Message)
+
+FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
+
+
+@contextmanager
+def single_error() -> Iterator[None]:
+    """Re-raise a lone exception out of a nursery's ExceptionGroup as itself.
+
+    Our context managers run the caller's body inside a nursery (the reader
+    task lives there, and never raises); without this, `except
+    FileNotFoundError` around `async with connect(...)` would never match.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        if isinstance(group, BaseExceptionGroup):
+            raise
+        raise group from group.__cause__
+
+
+class TagPool:
+    """Tags 0..0xFFFE, lowest free first; NOTAG is Tversion's alone."""
+
+    def __init__(self) -> None:
+        self._free: list[int] = []
+        self._next = 0
+
+    def get(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        if self._next >= NOTAG:
+            raise NinePError("too many outstanding requests")
+        tag = self._next
+        self._next += 1
+        return tag
+
+    def put(self, tag: int) -> None:
+        heapq.heappush(self._free, tag)
+
+
+class FidPool:
+    """Fid numbers, reused lowest first once clunked."""
+
+    def __init__(self, first: int = 0) -> None:
+        self._free: list[int] = []
+        self._next = first
+
+    def get(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        if self._next >= NOFID:
+            raise NinePError("too many fids")
+        fid = self._next
+        self._next += 1
+        return fid
+
+    def put(self, fid: int) -> None:
+        heapq.heappush(self._free, fid)
+
+
+class _Call:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Message | None = None
+
+
+class Connection:
+    """A 9P2000 session over `stream`. Use `async with Connection.open(stream) as c:`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, msize: int = DEFAULT_MSIZE) -> None:
+        self.stream = stream
+        self.msize = msize
+        self.version = ""
+        self.tags = TagPool()
+        self.fids = FidPool()
+        self._calls: dict[int, _Call] = {}
+        self._send_lock = trio.Lock()
+        self._reader = FrameReader(stream, msize)
+        self._closed: BaseException | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def iounit(self) -> int:
+        """The most data one Tread or Twrite can carry on this connection."""
+        return self.msize - IOHDRSZ
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    # --- lifetime -------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Negotiate the version and start the reader task in `nursery`."""
+        await self._send(Tversion(NOTAG, self.msize, VERSION))
+        frame = await self._reader.next_frame()
+        if frame is None:
+            raise ProtocolError("connection closed: server hung up during Tversion")
+        try:
+            reply = codec.decode(frame)
+        except CodecError as e:
+            raise ProtocolError(f"bad Rversion: {e}") from None
+        if isinstance(reply, Rerror):
+            raise error_for(reply.ename)
+        if not isinstance(reply, Rversion) or reply.tag != NOTAG:
+            raise ProtocolError(f"expected Rversion, got {type(reply).__name__}")
+        if reply.version != VERSION:
+            raise ProtocolError(f"server speaks {reply.version!r}, not {VERSION}")
+        if reply.msize > self.msize or reply.msize < 128:
+            raise ProtocolError(f"server chose a bad msize {reply.msize}")
+        self.msize = reply.msize
+        self._reader.msize = reply.msize
+        self.version = reply.version
+        self._nursery = nursery
+        nursery.start_soon(self._read_loop)
+
+    async def aclose(self) -> None:
+        self._fail(ProtocolError("connection closed"))
+        await self.stream.aclose()
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._reader.next_frame()
+                if frame is None:
+                    raise ProtocolError("connection closed by server")
+                try:
+                    reply = codec.decode(frame)
+                except CodecError as e:
+                    if e.tag is not None and e.tag in self._calls:
+                        log.warning("undecodable reply to tag %d: %s", e.tag, e)
+                        self._deliver(e.tag, Rerror(e.tag, f"i/o error: bad reply: {e}"))
+                        continue
+                    raise ProtocolError(f"bad frame from server: {e}") from None
+                self._deliver(reply.tag, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, CodecError) as e:
+            err = e if isinstance(e, NinePError) else ProtocolError(f"connection closed: {e}")
+            self._fail(err)
+
+    def _deliver(self, tag: int, reply: Message) -> None:
+        call = self._calls.get(tag)
+        if call is None:
+            log.debug("reply to unknown tag %d dropped", tag)
+            return
+        call.reply = reply
+        call.event.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._closed is None:
+            self._closed = exc
+        for call in self._calls.values():
+            call.event.set()
+
+    async def _send(self, msg: Message) -> None:
+        data = codec.encode(msg)
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    # --- the RPC ----------------------------------------------------------------------
+
+    async def rpc(self, msg: Message, want: type[R]) -> R:
+        """Send `msg` (its tag is replaced) and wait for a reply of type `want`."""
+        if self._closed is not None:
+            raise ProtocolError(str(self._closed))
+        tag = self.tags.get()
+        msg = _with_tag(msg, tag)
+        call = _Call()
+        self._calls[tag] = call
+        try:
+            try:
+                await self._send(msg)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                self._fail(ProtocolError(f"connection closed: {e}"))
+                raise ProtocolError(f"connection closed: {e}") from None
+            await call.event.wait()
+        except trio.Cancelled:
+            # flush(5): tell the server, and keep the tag until Rflush says it is free.
+            if not call.event.is_set() and self._closed is None:
+                with trio.CancelScope(shield=True):
+                    await self._flush(tag)
+            else:
+                self._release_tag(tag)
+            raise
+        except BaseException:
+            self._release_tag(tag)
+            raise
+        self._release_tag(tag)
+        reply = call.reply
+        if reply is None:
+            raise ProtocolError(str(self._closed or "connection closed"))
+        if isinstance(reply, want):
+            return reply
+        if isinstance(reply, Rerror):
+            raise error_for(reply.ename)
+        raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
+
+    def _release_tag(self, tag: int) -> None:
+        if self._calls.pop(tag, None) is not None:
+            self.tags.put(tag)
+
+    async def _flush(self, oldtag: int) -> None:
+        ftag = self.tags.get()
+        fcall = _Call()
+        self._calls[ftag] = fcall
+        try:
+            with trio.move_on_after(FLUSH_TIMEOUT) as scope:
+                await self._send(Tflush(ftag, oldtag))
+                await fcall.event.wait()
+            if scope.cancelled_caught:  # a server that never answers a flush cannot be trusted
+                log.warning("no Rflush for tag %d after %ss; closing", oldtag, FLUSH_TIMEOUT)
+                self._fail(TimedOut("timed out: no answer to Tflush"))
+                await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._release_tag(ftag)
+            self._release_tag(oldtag)
+
+    # --- the 9P calls, one method each -------------------------------------------------
+
+    async def auth(self, afid: int, uname: str, aname: str) -> Qid:
+        return (await self.rpc(Tauth(0, afid, uname, aname), Rauth)).aqid
+
+    async def attach(self, fid: int, uname: str | None = None, aname: str = "", afid: int = NOFID) -> Qid:
+        uname = uname if uname is not None else getpass.getuser()
+        return (await self.rpc(Tattach(0, fid, afid, uname, aname), Rattach)).qid
+
+    async def walk(self, fid: int, newfid: int, names: Sequence[str]) -> list[Qid]:
+        """One Twalk (at most 16 names); a short list means a partial walk, newfid unset."""
+        return list((await self.rpc(Twalk(0, fid, newfid, tuple(names)), Rwalk)).qids)
+
+    async def open(self, fid: int, mode: int) -> tuple[Qid, int]:
+        r = await self.rpc(Topen(0, fid, mode), Ropen)
+        return r.qid, r.iounit
+
+    async def create(self, fid: int, name: str, perm: int, mode: int) -> tuple[Qid, int]:
+        r = await self.rpc(Tcreate(0, fid, name, perm, mode), Rcreate)
+        return r.qid, r.iounit
+
+    async def read(self, fid: int, offset: int, count: int) -> bytes:
+        return (await self.rpc(Tread(0, fid, offset, count), Rread)).data
+
+    async def write(self, fid: int, offset: int, data: bytes) -> int:
+        return (await self.rpc(Twrite(0, fid, offset, data), Rwrite)).count
+
+    async def clunk(self, fid: int) -> None:
+        await self.rpc(Tclunk(0, fid), Rclunk)
+
+    async def remove(self, fid: int) -> None:
+        await self.rpc(Tremove(0, fid), Rremove)
+
+    async def stat(self, fid: int) -> Stat:
+        return (await self.rpc(Tstat(0, fid), Rstat)).stat
+
+    async def wstat(self, fid: int, stat: Stat) -> None:
+        await self.rpc(Twstat(0, fid, stat), Rwstat)
+
+    async def flush(self, oldtag: int) -> None:
+        await self.rpc(Tflush(0, oldtag), Rflush)
+
+
+def _with_tag(msg: Message, tag: int) -> Any:
+    # Messages are frozen; rebuilding through __class__ is cheaper than dataclasses.replace.
+    values = [getattr(msg, f) for f in msg.__dataclass_fields__]
+    values[0] = tag
+    return msg.__class__(*values)

@@ -1,0 +1,336 @@
+"""The 9P2000 wire codec: pure functions from messages to bytes and back.
+
+No I/O and no trio here (the sans-I/O pattern of h11): the transport hands us
+whole frames, we hand back values. Every malformed frame raises `CodecError`,
+never anything else, so a server can answer it and carry on.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from .constants import MsgType
+from .messages import (
+    Message,
+    Qid,
+    Rattach,
+    Rauth,
+    Rclunk,
+    Rcreate,
+    Rerror,
+    Rflush,
+    Ropen,
+    Rread,
+    Rremove,
+    Rstat,
+    Rversion,
+    Rwalk,
+    Rwrite,
+    Rwstat,
+    Stat,
+    Tattach,
+    Tauth,
+    Tclunk,
+    Tcreate,
+    Tflush,
+    Topen,
+    Tread,
+    Tremove,
+    Tstat,
+    Tversion,
+    Twalk,
+    Twrite,
+    Twstat,
+)
+
+__all__ = [
+    "CodecError",
+    "HEADER",
+    "decode",
+    "decode_stat",
+    "decode_stats",
+    "encode",
+    "encode_stat",
+    "frame_tag",
+]
+
+
+class CodecError(ValueError):
+    """A frame that is not a well-formed 9P2000 message."""
+
+    def __init__(self, message: str, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag  # the frame's tag when it could be read, so an Rerror can answer it
+
+
+HEADER = struct.Struct("<IBH")  # size[4] type[1] tag[2]
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_QID = struct.Struct("<BIQ")
+_STAT_FIXED = struct.Struct("<HHIBIQIIIQ")  # size type dev qid mode atime mtime length
+_IO = struct.Struct("<IQI")  # fid offset count (Tread, Twrite)
+_U32_U32 = struct.Struct("<II")
+_QID_U32 = struct.Struct("<BIQI")
+_U32_U8 = struct.Struct("<IB")
+
+
+# --- encoding ---------------------------------------------------------------
+
+
+def _s(value: str) -> bytes:
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CodecError(f"string {value!r} is not valid UTF-8") from None
+    if len(raw) > 0xFFFF:
+        raise CodecError(f"string of {len(raw)} bytes is longer than 65535")
+    return _U16.pack(len(raw)) + raw
+
+
+def _qid(q: Qid) -> bytes:
+    return _QID.pack(q.type, q.vers, q.path)
+
+
+def encode_stat(st: Stat) -> bytes:
+    """One stat entry, starting with its own size[2] (as in a directory read)."""
+    strings = _s(st.name) + _s(st.uid) + _s(st.gid) + _s(st.muid)
+    size = _STAT_FIXED.size - 2 + len(strings)
+    if size > 0xFFFF:
+        raise CodecError("stat entry longer than 65535 bytes")
+    q = st.qid
+    return (
+        _STAT_FIXED.pack(
+            size, st.type, st.dev, q.type, q.vers, q.path, st.mode, st.atime, st.mtime, st.length
+        )
+        + strings
+    )
+
+
+def _frame(mtype: int, tag: int, body: bytes) -> bytes:
+    return HEADER.pack(HEADER.size + len(body), mtype, tag) + body
+
+
+def _wstat_body(st: Stat) -> bytes:
+    entry = encode_stat(st)
+    return _U16.pack(len(entry)) + entry  # stat(5): Rstat/Twstat wrap the entry in n[2]
+
+
+_ENCODERS: dict[type, tuple[int, Callable[..., bytes]]] = {
+    Tversion: (MsgType.Tversion, lambda m: _U32.pack(m.msize) + _s(m.version)),
+    Rversion: (MsgType.Rversion, lambda m: _U32.pack(m.msize) + _s(m.version)),
+    Tauth: (MsgType.Tauth, lambda m: _U32.pack(m.afid) + _s(m.uname) + _s(m.aname)),
+    Rauth: (MsgType.Rauth, lambda m: _qid(m.aqid)),
+    Tattach: (
+        MsgType.Tattach,
+        lambda m: _U32_U32.pack(m.fid, m.afid) + _s(m.uname) + _s(m.aname),
+    ),
+    Rattach: (MsgType.Rattach, lambda m: _qid(m.qid)),
+    Rerror: (MsgType.Rerror, lambda m: _s(m.ename)),
+    Tflush: (MsgType.Tflush, lambda m: _U16.pack(m.oldtag)),
+    Rflush: (MsgType.Rflush, lambda m: b""),
+    Twalk: (
+        MsgType.Twalk,
+        lambda m: (
+            _U32_U32.pack(m.fid, m.newfid) + _U16.pack(len(m.wnames)) + b"".join(_s(n) for n in m.wnames)
+        ),
+    ),
+    Rwalk: (MsgType.Rwalk, lambda m: _U16.pack(len(m.qids)) + b"".join(_qid(q) for q in m.qids)),
+    Topen: (MsgType.Topen, lambda m: _U32_U8.pack(m.fid, m.mode)),
+    Ropen: (MsgType.Ropen, lambda m: _QID_U32.pack(m.qid.type, m.qid.vers, m.qid.path, m.iounit)),
+    Tcreate: (
+        MsgType.Tcreate,
+        lambda m: _U32.pack(m.fid) + _s(m.name) + _U32_U8.pack(m.perm, m.mode),
+    ),
+    Rcreate: (
+        MsgType.Rcreate,
+        lambda m: _QID_U32.pack(m.qid.type, m.qid.vers, m.qid.path, m.iounit),
+    ),
+    Tread: (MsgType.Tread, lambda m: _IO.pack(m.fid, m.offset, m.count)),
+    Rread: (MsgType.Rread, lambda m: _U32.pack(len(m.data)) + m.data),
+    Twrite: (MsgType.Twrite, lambda m: _IO.pack(m.fid, m.offset, len(m.data)) + m.data),
+    Rwrite: (MsgType.Rwrite, lambda m: _U32.pack(m.count)),
+    Tclunk: (MsgType.Tclunk, lambda m: _U32.pack(m.fid)),
+    Rclunk: (MsgType.Rclunk, lambda m: b""),
+    Tremove: (MsgType.Tremove, lambda m: _U32.pack(m.fid)),
+    Rremove: (MsgType.Rremove, lambda m: b""),
+    Tstat: (MsgType.Tstat, lambda m: _U32.pack(m.fid)),
+    Rstat: (MsgType.Rstat, lambda m: _wstat_body(m.stat)),
+    Twstat: (MsgType.Twstat, lambda m: _U32.pack(m.fid) + _wstat_body(m.stat)),
+    Rwstat: (MsgType.Rwstat, lambda m: b""),
+}
+
+
+def encode(msg: Message) -> bytes:
+    """The whole frame for `msg`, size prefix included."""
+    if type(msg) is Rread:  # the hot path: skip the table and one copy of the header
+        data = msg.data
+        return HEADER.pack(11 + len(data), MsgType.Rread, msg.tag) + _U32.pack(len(data)) + data
+    try:
+        mtype, body = _ENCODERS[type(msg)]
+    except KeyError:
+        raise CodecError(f"not a 9P2000 message: {type(msg).__name__}") from None
+    try:
+        return _frame(mtype, msg.tag, body(msg))
+    except struct.error as e:
+        raise CodecError(f"{type(msg).__name__}: field out of range: {e}") from None
+
+
+# --- decoding ---------------------------------------------------------------
+
+
+class _Reader:
+    """A cursor over one frame body; every read checks that the bytes are there."""
+
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf: bytes | memoryview, pos: int, end: int) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+
+    def need(self, n: int) -> int:
+        pos = self.pos
+        if pos + n > self.end:
+            raise CodecError("message overruns its size")
+        self.pos = pos + n
+        return pos
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        return st.unpack_from(self.buf, self.need(st.size))
+
+    def u16(self) -> int:
+        return _U16.unpack_from(self.buf, self.need(2))[0]
+
+    def u32(self) -> int:
+        return _U32.unpack_from(self.buf, self.need(4))[0]
+
+    def string(self) -> str:
+        n = self.u16()
+        pos = self.need(n)
+        try:
+            return bytes(self.buf[pos : pos + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError("string is not valid UTF-8") from None
+
+    def data(self) -> bytes:
+        n = self.u32()
+        pos = self.need(n)
+        return bytes(self.buf[pos : pos + n])
+
+    def qid(self) -> Qid:
+        return Qid(*self.unpack(_QID))
+
+    def stat(self) -> Stat:
+        size, typ, dev, qt, qv, qp, mode, atime, mtime, length = self.unpack(_STAT_FIXED)
+        end = self.pos - _STAT_FIXED.size + 2 + size
+        if end > self.end:
+            raise CodecError("stat entry overruns its message")
+        outer_end, self.end = self.end, end
+        try:
+            name, uid, gid, muid = self.string(), self.string(), self.string(), self.string()
+        finally:
+            self.end = outer_end
+        # Extension fields (9P2000.u) inside the entry's size are skipped, not an error.
+        self.pos = end
+        return Stat(typ, dev, Qid(qt, qv, qp), mode, atime, mtime, length, name, uid, gid, muid)
+
+    def wrapped_stat(self) -> Stat:
+        n = self.u16()
+        start = self.pos
+        st = self.stat()
+        if self.pos - start != n:
+            raise CodecError("stat entry size disagrees with its n[2] wrapper")
+        return st
+
+
+def _walk_names(r: _Reader) -> tuple[str, ...]:
+    return tuple(r.string() for _ in range(r.u16()))
+
+
+def _qids(r: _Reader) -> tuple[Qid, ...]:
+    return tuple(r.qid() for _ in range(r.u16()))
+
+
+_DECODERS: dict[int, Callable[[_Reader, int], Message]] = {
+    MsgType.Tversion: lambda r, t: Tversion(t, r.u32(), r.string()),
+    MsgType.Rversion: lambda r, t: Rversion(t, r.u32(), r.string()),
+    MsgType.Tauth: lambda r, t: Tauth(t, r.u32(), r.string(), r.string()),
+    MsgType.Rauth: lambda r, t: Rauth(t, r.qid()),
+    MsgType.Tattach: lambda r, t: Tattach(t, r.u32(), r.u32(), r.string(), r.string()),
+    MsgType.Rattach: lambda r, t: Rattach(t, r.qid()),
+    MsgType.Rerror: lambda r, t: Rerror(t, r.string()),
+    MsgType.Tflush: lambda r, t: Tflush(t, r.u16()),
+    MsgType.Rflush: lambda r, t: Rflush(t),
+    MsgType.Twalk: lambda r, t: Twalk(t, r.u32(), r.u32(), _walk_names(r)),
+    MsgType.Rwalk: lambda r, t: Rwalk(t, _qids(r)),
+    MsgType.Topen: lambda r, t: Topen(t, *r.unpack(_U32_U8)),
+    MsgType.Ropen: lambda r, t: Ropen(t, r.qid(), r.u32()),
+    MsgType.Tcreate: lambda r, t: Tcreate(t, r.u32(), r.string(), *r.unpack(_U32_U8)),
+    MsgType.Rcreate: lambda r, t: Rcreate(t, r.qid(), r.u32()),
+    MsgType.Tread: lambda r, t: Tread(t, *r.unpack(_IO)),
+    MsgType.Rread: lambda r, t: Rread(t, r.data()),
+    MsgType.Twrite: lambda r, t: _twrite(r, t),
+    MsgType.Rwrite: lambda r, t: Rwrite(t, r.u32()),
+    MsgType.Tclunk: lambda r, t: Tclunk(t, r.u32()),
+    MsgType.Rclunk: lambda r, t: Rclunk(t),
+    MsgType.Tremove: lambda r, t: Tremove(t, r.u32()),
+    MsgType.Rremove: lambda r, t: Rremove(t),
+    MsgType.Tstat: lambda r, t: Tstat(t, r.u32()),
+    MsgType.Rstat: lambda r, t: Rstat(t, r.wrapped_stat()),
+    MsgType.Twstat: lambda r, t: Twstat(t, r.u32(), r.wrapped_stat()),
+    MsgType.Rwstat: lambda r, t: Rwstat(t),
+}
+
+
+def _twrite(r: _Reader, tag: int) -> Twrite:
+    fid, offset, count = r.unpack(_IO)
+    pos = r.need(count)
+    return Twrite(tag, fid, offset, bytes(r.buf[pos : pos + count]))
+
+
+def frame_tag(frame: bytes | memoryview) -> int | None:
+    """The tag of a frame, if it is long enough to have one."""
+    if len(frame) < HEADER.size:
+        return None
+    return HEADER.unpack_from(frame)[2]
+
+
+def decode(frame: bytes | memoryview) -> Message:
+    """Decode one whole frame (size prefix included) into a message."""
+    if len(frame) < HEADER.size:
+        raise CodecError(f"frame of {len(frame)} bytes is shorter than a 9P header")
+    size, mtype, tag = HEADER.unpack_from(frame)
+    if size != len(frame):
+        raise CodecError(f"frame says {size} bytes but has {len(frame)}", tag)
+    dec = _DECODERS.get(mtype)
+    if dec is None:
+        raise CodecError(f"unknown message type {mtype}", tag)
+    r = _Reader(frame, HEADER.size, size)
+    try:
+        msg = dec(r, tag)
+    except CodecError as e:
+        raise CodecError(f"{MsgType(mtype).name}: {e}", tag) from None
+    if r.pos != size:
+        raise CodecError(f"{MsgType(mtype).name}: {size - r.pos} bytes after the message", tag)
+    return msg
+
+
+def decode_stat(data: bytes | memoryview) -> Stat:
+    """Exactly one stat entry (with its leading size[2])."""
+    r = _Reader(data, 0, len(data))
+    st = r.stat()
+    if r.pos != len(data):
+        raise CodecError("bytes after the stat entry")
+    return st
+
+
+def decode_stats(data: bytes | memoryview) -> list[Stat]:
+    """The stat entries of a directory read (read(5): whole entries only)."""
+    r = _Reader(data, 0, len(data))
+    out = []
+    while r.pos < r.end:
+        out.append(r.stat())
+    return out

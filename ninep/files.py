@@ -1,0 +1,596 @@
+"""The path API people use: `async with ninep.connect("tcp!host!564") as fs:`.
+
+Paths are slash-separated names from the attach root ("a/b", "/a/b" and
+"./a/b" mean the same). Every call walks a fresh fid, does its work and clunks
+it, so calls are independent and may run concurrently. Long paths are split
+into walks of at most 16 names; reads and writes larger than the iounit are
+split and pipelined. Errors name the path and are Python's own exception
+classes (`FileNotFoundError`, ...), carrying the server's 9P string.
+"""
+
+from __future__ import annotations
+
+import codecs
+import getpass
+import posixpath
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .client import Connection, single_error
+from .constants import (
+    DEFAULT_MSIZE,
+    DMDIR,
+    MAXWELEM,
+    OREAD,
+    ORDWR,
+    OTRUNC,
+    OWRITE,
+    QTAPPEND,
+)
+from .errors import Exists, NinePError, NotFound, error_for
+from .messages import Qid, Stat
+from .transport import Address, dial
+
+__all__ = ["Client", "File", "connect", "split_path"]
+
+WINDOW = 8  # iounit-sized requests in flight at once for big reads and writes
+CLUNK_TIMEOUT = 5.0
+
+
+def split_path(path: str) -> list[str]:
+    """The names to walk for `path`; "." and empty names vanish, ".." stays for the server."""
+    return [n for n in path.split("/") if n and n != "."]
+
+
+def _join(path: str) -> str:
+    return "/" + "/".join(split_path(path))
+
+
+@asynccontextmanager
+async def connect(
+    address: str | Address,
+    *,
+    uname: str | None = None,
+    aname: str = "",
+    msize: int = DEFAULT_MSIZE,
+) -> AsyncIterator[Client]:
+    """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body."""
+    stream = await dial(address)
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            conn = Connection(stream, msize=msize)
+            try:
+                await conn.start(nursery)
+                client = await Client.attach(conn, uname=uname, aname=aname)
+                try:
+                    yield client
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLUNK_TIMEOUT):
+                        await client.close()
+            finally:
+                await conn.aclose()
+                nursery.cancel_scope.cancel()
+
+
+class Client:
+    """A path-based view of one attach on a 9P connection; `conn` has the raw calls."""
+
+    def __init__(self, conn: Connection, root_fid: int, root_qid: Qid, uname: str, aname: str) -> None:
+        self.conn = conn
+        self.root_fid = root_fid
+        self.root_qid = root_qid
+        self.uname = uname
+        self.aname = aname
+
+    @classmethod
+    async def attach(cls, conn: Connection, *, uname: str | None = None, aname: str = "") -> Client:
+        uname = uname if uname is not None else getpass.getuser()
+        fid = conn.fids.get()
+        try:
+            qid = await conn.attach(fid, uname, aname)
+        except BaseException:
+            conn.fids.put(fid)
+            raise
+        return cls(conn, fid, qid, uname, aname)
+
+    async def close(self) -> None:
+        if not self.conn.closed:
+            await self._clunk(self.root_fid)
+
+    # --- fids ----------------------------------------------------------------------
+
+    async def _clunk(self, fid: int) -> None:
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLUNK_TIMEOUT):
+                await self.conn.clunk(fid)
+        except NinePError:
+            pass  # clunk(5): the fid is released even when the server complains
+        finally:
+            self.conn.fids.put(fid)
+
+    async def walk_fid(self, path: str) -> tuple[int, Qid]:
+        """A new fid for `path` and its qid; the caller clunks it. Raises if any name fails."""
+        names = split_path(path)
+        fid = self.conn.fids.get()
+        qid = self.root_qid
+        start = self.root_fid
+        try:
+            # walk(5): at most 16 names per Twalk; the rest walk the new fid in place.
+            first = True
+            while first or names:
+                step, names = names[:MAXWELEM], names[MAXWELEM:]
+                try:
+                    qids = await self.conn.walk(start, fid, step)
+                except NinePError as e:
+                    if not first:
+                        await self._clunk_quiet(fid)
+                    raise error_for(e.ename, _join(path)) from None
+                except trio.Cancelled:
+                    # The walk may have created the fid before the flush: clunk blindly.
+                    await self._clunk_quiet(fid)
+                    raise
+                if len(qids) != len(step):
+                    if not first:
+                        await self._clunk_quiet(fid)
+                    raise NotFound("file does not exist", _join(path))
+                if qids:
+                    qid = qids[-1]
+                start = fid
+                first = False
+        except BaseException:
+            self.conn.fids.put(fid)
+            raise
+        return fid, qid
+
+    async def _clunk_quiet(self, fid: int) -> None:
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLUNK_TIMEOUT):
+                await self.conn.clunk(fid)
+        except NinePError:
+            pass
+
+    @asynccontextmanager
+    async def fid(self, path: str) -> AsyncIterator[tuple[int, Qid]]:
+        """A walked fid for the `async with` body, clunked afterwards."""
+        fid, qid = await self.walk_fid(path)
+        try:
+            yield fid, qid
+        finally:
+            await self._clunk(fid)
+
+    async def _call(self, path: str, op: Callable[[int], Awaitable[Any]]) -> Any:
+        async with self.fid(path) as (fid, _):
+            try:
+                return await op(fid)
+            except NinePError as e:
+                raise error_for(e.ename, _join(path)) from None
+
+    # --- metadata -----------------------------------------------------------------------
+
+    async def stat(self, path: str) -> Stat:
+        return await self._call(path, self.conn.stat)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            async with self.fid(path):
+                return True
+        except FileNotFoundError:
+            return False
+
+    async def wstat(self, path: str, **fields: Any) -> None:
+        """Change the given stat fields (name, length, mode, mtime, gid) all at once."""
+        st = Stat.dont_touch(**fields)
+        await self._call(path, lambda fid: self.conn.wstat(fid, st))
+
+    async def chmod(self, path: str, perm: int) -> None:
+        st = await self.stat(path)
+        await self.wstat(path, mode=(st.mode & ~0o777) | (perm & 0o777))
+
+    async def truncate(self, path: str, length: int) -> None:
+        await self.wstat(path, length=length)
+
+    async def utime(self, path: str, mtime: int) -> None:
+        await self.wstat(path, mtime=mtime)
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Rename within one directory (wstat(5) can do no more); else OSError EXDEV."""
+        src_dir, src_name = posixpath.split(_join(src))
+        dst_dir, dst_name = posixpath.split(_join(dst))
+        if not src_name or not dst_name:
+            raise NinePError("invalid argument: cannot rename the root", _join(src))
+        if src_dir != dst_dir:
+            raise NinePError("cross-device link: 9P renames only within a directory", _join(src))
+        await self.wstat(src, name=dst_name)
+
+    async def fsync(self, path: str) -> None:
+        await self.wstat(path)  # stat(5): a wstat that touches nothing means "commit to disk"
+
+    # --- directories ----------------------------------------------------------------------
+
+    async def ls(self, path: str = "/") -> list[Stat]:
+        """The entries of a directory, with their stat; a file lists as itself."""
+        async with self.fid(path) as (fid, qid):
+            try:
+                if not qid.is_dir:
+                    return [await self.conn.stat(fid)]
+                await self.conn.open(fid, OREAD)
+                return await self._read_dir(fid)
+            except NinePError as e:
+                raise error_for(e.ename, _join(path)) from None
+
+    async def _read_dir(self, fid: int) -> list[Stat]:
+        from .codec import decode_stats
+
+        out: list[Stat] = []
+        offset = 0
+        while True:
+            data = await self.conn.read(fid, offset, self.conn.iounit)
+            if not data:
+                return out
+            out.extend(decode_stats(data))
+            offset += len(data)
+
+    async def listdir(self, path: str = "/") -> list[str]:
+        return [st.name for st in await self.ls(path)]
+
+    async def walk(self, top: str = "/") -> AsyncIterator[tuple[str, list[str], list[str]]]:
+        """Like os.walk, top down: (dirpath, dirnames, filenames) for every directory."""
+        stack = [_join(top)]
+        while stack:
+            d = stack.pop()
+            entries = await self.ls(d)
+            dirs = [e.name for e in entries if e.is_dir]
+            files = [e.name for e in entries if not e.is_dir]
+            yield d, dirs, files
+            stack.extend(posixpath.join(d, n) for n in reversed(dirs))
+
+    async def mkdir(
+        self, path: str, perm: int = 0o777, *, parents: bool = False, exist_ok: bool = False
+    ) -> None:
+        names = split_path(path)
+        if not names:
+            if exist_ok or parents:
+                return
+            raise Exists("file already exists", "/")
+        if parents:
+            for i in range(1, len(names)):
+                await self.mkdir("/".join(names[:i]), perm, exist_ok=True)
+        try:
+            await self._create("/".join(names), DMDIR | (perm & 0o777), OREAD)
+        except FileExistsError:
+            if not (exist_ok or parents) or not (await self.stat(path)).is_dir:
+                raise
+
+    async def _create(self, path: str, perm: int, mode: int) -> tuple[int, Qid, int]:
+        """Create `path`; give the open fid, qid and iounit."""
+        parent, name = posixpath.split(_join(path))
+        if not name:
+            raise Exists("file already exists", "/")
+        fid, _ = await self.walk_fid(parent)
+        try:
+            qid, iounit = await self.conn.create(fid, name, perm, mode)
+        except NinePError as e:
+            await self._clunk(fid)
+            raise error_for(e.ename, _join(path)) from None
+        except BaseException:
+            await self._clunk(fid)
+            raise
+        return fid, qid, iounit
+
+    async def remove(self, path: str) -> None:
+        fid, _ = await self.walk_fid(path)
+        try:
+            await self.conn.remove(fid)  # remove(5): the fid is clunked either way
+        except NinePError as e:
+            raise error_for(e.ename, _join(path)) from None
+        finally:
+            self.conn.fids.put(fid)
+
+    async def rmtree(self, path: str) -> None:
+        entries = await self.ls(path)
+        if (await self.stat(path)).is_dir:
+            for e in entries:
+                sub = posixpath.join(_join(path), e.name)
+                if e.is_dir:
+                    await self.rmtree(sub)
+                else:
+                    await self.remove(sub)
+        await self.remove(path)
+
+    # --- contents ------------------------------------------------------------------------
+
+    def open(self, path: str, mode: str = "r", *, perm: int = 0o666) -> _Opening:
+        """Open like Python's open(): r, w, a, x, r+, w+, a+ with optional b; text is UTF-8.
+
+        `async with fs.open(path) as f:` closes the file afterwards; `f = await fs.open(path)`
+        leaves closing to the caller.
+        """
+        return _Opening(self._open(path, mode, perm))
+
+    async def _open(self, path: str, mode: str, perm: int) -> File:
+        plus = "+" in mode
+        binary = "b" in mode
+        kind = mode.replace("b", "").replace("+", "").replace("t", "")
+        if kind not in ("r", "w", "a", "x") or len(kind) != 1:
+            raise ValueError(f"invalid mode {mode!r}")
+        acc = ORDWR if plus else (OREAD if kind == "r" else OWRITE)
+        if kind == "r":
+            fid, qid, iounit = await self._open_existing(path, acc)
+        elif kind == "x":
+            fid, qid, iounit = await self._create(path, perm & 0o777, acc)
+        else:
+            trunc = OTRUNC if kind == "w" else 0
+            fid, qid, iounit = await self._open_or_create(path, acc, trunc, perm)
+        f = File(self, fid, qid, iounit or self.conn.iounit, _join(path), acc, binary)
+        if kind == "a":
+            try:
+                f._pos = (await self.conn.stat(fid)).length
+            except BaseException:
+                await f.close()
+                raise
+            f._append = True
+        return f
+
+    async def _open_existing(self, path: str, mode: int) -> tuple[int, Qid, int]:
+        fid, _ = await self.walk_fid(path)
+        try:
+            qid, iounit = await self.conn.open(fid, mode)
+        except NinePError as e:
+            await self._clunk(fid)
+            raise error_for(e.ename, _join(path)) from None
+        except BaseException:
+            await self._clunk(fid)
+            raise
+        return fid, qid, iounit
+
+    async def _open_or_create(self, path: str, acc: int, trunc: int, perm: int) -> tuple[int, Qid, int]:
+        for _ in range(3):  # someone may create or remove it between our walk and our create
+            try:
+                return await self._open_existing(path, acc | trunc)
+            except FileNotFoundError:
+                pass
+            try:
+                return await self._create(path, perm & 0o777, acc)
+            except FileExistsError:
+                continue
+        raise NinePError("i/o error: file keeps appearing and vanishing", _join(path))
+
+    async def read_bytes(self, path: str) -> bytes:
+        async with self.open(path, "rb") as f:
+            return await f.read()
+
+    async def read_text(self, path: str) -> str:
+        return (await self.read_bytes(path)).decode("utf-8")
+
+    async def write_bytes(self, path: str, data: bytes, *, append: bool = False, perm: int = 0o666) -> int:
+        """Write `data` to `path`, creating it, or truncating it unless `append`."""
+        async with self.open(path, "ab" if append else "wb", perm=perm) as f:
+            return await f.write(data)
+
+    async def write_text(self, path: str, text: str, *, append: bool = False) -> int:
+        return await self.write_bytes(path, text.encode("utf-8"), append=append)
+
+    # --- big transfers, pipelined ---------------------------------------------------------------
+
+    async def pread(self, fid: int, offset: int, count: int, iounit: int, path: str = "") -> bytes:
+        """Up to `count` bytes at `offset`, as several iounit-sized Treads in flight at once."""
+        if count <= iounit:
+            return await self._read1(fid, offset, count, path)
+        pieces: list[bytes] = []
+        pos = offset
+        end = offset + count
+        while pos < end:
+            batch = [(o, min(iounit, end - o)) for o in range(pos, min(end, pos + WINDOW * iounit), iounit)]
+            results = await _gather([lambda o=o, n=n: self._read1(fid, o, n, path) for o, n in batch])
+            for (_, n), data in zip(batch, results):
+                pieces.append(data)
+                if len(data) < n:  # short read: end of file here
+                    return b"".join(pieces)
+            pos = batch[-1][0] + batch[-1][1]
+        return b"".join(pieces)
+
+    async def _read1(self, fid: int, offset: int, count: int, path: str) -> bytes:
+        try:
+            return await self.conn.read(fid, offset, count)
+        except NinePError as e:
+            raise error_for(e.ename, path) from None
+
+    async def pwrite(
+        self, fid: int, offset: int, data: bytes, iounit: int, path: str = "", *, ordered: bool = False
+    ) -> int:
+        """Write all of `data` at `offset`, pipelining iounit-sized Twrites unless `ordered`."""
+        view = memoryview(data)
+        if len(data) <= iounit or ordered:
+            done = 0
+            while done < len(data) or not data:
+                n = await self._write1(fid, offset + done, bytes(view[done : done + iounit]), path)
+                if n == 0 and data:
+                    raise NinePError("i/o error: server wrote nothing", path)
+                done += n
+                if not data:
+                    break
+            return done
+        done = 0
+        while done < len(data):
+            stop = min(len(data), done + WINDOW * iounit)
+            batch = [(o, bytes(view[o : min(o + iounit, stop)])) for o in range(done, stop, iounit)]
+            counts = await _gather(
+                [lambda o=o, b=b: self._write1(fid, offset + o, b, path) for o, b in batch]
+            )
+            for (_, b), n in zip(batch, counts):
+                if n != len(b):
+                    raise NinePError(f"i/o error: short write ({n} of {len(b)} bytes)", path)
+            done = stop
+        return done
+
+    async def _write1(self, fid: int, offset: int, data: bytes, path: str) -> int:
+        try:
+            return await self.conn.write(fid, offset, data)
+        except NinePError as e:
+            raise error_for(e.ename, path) from None
+
+
+async def _gather(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run the calls concurrently; their results in order, or the first error."""
+    results: list[Any] = [None] * len(calls)
+
+    async def run(i: int) -> None:
+        results[i] = await calls[i]()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(calls)):
+            nursery.start_soon(run, i)
+    return results
+
+
+class _Opening:
+    """What `Client.open` returns: awaitable, and an async context manager."""
+
+    def __init__(self, coro: Coroutine[Any, Any, File]) -> None:
+        self._coro = coro
+        self._file: File | None = None
+
+    def __await__(self) -> Generator[Any, None, File]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> File:
+        self._file = await self._coro
+        return self._file
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._file is not None:
+            await self._file.close()
+
+
+class File:
+    """An open remote file: read, write, seek, readline and line iteration, like io's files."""
+
+    def __init__(
+        self, client: Client, fid: int, qid: Qid, iounit: int, path: str, mode: int, binary: bool
+    ) -> None:
+        self.client = client
+        self.fid = fid
+        self.qid = qid
+        self.iounit = iounit
+        self.path = path
+        self.mode = mode
+        self.binary = binary
+        self.closed = False
+        self._pos = 0
+        self._append = False
+        self._buf = b""  # read-ahead for readline; starts at _pos
+        self._decoder = None if binary else codecs.getincrementaldecoder("utf-8")()
+
+    async def __aenter__(self) -> File:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.client._clunk(self.fid)
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.path}: I/O operation on closed file")
+
+    def tell(self) -> int:
+        return self._pos
+
+    async def seek(self, offset: int, whence: int = 0) -> int:
+        self._check()
+        if whence == 0:
+            pos = offset
+        elif whence == 1:
+            pos = self._pos + offset
+        elif whence == 2:
+            pos = (await self.stat()).length + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        self._buf = b""
+        return pos
+
+    async def stat(self) -> Stat:
+        return await self.client.conn.stat(self.fid)
+
+    async def read(self, n: int = -1) -> Any:
+        """Up to `n` bytes (all to end of file when n < 0); str in text mode (n counts bytes)."""
+        self._check()
+        if n < 0:
+            chunks = [self._buf]
+            pos = self._pos + len(self._buf)
+            while True:
+                data = await self.client.pread(self.fid, pos, WINDOW * self.iounit, self.iounit, self.path)
+                if not data:
+                    break
+                chunks.append(data)
+                pos += len(data)
+            out = b"".join(chunks)
+        else:
+            out = self._buf[:n]
+            if len(out) < n:
+                out += await self.client.pread(
+                    self.fid, self._pos + len(self._buf), n - len(out), self.iounit, self.path
+                )
+        self._buf = self._buf[len(out) :] if len(out) <= len(self._buf) else b""
+        self._pos += len(out)
+        return self._text(out, final=n < 0)
+
+    def _text(self, data: bytes, final: bool = False) -> Any:
+        if self._decoder is None:
+            return data
+        return self._decoder.decode(data, final)
+
+    async def readline(self) -> Any:
+        self._check()
+        while b"\n" not in self._buf:
+            more = await self.client.pread(
+                self.fid, self._pos + len(self._buf), self.iounit, self.iounit, self.path
+            )
+            if not more:
+                break
+            self._buf += more
+        i = self._buf.find(b"\n")
+        line = self._buf if i < 0 else self._buf[: i + 1]
+        self._buf = self._buf[len(line) :]
+        self._pos += len(line)
+        return self._text(line)
+
+    def __aiter__(self) -> File:
+        return self
+
+    async def __anext__(self) -> Any:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    async def write(self, data: Any) -> int:
+        self._check()
+        raw = data if isinstance(data, (bytes, bytearray, memoryview)) else str(data).encode("utf-8")
+        if self._append:
+            self._pos = (await self.stat()).length
+        self._buf = b""
+        ordered = bool(self.qid.type & QTAPPEND)
+        n = await self.client.pwrite(self.fid, self._pos, bytes(raw), self.iounit, self.path, ordered=ordered)
+        self._pos += n
+        return n if self.binary else len(data)
+
+    async def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        try:
+            await self.client.conn.wstat(self.fid, Stat.dont_touch(length=size))
+        except NinePError as e:
+            raise error_for(e.ename, self.path) from None
+        return size
+
+    async def fsync(self) -> None:
+        await self.client.conn.wstat(self.fid, Stat.dont_touch())

@@ -1,0 +1,550 @@
+"""The 9P2000 server: exports any `Tree` to many connections at once.
+
+Written once, like lib9p's srv loop. One task reads each connection; every
+request then runs as its own task in that connection's nursery with its own
+cancel scope, so a slow read never blocks a stat, and Tflush cancels exactly
+the request it names (flush(5)). Per connection we keep the fid table, the
+negotiated msize and the limits; a connection that misbehaves is answered with
+Rerror or closed, and never disturbs another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from . import codec
+from .codec import CodecError
+from .constants import (
+    DEFAULT_MSIZE,
+    IOHDRSZ,
+    MAXWELEM,
+    MIN_MSIZE,
+    NOFID,
+    NOTAG,
+    OACCMODE,
+    OEXEC,
+    ORCLOSE,
+    OREAD,
+    ORDWR,
+    OTRUNC,
+    OWRITE,
+    VERSION,
+)
+from .errors import NinePError, ename_from_oserror
+from .messages import (
+    Message,
+    Rattach,
+    Rclunk,
+    Rcreate,
+    Rerror,
+    Rflush,
+    Ropen,
+    Rread,
+    Rremove,
+    Rstat,
+    Rversion,
+    Rwalk,
+    Rwrite,
+    Rwstat,
+    Tattach,
+    Tauth,
+    Tclunk,
+    Tcreate,
+    Tflush,
+    Topen,
+    Tread,
+    Tremove,
+    Tstat,
+    Tversion,
+    Twalk,
+    Twrite,
+    Twstat,
+)
+from .transport import Address, FrameReader, listener_address, listeners
+from .tree import Tree, check_name
+
+__all__ = ["Limits", "Server"]
+
+log = logging.getLogger("ninefs.server")
+
+Trace = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection (or the whole server) may hold at once."""
+
+    msize: int = DEFAULT_MSIZE
+    fids: int = 4096
+    outstanding: int = 256
+    connections: int = 256
+    clunk_timeout: float = 10.0  # how long closing a connection may spend releasing its fids
+
+
+class _Error(Exception):
+    """A request the server itself refuses (not the tree): becomes Rerror."""
+
+
+@dataclass(slots=True)
+class _Fid:
+    node: Any
+    uname: str
+    omode: int | None = None  # None: not open
+    is_dir: bool = False
+    # directory reads (read(5)): the encoded entries, and where the next read must start
+    dir_entries: list[bytes] = field(default_factory=list)
+    dir_index: int = 0
+    dir_offset: int = 0
+
+
+@dataclass(slots=True)
+class _Request:
+    scope: trio.CancelScope
+    done: trio.Event
+    flushed: bool = False
+
+
+class Server:
+    """Serves `tree` over 9P2000. `serve(address)` runs until cancelled."""
+
+    def __init__(self, tree: Tree, *, limits: Limits = Limits(), trace: Trace | None = None) -> None:
+        self.tree = tree
+        self.limits = limits
+        self.trace = trace
+        self.connections = 0
+        self.addresses: list[Address] = []
+
+    async def serve(
+        self,
+        address: str | Address,
+        *,
+        task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on `address` and serve every connection; started() gives the bound addresses."""
+        lsn = await listeners(address)
+        await self.serve_listeners(lsn, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        lsn: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.addresses = [listener_address(x) for x in lsn]
+        async with trio.open_nursery() as nursery:
+            for x in lsn:
+                nursery.start_soon(self._accept_loop, x, nursery)
+            task_status.started(self.addresses)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as e:  # EMFILE and friends: wait and retry, never die
+                    log.warning("accept failed: %s", e)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._serve_accepted, stream)
+
+    async def _serve_accepted(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        if self.connections >= self.limits.connections:
+            log.warning("%s: refused, %d connections already open", peer, self.connections)
+            await stream.aclose()
+            return
+        if isinstance(stream.socket.getsockname(), tuple):
+            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        await self.handle_stream(stream, peer)
+
+    async def handle_stream(self, stream: trio.abc.Stream, peer: str = "?") -> None:
+        """Serve one connection until it closes; usable with any trio stream."""
+        self.connections += 1
+        log.info("%s: connected", peer)
+        try:
+            async with stream:
+                await _Connection(self, stream, peer).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.info("%s: connection lost: %s", peer, e)
+        finally:
+            self.connections -= 1
+            log.info("%s: disconnected", peer)
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(name, tuple):
+        return f"tcp!{name[0]}!{name[1]}"
+    return f"unix!{name or '-'}"
+
+
+class _Connection:
+    """One client: its fids, msize and outstanding requests."""
+
+    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str) -> None:
+        self.server = server
+        self.tree = server.tree
+        self.stream = stream
+        self.peer = peer
+        self.limits = server.limits
+        self.trace = server.trace
+        self.msize = self.limits.msize
+        self.versioned = False
+        self.fids: dict[int, _Fid] = {}
+        self.pending: dict[int, _Request] = {}
+        self.send_lock = trio.Lock()
+        self.reader = FrameReader(stream, self.msize)
+        self.handlers: dict[type, Callable[[Any], Any]] = {
+            Tattach: self.attach,
+            Twalk: self.walk,
+            Topen: self.open,
+            Tcreate: self.create,
+            Tread: self.read,
+            Twrite: self.write,
+            Tclunk: self.clunk,
+            Tremove: self.remove,
+            Tstat: self.stat,
+            Twstat: self.wstat,
+            Tauth: self.auth,
+        }
+
+    # --- the connection loop -------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._release_all_fids()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = await self.reader.next_frame()
+            except CodecError as e:
+                log.warning("%s: closing: %s", self.peer, e)
+                return
+            if frame is None:
+                return
+            try:
+                msg = codec.decode(frame)
+            except CodecError as e:
+                if e.tag is None:
+                    log.warning("%s: closing: %s", self.peer, e)
+                    return
+                log.info("%s: bad message: %s", self.peer, e)
+                self._trace_in(f"<malformed tag {e.tag}>")
+                await self.send(Rerror(e.tag, f"bad message: {e}"))
+                continue
+            self._trace_in(msg)
+            await self._dispatch(msg)
+
+    async def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, Tversion):
+            await self.version(msg)
+            return
+        if not self.versioned:
+            await self.send(Rerror(msg.tag, "version: Tversion must come first"))
+            return
+        if msg.tag in self.pending or msg.tag == NOTAG:
+            await self.send(Rerror(msg.tag, f"tag {msg.tag} already in use"))
+            return
+        if len(self.pending) >= self.limits.outstanding:
+            await self.send(Rerror(msg.tag, "too many outstanding requests"))
+            return
+        req = _Request(trio.CancelScope(), trio.Event())
+        self.pending[msg.tag] = req
+        if isinstance(msg, Tflush):
+            target = self.pending.get(msg.oldtag)
+            if target is not None and msg.oldtag != msg.tag:
+                target.flushed = True
+                target.scope.cancel()
+            self.nursery.start_soon(self._flush, msg, req, target)
+        else:
+            handler = self.handlers.get(type(msg))
+            if handler is None:  # an R-message sent to us
+                self.pending.pop(msg.tag)
+                await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
+                return
+            self.nursery.start_soon(self._respond, handler, msg, req)
+
+    async def _respond(self, handler: Callable[[Any], Any], msg: Message, req: _Request) -> None:
+        reply: Message | None = None
+        try:
+            with req.scope:
+                try:
+                    reply = await handler(msg)
+                except _Error as e:
+                    reply = Rerror(msg.tag, str(e))
+                except OSError as e:  # NinePError, and host errors from local trees
+                    reply = Rerror(msg.tag, ename_from_oserror(e))
+                except (CodecError, ValueError) as e:
+                    reply = Rerror(msg.tag, str(e) or "invalid argument")
+                except Exception as e:
+                    log.exception("%s: %s failed", self.peer, type(msg).__name__)
+                    reply = Rerror(msg.tag, f"i/o error: {type(e).__name__}: {e}")
+            # flush(5): once flushed (and not answered yet) the request is never answered.
+            if reply is not None and not (req.flushed and req.scope.cancelled_caught):
+                await self.send(reply)
+        finally:
+            if self.pending.get(msg.tag) is req:
+                del self.pending[msg.tag]
+            req.done.set()
+
+    async def _flush(self, msg: Tflush, req: _Request, target: _Request | None) -> None:
+        try:
+            if target is not None:
+                await target.done.wait()
+            await self.send(Rflush(msg.tag))
+        finally:
+            if self.pending.get(msg.tag) is req:
+                del self.pending[msg.tag]
+            req.done.set()
+
+    async def send(self, msg: Message) -> None:
+        try:
+            data = codec.encode(msg)
+        except CodecError as e:  # a tree gave us something unencodable: still answer
+            log.warning("%s: cannot encode %s: %s", self.peer, type(msg).__name__, e)
+            data = codec.encode(Rerror(msg.tag, f"i/o error: {e}"))
+        if self.trace is not None:
+            self.trace(f"{self.peer} <- {_short(msg)}")
+        async with self.send_lock:
+            await self.stream.send_all(data)
+
+    def _trace_in(self, msg: object) -> None:
+        if self.trace is not None:
+            self.trace(f"{self.peer} -> {_short(msg)}")
+
+    async def _abort_all(self) -> None:
+        """version(5): a new Tversion aborts every outstanding request and clunks every fid."""
+        for req in list(self.pending.values()):
+            req.flushed = True
+            req.scope.cancel()
+        for req in list(self.pending.values()):
+            await req.done.wait()
+        await self._release_all_fids()
+
+    async def _release_all_fids(self) -> None:
+        fids, self.fids = self.fids, {}
+        if not fids:
+            return
+        with trio.move_on_after(self.limits.clunk_timeout) as scope:
+            scope.shield = True
+            for f in fids.values():
+                try:
+                    await self._release(f)
+                except Exception as e:
+                    log.info("%s: releasing a fid: %s", self.peer, e)
+        if scope.cancelled_caught:
+            log.warning("%s: gave up releasing fids after %ss", self.peer, self.limits.clunk_timeout)
+
+    async def _release(self, f: _Fid) -> None:
+        if f.omode is not None and f.omode & ORCLOSE:
+            await self.tree.remove(f.node)
+        else:
+            await self.tree.clunk(f.node)
+
+    # --- the messages ------------------------------------------------------------
+
+    async def version(self, m: Tversion) -> None:
+        await self._abort_all()
+        self.versioned = False
+        if m.msize < MIN_MSIZE:
+            await self.send(Rerror(m.tag, f"msize {m.msize} too small (at least {MIN_MSIZE})"))
+            return
+        version = _agree_version(m.version)
+        msize = min(m.msize, self.limits.msize)
+        if version == VERSION:
+            self.versioned = True
+            self.msize = msize
+            self.reader.msize = msize
+        await self.send(Rversion(m.tag, msize, version))
+
+    async def auth(self, m: Tauth) -> Message:
+        raise _Error("authentication not required")
+
+    def _fid(self, fid: int) -> _Fid:
+        try:
+            return self.fids[fid]
+        except KeyError:
+            raise _Error("fid unknown or out of range") from None
+
+    def _new_fid_check(self, fid: int) -> None:
+        if fid == NOFID:
+            raise _Error("fid unknown or out of range")
+        if fid in self.fids:
+            raise _Error("fid already in use")
+        if len(self.fids) >= self.limits.fids:
+            raise _Error(f"too many fids (at most {self.limits.fids} per connection)")
+
+    async def attach(self, m: Tattach) -> Message:
+        self._new_fid_check(m.fid)
+        if m.afid != NOFID:
+            raise _Error("authentication not required")
+        node = await self.tree.attach(m.uname, m.aname)
+        self._new_fid_check(m.fid)  # another request may have taken it meanwhile
+        self.fids[m.fid] = _Fid(node, m.uname, is_dir=node.qid.is_dir)
+        return Rattach(m.tag, node.qid)
+
+    async def walk(self, m: Twalk) -> Message:
+        f = self._fid(m.fid)
+        if f.omode is not None:
+            raise _Error("cannot walk an open fid")
+        if m.newfid != m.fid:
+            self._new_fid_check(m.newfid)
+        if len(m.wnames) > MAXWELEM:
+            raise _Error(f"too many names in walk ({len(m.wnames)} > {MAXWELEM})")
+        for name in m.wnames:
+            if not name or "/" in name:
+                raise _Error(f"file does not exist: bad name {name!r}")
+        qids, node = await self.tree.walk(f.node, m.wnames)
+        if node is None:  # walk(5): partial walk, newfid not created, fid not moved
+            return Rwalk(m.tag, tuple(qids))
+        if m.newfid == m.fid:
+            if self.fids.get(m.fid) is f:
+                self.fids[m.fid] = _Fid(node, f.uname, is_dir=node.qid.is_dir)
+                await self.tree.clunk(f.node)
+            else:  # clunked while we walked
+                await self.tree.clunk(node)
+                raise _Error("fid unknown or out of range")
+        else:
+            if m.newfid in self.fids:
+                await self.tree.clunk(node)
+                raise _Error("fid already in use")
+            self.fids[m.newfid] = _Fid(node, f.uname, is_dir=node.qid.is_dir)
+        return Rwalk(m.tag, tuple(qids))
+
+    def _iounit(self, iounit: int) -> int:
+        limit = self.msize - IOHDRSZ
+        return limit if iounit <= 0 or iounit > limit else iounit
+
+    async def open(self, m: Topen) -> Message:
+        f = self._fid(m.fid)
+        if f.omode is not None:
+            raise _Error("file already open")
+        if m.mode & ~(OACCMODE | OTRUNC | ORCLOSE):
+            raise _Error(f"invalid open mode {m.mode:#x}")
+        if f.is_dir and (m.mode & OACCMODE not in (OREAD, OEXEC) or m.mode & (OTRUNC | ORCLOSE)):
+            raise _Error("is a directory")
+        f.omode = m.mode  # claim it before awaiting, so two Topens cannot both succeed
+        try:
+            qid, iounit = await self.tree.open(f.node, m.mode)
+        except BaseException:
+            f.omode = None
+            raise
+        f.is_dir = qid.is_dir
+        return Ropen(m.tag, qid, self._iounit(iounit))
+
+    async def create(self, m: Tcreate) -> Message:
+        f = self._fid(m.fid)
+        if f.omode is not None:
+            raise _Error("file already open")
+        if not f.is_dir:
+            raise _Error("not a directory")
+        try:
+            check_name(m.name)
+        except NinePError as e:
+            raise _Error(f"create prohibited: {e.ename}") from None
+        if m.mode & ~(OACCMODE | OTRUNC | ORCLOSE):
+            raise _Error(f"invalid open mode {m.mode:#x}")
+        f.omode = m.mode
+        try:
+            qid, iounit = await self.tree.create(f.node, m.name, m.perm, m.mode)
+        except BaseException:
+            f.omode = None
+            raise
+        f.is_dir = qid.is_dir
+        return Rcreate(m.tag, qid, self._iounit(iounit))
+
+    async def read(self, m: Tread) -> Message:
+        f = self._fid(m.fid)
+        if f.omode is None:
+            raise _Error("file not open")
+        if f.omode & OACCMODE == OWRITE:
+            raise _Error("permission denied: file not open for reading")
+        count = min(m.count, self.msize - IOHDRSZ)
+        if f.is_dir:
+            return Rread(m.tag, await self._read_dir(f, m.offset, count))
+        return Rread(m.tag, await self.tree.read(f.node, m.offset, count))
+
+    async def _read_dir(self, f: _Fid, offset: int, count: int) -> bytes:
+        if offset == 0:
+            entries = [codec.encode_stat(st) for st in await self.tree.readdir(f.node)]
+            f.dir_entries, f.dir_index, f.dir_offset = entries, 0, 0
+        elif offset != f.dir_offset:  # read(5): no seeking in directories
+            raise _Error("bad offset in directory read")
+        out: list[bytes] = []
+        size = 0
+        i = f.dir_index
+        entries = f.dir_entries
+        while i < len(entries) and size + len(entries[i]) <= count:
+            size += len(entries[i])
+            out.append(entries[i])
+            i += 1
+        if not out and i < len(entries):
+            raise _Error(f"read count {count} too small for a directory entry")
+        f.dir_index = i
+        f.dir_offset += size
+        return b"".join(out)
+
+    async def write(self, m: Twrite) -> Message:
+        f = self._fid(m.fid)
+        if f.omode is None:
+            raise _Error("file not open")
+        if f.is_dir:
+            raise _Error("is a directory")
+        if f.omode & OACCMODE not in (OWRITE, ORDWR):
+            raise _Error("permission denied: file not open for writing")
+        return Rwrite(m.tag, await self.tree.write(f.node, m.offset, m.data))
+
+    async def clunk(self, m: Tclunk) -> Message:
+        f = self.fids.pop(m.fid, None)  # clunk(5): the fid is gone even if this fails
+        if f is None:
+            raise _Error("fid unknown or out of range")
+        await self._release(f)
+        return Rclunk(m.tag)
+
+    async def remove(self, m: Tremove) -> Message:
+        f = self.fids.pop(m.fid, None)  # remove(5): clunked even if the remove fails
+        if f is None:
+            raise _Error("fid unknown or out of range")
+        await self.tree.remove(f.node)
+        return Rremove(m.tag)
+
+    async def stat(self, m: Tstat) -> Message:
+        return Rstat(m.tag, await self.tree.stat(self._fid(m.fid).node))
+
+    async def wstat(self, m: Twstat) -> Message:
+        await self.tree.wstat(self._fid(m.fid).node, m.stat)
+        return Rwstat(m.tag)
+
+
+def _agree_version(proposed: str) -> str:
+    """version(5): we speak 9P2000; "9P2000.x" we do not speak is answered "9P2000"."""
+    if proposed.startswith(VERSION):
+        return VERSION
+    if proposed.startswith("9P"):
+        digits = proposed[2:].split(".")[0]
+        if digits.isdigit() and int(digits) > 2000:
+            return VERSION
+    return "unknown"
+
+
+def _short(msg: object) -> str:
+    """One trace line per message, like lib9p's chatty9p; long data is summarised."""
+    if isinstance(msg, (Rread, Twrite)):
+        data = msg.data
+        rest = ", ".join(f"{k}={getattr(msg, k)}" for k in msg.__dataclass_fields__ if k != "data")
+        return f"{type(msg).__name__}({rest}, data=<{len(data)} bytes>)"
+    return repr(msg)

@@ -1,0 +1,179 @@
+"""Moving 9P frames over trio streams, and Plan 9 dial strings.
+
+A frame is `size[4]` little-endian followed by `size - 4` bytes (intro(5)). The
+`FrameReader` cuts a byte stream into frames and refuses any frame larger than
+the negotiated msize: that is a protocol error that closes this connection
+only. Addresses are Plan 9 dial strings (`tcp!host!port`, `unix!/path`) or
+`host:port`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import trio
+
+from .codec import CodecError
+from .constants import DEFAULT_MSIZE
+
+__all__ = ["Address", "FrameReader", "FrameTooLarge", "parse_address", "dial", "listeners"]
+
+DEFAULT_PORT = 564  # 9P's registered port
+_SIZE = struct.Struct("<I")
+
+
+class FrameTooLarge(CodecError):
+    pass
+
+
+class FrameReader:
+    """Reads whole frames from a stream; `msize` may change after Tversion."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, msize: int = DEFAULT_MSIZE) -> None:
+        self.stream = stream
+        self.msize = msize
+        self._buf = bytearray()
+
+    async def next_frame(self) -> bytes | None:
+        """The next frame, or None at a clean end of stream."""
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                size = _SIZE.unpack_from(buf)[0]
+                if size < 7:
+                    raise CodecError(f"frame size {size} is shorter than a 9P header")
+                if size > self.msize:
+                    raise FrameTooLarge(f"frame of {size} bytes is larger than msize {self.msize}")
+                if len(buf) >= size:
+                    frame = bytes(buf[:size])
+                    del buf[:size]
+                    return frame
+                want = max(size - len(buf), 65536)
+            else:
+                want = 65536
+            chunk = await self.stream.receive_some(want)
+            if not chunk:
+                if buf:
+                    raise CodecError("connection closed in the middle of a frame")
+                return None
+            buf += chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a 9P server is: network "tcp" (host, port) or "unix" (path)."""
+
+    network: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.network == "unix":
+            return f"unix!{self.path}"
+        return f"tcp!{self.host}!{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.network == "unix":
+            return True
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+
+def parse_address(text: str, *, listening: bool = False) -> Address:
+    """Parse `tcp!host!port`, `tcp!host`, `unix!/path`, `host:port`, `host` or a socket path.
+
+    For listening, `tcp!*!port` means every address and `*` is kept as the host.
+    """
+    if not text:
+        raise ValueError("empty address")
+    if "!" in text:
+        parts = text.split("!")
+        net = parts[0]
+        if net == "unix":
+            if len(parts) != 2 or not parts[1]:
+                raise ValueError(f"bad unix address {text!r}: want unix!/path")
+            return Address("unix", path=parts[1])
+        if net in ("tcp", "net", "tcp4", "tcp6"):
+            if len(parts) not in (2, 3) or not parts[1]:
+                raise ValueError(f"bad address {text!r}: want tcp!host!port")
+            port = _port(parts[2], text) if len(parts) == 3 else DEFAULT_PORT
+            return Address("tcp", host=parts[1], port=port)
+        raise ValueError(f"unknown network {net!r} in {text!r} (tcp or unix)")
+    if text.startswith("/") or text.startswith("./"):
+        return Address("unix", path=text)
+    if text.startswith("["):  # [::1]:564
+        host, _, rest = text[1:].partition("]")
+        port = _port(rest[1:], text) if rest.startswith(":") else DEFAULT_PORT
+        return Address("tcp", host=host, port=port)
+    host, sep, port_text = text.rpartition(":")
+    if sep and ":" not in host:
+        return Address("tcp", host=host or ("*" if listening else "localhost"), port=_port(port_text, text))
+    return Address("tcp", host=text, port=DEFAULT_PORT)
+
+
+def _port(text: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"bad port {text!r} in {whole!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range in {whole!r}")
+    return port
+
+
+async def dial(address: str | Address) -> trio.abc.Stream:
+    """Connect to a 9P server."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.network == "unix":
+        return await trio.open_unix_socket(addr.path)
+    stream = await trio.open_tcp_stream(addr.host, addr.port)
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+    return stream
+
+
+async def listeners(address: str | Address) -> list[trio.SocketListener]:
+    """Listening sockets for `tcp!host!port` (port 0 picks one) or `unix!/path`."""
+    addr = parse_address(address, listening=True) if isinstance(address, str) else address
+    if addr.network == "unix":
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            if os.path.exists(addr.path):
+                _remove_stale_socket(addr.path)
+            await sock.bind(addr.path)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        return [trio.SocketListener(sock)]
+    host = None if addr.host in ("*", "") else addr.host
+    return await trio.open_tcp_listeners(addr.port, host=host)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Reuse a socket path only when nobody is listening on it any more."""
+    import socket
+    import stat
+
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise FileExistsError(f"{path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise OSError(f"{path}: a server is already listening there")
+    finally:
+        probe.close()
+
+
+def listener_address(listener: trio.SocketListener) -> Address:
+    """The address a listener actually bound (the port, when 0 was asked)."""
+    sock = listener.socket
+    if sock.family == trio.socket.AF_UNIX:
+        return Address("unix", path=sock.getsockname())
+    host, port = sock.getsockname()[:2]
+    return Address("tcp", host=host, port=port)

@@ -1,0 +1,135 @@
+"""The one interface of the project: a file tree, i.e. a 9P file server as a class.
+
+Like lib9p's `Srv`, a tree is the 9P operations as methods; here they are
+coroutines over *nodes*. A node is the tree's own object for what a fid names:
+the server keeps one node per fid, so a tree may hang per-fid state (an open
+file descriptor, a directory cursor, a remote fid) on it. Every node has a
+`qid`. Local directories, RAM trees, machine trees, a remote 9P server seen
+through the client, and a composed namespace all implement this, and the 9P
+server and the FUSE adapter take any of them.
+
+Rules a tree can rely on, because the server (or any adapter) enforces them:
+a node is opened at most once, only open nodes are read or written, directory
+nodes are only opened for reading, names passed to `walk` and `create` never
+contain "/" and are never empty, and every node is given back exactly once
+through `clunk` or `remove`.
+
+Errors are raised as `NinePError` (Plan 9 wording) or host `OSError`s, which
+the server turns into Rerror strings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .constants import DMDIR
+from .errors import NinePError, NotADirectory
+from .messages import Qid, Stat
+
+__all__ = ["Node", "Tree", "check_name", "dir_perm", "file_perm"]
+
+
+class Node(Protocol):
+    """What a fid names; `qid` is the file's current identity."""
+
+    qid: Qid
+
+
+class Tree(ABC):
+    """A file server. Subclasses implement either `walk` or `walk1` + `clone`."""
+
+    @abstractmethod
+    async def attach(self, uname: str, aname: str) -> Any:
+        """The root node of the tree named `aname`, acting as `uname` (attach(5))."""
+
+    async def walk(self, node: Any, names: Sequence[str]) -> tuple[list[Qid], Any | None]:
+        """Walk `names` from `node` (walk(5)); `node` itself is left as it was.
+
+        Raise when the first name fails. If a later one fails, return the qids
+        that succeeded and None. On success return every qid and the new node.
+        With no names, return a clone of `node`.
+        """
+        if not names:
+            return [], await self.clone(node)
+        if not node.qid.is_dir:
+            raise NotADirectory("walk in non-directory")
+        qids: list[Qid] = []
+        cur = node
+        for i, name in enumerate(names):
+            try:
+                nxt = await self.walk1(cur, name)
+            except OSError:  # NinePError is one too
+                if cur is not node:
+                    await self.clunk(cur)
+                if i == 0:
+                    raise
+                return qids, None
+            if cur is not node:
+                await self.clunk(cur)
+            cur = nxt
+            qids.append(cur.qid)
+        return qids, cur
+
+    async def walk1(self, node: Any, name: str) -> Any:
+        """One step of a walk: a new node for `name` in directory `node` ("..": the parent)."""
+        raise NotImplementedError
+
+    async def clone(self, node: Any) -> Any:
+        """A new node naming the same file as `node`, not open."""
+        raise NotImplementedError
+
+    @abstractmethod
+    async def open(self, node: Any, mode: int) -> tuple[Qid, int]:
+        """Open `node` in 9P `mode` (open(5)); return its qid and iounit (0: any)."""
+
+    @abstractmethod
+    async def create(self, node: Any, name: str, perm: int, mode: int) -> tuple[Qid, int]:
+        """Create `name` in directory `node`, which then names the new file, open in `mode`."""
+
+    @abstractmethod
+    async def read(self, node: Any, offset: int, count: int) -> bytes:
+        """At most `count` bytes at `offset` of an open file; b"" at end of file."""
+
+    @abstractmethod
+    async def readdir(self, node: Any) -> Sequence[Stat]:
+        """Every entry of an open directory, in order; the server packs them into reads."""
+
+    @abstractmethod
+    async def write(self, node: Any, offset: int, data: bytes) -> int:
+        """Write `data` at `offset` (ignored for append-only files); return the count written."""
+
+    @abstractmethod
+    async def stat(self, node: Any) -> Stat:
+        """The file's directory entry (stat(5)); needs no permission."""
+
+    @abstractmethod
+    async def wstat(self, node: Any, stat: Stat) -> None:
+        """Apply the touched fields of `stat`, all or none; all untouched means fsync."""
+
+    @abstractmethod
+    async def remove(self, node: Any) -> None:
+        """Remove the file; the node is released whether or not that succeeds."""
+
+    async def clunk(self, node: Any) -> None:
+        """Release the node (close what it holds). The default holds nothing."""
+
+    async def close(self) -> None:
+        """Release what the whole tree holds (connections, processes)."""
+
+
+def check_name(name: str) -> None:
+    """A name that may be created: one path element, not "." or ".." (intro(5))."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise NinePError(f"invalid name {name!r}")
+
+
+def file_perm(perm: int, dir_mode: int) -> int:
+    """open(5): a new file's permissions are limited by its directory's."""
+    return perm & (~0o666 | (dir_mode & 0o666))
+
+
+def dir_perm(perm: int, dir_mode: int) -> int:
+    """open(5): a new directory's permissions are limited by its parent's."""
+    return (perm & (~0o777 | (dir_mode & 0o777))) | DMDIR
