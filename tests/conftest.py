@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fileserver.ram import RamTree
+from ninep import Client, Connection, connect
+
+from .servers import raw_connection, serving
+
+
+@pytest.fixture
+async def ram_server() -> AsyncIterator[str]:
+    """The address of a fresh RAM tree served in this loop."""
+    async with serving(RamTree()) as address:
+        yield address
+
+
+@pytest.fixture
+async def fs(ram_server: str) -> AsyncIterator[Client]:
+    """A client attached to a fresh RAM tree."""
+    async with connect(ram_server) as client:
+        yield client
+
+
+@pytest.fixture
+async def conn(ram_server: str) -> AsyncIterator[Connection]:
+    """A raw, versioned connection to a fresh RAM tree; fid 0 is attached to its root."""
+    async with raw_connection(ram_server) as c:
+        await c.attach(0, "tester")
+        yield c

@@ -1,0 +1,78 @@
+"""One way to start a server for a test: in this trio loop, or as a real subprocess.
+
+Both always stop what they started, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import trio
+
+from ninep import Connection, Limits, Server, Tree, dial
+
+
+@asynccontextmanager
+async def serving(
+    tree: Tree, address: str = "tcp!127.0.0.1!0", *, limits: Limits = Limits()
+) -> AsyncIterator[str]:
+    """Serve `tree` in the current trio loop; yields the dial string of the bound address."""
+    server = Server(tree, limits=limits)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.serve, address)
+        try:
+            yield str(addresses[0])
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def ninefs_command(*args: str) -> list[str]:
+    """The argv to run the `ninefs` CLI of this checkout with this interpreter."""
+    return [sys.executable, "-m", "mount.cli", *args]
+
+
+@contextmanager
+def server_process(*args: str, listen: str = "tcp!127.0.0.1!0") -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `ninefs serve ARGS --listen LISTEN` in a subprocess; yield its address and process."""
+    proc = subprocess.Popen(
+        ninefs_command("serve", *args, "--listen", listen),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("ninefs: serving on "):
+            raise RuntimeError(f"server did not start: {line!r}")
+        yield line.split()[-1], proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@asynccontextmanager
+async def raw_connection(address: str, *, msize: int = 1 << 20) -> AsyncIterator[Connection]:
+    """A versioned 9P connection with no attach, for tests of the raw protocol."""
+    stream = await dial(address)
+    async with trio.open_nursery() as nursery:
+        conn = Connection(stream, msize=msize)
+        try:
+            await conn.start(nursery)
+            yield conn
+        finally:
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
