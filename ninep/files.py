@@ -30,7 +30,7 @@ from .constants import (
     OWRITE,
     QTAPPEND,
 )
-from .errors import Exists, NinePError, NotFound, error_for
+from .errors import Exists, NinePError, NotADirectory, NotFound, error_for
 from .messages import Qid, Stat
 from .transport import Address, dial
 
@@ -135,6 +135,9 @@ class Client:
                 if len(qids) != len(step):
                     if not first:
                         await self._clunk_quiet(fid)
+                    last = qids[-1] if qids else qid
+                    if not last.is_dir:
+                        raise NotADirectory("not a directory", _join(path))
                     raise NotFound("file does not exist", _join(path))
                 if qids:
                     qid = qids[-1]
@@ -527,12 +530,14 @@ class File:
         if n < 0:
             chunks = [self._buf]
             pos = self._pos + len(self._buf)
+            want = self.iounit  # most files fit in one read; pipeline only once one does not
             while True:
-                data = await self.client.pread(self.fid, pos, WINDOW * self.iounit, self.iounit, self.path)
+                data = await self.client.pread(self.fid, pos, want, self.iounit, self.path)
                 if not data:
                     break
                 chunks.append(data)
                 pos += len(data)
+                want = WINDOW * self.iounit
             out = b"".join(chunks)
         else:
             out = self._buf[:n]

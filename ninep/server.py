@@ -295,23 +295,31 @@ class _Connection:
                     reply = Rerror(msg.tag, f"i/o error: {type(e).__name__}: {e}")
             # flush(5): once flushed (and not answered yet) the request is never answered.
             if reply is not None and not (req.flushed and req.scope.cancelled_caught):
-                await self.send(reply)
+                await self.send(reply, lambda: self._forget(msg.tag, req))
         finally:
-            if self.pending.get(msg.tag) is req:
-                del self.pending[msg.tag]
+            self._forget(msg.tag, req)
             req.done.set()
+
+    def _forget(self, tag: int, req: _Request) -> None:
+        if self.pending.get(tag) is req:
+            del self.pending[tag]
 
     async def _flush(self, msg: Tflush, req: _Request, target: _Request | None) -> None:
         try:
             if target is not None:
                 await target.done.wait()
-            await self.send(Rflush(msg.tag))
+            await self.send(Rflush(msg.tag), lambda: self._forget(msg.tag, req))
         finally:
-            if self.pending.get(msg.tag) is req:
-                del self.pending[msg.tag]
+            self._forget(msg.tag, req)
             req.done.set()
 
-    async def send(self, msg: Message) -> None:
+    async def send(self, msg: Message, sent: Callable[[], None] | None = None) -> None:
+        """Send a reply; `sent` runs once it is its turn on the wire, before the bytes go.
+
+        The tag must be free again by the time the client can see the reply: a
+        client reuses it at once, and that next request may be read before this
+        task runs again.
+        """
         try:
             data = codec.encode(msg)
         except CodecError as e:  # a tree gave us something unencodable: still answer
@@ -320,6 +328,8 @@ class _Connection:
         if self.trace is not None:
             self.trace(f"{self.peer} <- {_short(msg)}")
         async with self.send_lock:
+            if sent is not None:
+                sent()
             await self.stream.send_all(data)
 
     def _trace_in(self, msg: object) -> None:
