@@ -32,7 +32,7 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*; touch $@
 
 demo: $(STAMP)
-	@$(PY) -m tests.demo
+	@$(VENV)/bin/ninefs demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

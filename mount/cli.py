@@ -12,6 +12,8 @@ import sys
 import fileserver.serve
 import ninep.cli
 
+from . import demo
+
 __all__ = ["main"]
 
 
@@ -23,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fileserver.serve.register(sub)
     ninep.cli.register(sub)
+    demo.register(sub)
     return p
 
 

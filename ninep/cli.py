@@ -21,7 +21,7 @@ from .errors import NinePError
 from .files import Client, connect
 from .messages import Stat
 
-__all__ = ["register", "format_long"]
+__all__ = ["format_long", "register"]
 
 CHUNK = 1 << 20
 

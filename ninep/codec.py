@@ -45,8 +45,8 @@ from .messages import (
 )
 
 __all__ = [
-    "CodecError",
     "HEADER",
+    "CodecError",
     "decode",
     "decode_stat",
     "decode_stats",
@@ -184,7 +184,7 @@ def encode(msg: Message) -> bytes:
 class _Reader:
     """A cursor over one frame body; every read checks that the bytes are there."""
 
-    __slots__ = ("buf", "pos", "end")
+    __slots__ = ("buf", "end", "pos")
 
     def __init__(self, buf: bytes | memoryview, pos: int, end: int) -> None:
         self.buf = buf

@@ -11,15 +11,15 @@ from __future__ import annotations
 import errno as E
 
 __all__ = [
+    "Exists",
+    "Interrupted",
+    "IsADirectory",
     "NinePError",
-    "ProtocolError",
+    "NotADirectory",
+    "NotEmpty",
     "NotFound",
     "PermissionDenied",
-    "Exists",
-    "NotADirectory",
-    "IsADirectory",
-    "NotEmpty",
-    "Interrupted",
+    "ProtocolError",
     "TimedOut",
     "ename_for",
     "errno_for",

@@ -24,8 +24,8 @@ from .constants import (
     DEFAULT_MSIZE,
     DMDIR,
     MAXWELEM,
-    OREAD,
     ORDWR,
+    OREAD,
     OTRUNC,
     OWRITE,
     QTAPPEND,
@@ -388,7 +388,7 @@ class Client:
         while pos < end:
             batch = [(o, min(iounit, end - o)) for o in range(pos, min(end, pos + WINDOW * iounit), iounit)]
             results = await _gather([lambda o=o, n=n: self._read1(fid, o, n, path) for o, n in batch])
-            for (_, n), data in zip(batch, results):
+            for (_, n), data in zip(batch, results, strict=False):
                 pieces.append(data)
                 if len(data) < n:  # short read: end of file here
                     return b"".join(pieces)
@@ -423,7 +423,7 @@ class Client:
             counts = await _gather(
                 [lambda o=o, b=b: self._write1(fid, offset + o, b, path) for o, b in batch]
             )
-            for (_, b), n in zip(batch, counts):
+            for (_, b), n in zip(batch, counts, strict=False):
                 if n != len(b):
                     raise NinePError(f"i/o error: short write ({n} of {len(b)} bytes)", path)
             done = stop

@@ -15,7 +15,8 @@ from typing import Any
 import trio
 
 from .constants import DEFAULT_MSIZE
-from .files import Client, File, connect as async_connect
+from .files import Client, File
+from .files import connect as async_connect
 from .messages import Stat
 from .transport import Address
 

@@ -18,7 +18,7 @@ import trio
 from .codec import CodecError
 from .constants import DEFAULT_MSIZE
 
-__all__ = ["Address", "FrameReader", "FrameTooLarge", "parse_address", "dial", "listeners"]
+__all__ = ["Address", "FrameReader", "FrameTooLarge", "dial", "listeners", "parse_address"]
 
 DEFAULT_PORT = 564  # 9P's registered port
 _SIZE = struct.Struct("<I")

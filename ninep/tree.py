@@ -112,10 +112,10 @@ class Tree(ABC):
     async def remove(self, node: Any) -> None:
         """Remove the file; the node is released whether or not that succeeds."""
 
-    async def clunk(self, node: Any) -> None:
+    async def clunk(self, node: Any) -> None:  # noqa: B027 - optional, like lib9p's destroyfid
         """Release the node (close what it holds). The default holds nothing."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional
         """Release what the whole tree holds (connections, processes)."""
 
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from fileserver.ram import RamTree
-from ninep import DMDIR, NOFID, NOTAG, OREAD, ORCLOSE, ORDWR, OTRUNC, OWRITE, Limits, Stat, codec
+from ninep import DMDIR, NOFID, NOTAG, ORCLOSE, ORDWR, OREAD, OTRUNC, OWRITE, Limits, Stat, codec
 from ninep.errors import NinePError
 from ninep.messages import Rerror, Rflush, Rversion, Tattach, Tflush, Tstat, Tversion
 
@@ -62,7 +62,13 @@ def version_frame(msize: int = 8192, version: str = "9P2000") -> bytes:
 
 @pytest.mark.parametrize(
     "proposed, answered",
-    [("9P2000", "9P2000"), ("9P2000.L", "9P2000"), ("9P2000.u", "9P2000"), ("9P3000", "9P2000"), ("XP", "unknown")],
+    [
+        ("9P2000", "9P2000"),
+        ("9P2000.L", "9P2000"),
+        ("9P2000.u", "9P2000"),
+        ("9P3000", "9P2000"),
+        ("XP", "unknown"),
+    ],
 )
 async def test_version_answers_9p2000_or_unknown(ram_server, proposed, answered):
     (reply,) = await send_raw(ram_server, version_frame(version=proposed))
@@ -205,7 +211,7 @@ async def test_a_fid_is_opened_once(conn):
 
 async def test_create_makes_the_fid_the_new_open_file(conn):
     await conn.walk(0, 1, [])
-    qid, iounit = await conn.create(1, "f", 0o644, ORDWR)
+    _qid, iounit = await conn.create(1, "f", 0o644, ORDWR)
     assert iounit == conn.msize - 24
     assert await conn.write(1, 0, b"hello") == 5
     assert await conn.read(1, 0, 100) == b"hello"
@@ -594,4 +600,3 @@ async def test_a_client_that_vanishes_mid_request_releases_its_fids():
             while not clunked:
                 await trio.sleep(0.01)
         assert tree.cancelled == 1
-

@@ -1,0 +1,124 @@
+"""`ninefs demo` (what `make demo` runs): the main job, end to end, on loopback.
+
+It starts real servers as subprocesses, uses them through the Python library
+and through the command line, prints every command and its output, and cleans
+up everything it started, also when something fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+import ninep
+
+__all__ = ["register"]
+
+
+def _ninefs(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mount.cli", *args]
+
+
+def _say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
+
+
+def _sh(command: str, cwd: str | None = None, stdin: bytes | None = None) -> str:
+    """Run a shell command as a person would type it; show it and its output."""
+    print(f"$ {command}", flush=True)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    r = subprocess.run(command, shell=True, cwd=cwd, input=stdin, capture_output=True, env=env, timeout=120)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    if out:
+        print(out.rstrip("\n"), flush=True)
+    if r.returncode:
+        print(f"(exit status {r.returncode})", flush=True)
+    return out
+
+
+@contextmanager
+def _server(*args: str) -> Iterator[str]:
+    proc = subprocess.Popen(
+        _ninefs("serve", *args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("ninefs: serving on "):
+            raise RuntimeError(f"server did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _library_part(address: str) -> None:
+    print(">>> async with ninep.connect(address) as fs:")
+    async with ninep.connect(address) as fs:
+        await fs.mkdir("notes/2026", parents=True)
+        await fs.write_text("notes/2026/plan.txt", "bind, mount, union\n")
+        print("...     await fs.write_text('notes/2026/plan.txt', ...)")
+        async with fs.open("notes/2026/plan.txt", "a") as f:
+            await f.write("export it all over 9P\n")
+        print("...     async with fs.open('notes/2026/plan.txt', 'a') as f: await f.write(...)")
+        for entry in await fs.ls("/"):
+            print(f"...     fs.ls('/') -> {entry.name}{'/' if entry.is_dir else ''} {entry.length} bytes")
+        print(f"...     fs.read_text(...) -> {await fs.read_text('notes/2026/plan.txt')!r}")
+        try:
+            await fs.read_bytes("no/such/file")
+        except FileNotFoundError as e:
+            print(f"...     except FileNotFoundError as e: {e}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="ninefs-demo-") as tmp:
+        export = os.path.join(tmp, "export")
+        os.makedirs(os.path.join(export, "src"))
+        with open(os.path.join(export, "README"), "w") as f:
+            f.write("This directory is exported by a ninefs server.\n")
+        with open(os.path.join(export, "src", "hello.c"), "w") as f:
+            f.write('#include <stdio.h>\nint main(void) { puts("hello, 9P"); return 0; }\n')
+
+        _say("A machine exports a directory over 9P2000 (a real server process on loopback)")
+        with _server(export, "--listen", "tcp!127.0.0.1!0") as address:
+            print(f"$ ninefs serve {export} --listen tcp!127.0.0.1!0    # -> {address}")
+
+            _say("Another program uses it through the command line (like plan9port's 9p)")
+            q = shlex.quote(address)
+            _sh(f"ninefs ls -l {q} /")
+            _sh(f"ninefs cat {q} src/hello.c")
+            _sh(f"date | ninefs write {q} /stamp && ninefs cat {q} /stamp")
+            _sh(f"ninefs mkdir -p {q} build/out && ninefs mv {q} /stamp build")
+            _sh(f"ninefs ls -l {q} build")
+            _sh(f"ninefs cat {q} /nonexistent")
+
+            _say("...and through the Python library")
+            trio.run(_library_part, address)
+
+            _say("The changes are real files on the exporting machine")
+            _sh(f"find {shlex.quote(export)} -type f | sort | sed 's|{export}|<export>|'")
+            _sh(f"cat {shlex.quote(os.path.join(export, 'notes/2026/plan.txt'))}")
+
+        _say("A second server with a RAM tree, read-only: changes are refused with a clear error")
+        with _server("--ro", "--listen", "tcp!127.0.0.1!0") as address:
+            _sh(f"echo hi | ninefs write {shlex.quote(address)} /x")
+        _say("Done: servers stopped, temporary files removed")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="show ninefs working end to end on loopback")
+    p.set_defaults(run=_run)
