@@ -20,6 +20,7 @@ import grp
 import os
 import pwd
 import stat as st_mod
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,7 +79,7 @@ def _group_id(name: str) -> int:
         raise NinePError(f"invalid argument: unknown group {name!r}") from None
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class _Node:
     names: tuple[str, ...]
     qid: Qid
@@ -98,6 +99,13 @@ class LocalTree(Tree):
         self.root = real
         self.read_only = read_only
         self._exclusive: set[tuple[int, int]] = set()  # (dev, ino) of DMEXCL files open now
+        # Every node alive, so a rename can move the others that name the file or lie below
+        # it: a fid names a file, not a path (intro(5)).
+        self._nodes: weakref.WeakSet[_Node] = weakref.WeakSet()
+
+    def _track(self, node: _Node) -> _Node:
+        self._nodes.add(node)
+        return node
 
     # --- paths and confinement --------------------------------------------------
 
@@ -157,10 +165,10 @@ class LocalTree(Tree):
         s = os.stat(real)
         if not st_mod.S_ISDIR(s.st_mode):
             raise NinePError(f"not a directory: {aname}")
-        return _Node(names, self._qid(s, 0), uname)
+        return self._track(_Node(names, self._qid(s, 0), uname))
 
     async def clone(self, node: _Node) -> _Node:
-        return _Node(node.names, node.qid, node.uname)
+        return self._track(_Node(node.names, node.qid, node.uname))
 
     async def walk1(self, node: _Node, name: str) -> _Node:
         if name == "..":
@@ -174,7 +182,7 @@ class LocalTree(Tree):
             s = os.stat(real)
         except FileNotFoundError:
             raise NotFound("file does not exist") from None
-        return _Node(names, self._qid(s, self._extra_bits(real)), node.uname)
+        return self._track(_Node(names, self._qid(s, self._extra_bits(real)), node.uname))
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
         real = self._real(node.names)
@@ -343,7 +351,12 @@ class LocalTree(Tree):
             os.chown(real, -1, gid)
         if new_path is not None:
             os.rename(real, new_path)
-            node.names = (*node.names[:-1], st.name)
+            old_names = node.names
+            new_names = (*old_names[:-1], st.name)
+            n = len(old_names)
+            for other in list(self._nodes):
+                if other.names[:n] == old_names:
+                    other.names = new_names + other.names[n:]
 
     async def remove(self, node: _Node) -> None:
         try:

@@ -12,7 +12,7 @@ import sys
 import fileserver.serve
 import ninep.cli
 
-from . import demo
+from . import demo, mounter
 
 __all__ = ["main"]
 
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fileserver.serve.register(sub)
     ninep.cli.register(sub)
+    mounter.register(sub)
     demo.register(sub)
     return p
 

@@ -263,20 +263,20 @@ class _Connection:
             await self.send(Rerror(msg.tag, "too many outstanding requests"))
             return
         req = _Request(trio.CancelScope(), trio.Event())
-        self.pending[msg.tag] = req
         if isinstance(msg, Tflush):
-            target = self.pending.get(msg.oldtag)
-            if target is not None and msg.oldtag != msg.tag:
+            target = self.pending.get(msg.oldtag)  # looked up first: a flush may name itself
+            self.pending[msg.tag] = req
+            if target is not None:
                 target.flushed = True
                 target.scope.cancel()
             self.nursery.start_soon(self._flush, msg, req, target)
-        else:
-            handler = self.handlers.get(type(msg))
-            if handler is None:  # an R-message sent to us
-                self.pending.pop(msg.tag)
-                await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
-                return
-            self.nursery.start_soon(self._respond, handler, msg, req)
+            return
+        handler = self.handlers.get(type(msg))
+        if handler is None:  # an R-message sent to us
+            await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
+            return
+        self.pending[msg.tag] = req
+        self.nursery.start_soon(self._respond, handler, msg, req)
 
     async def _respond(self, handler: Callable[[Any], Any], msg: Message, req: _Request) -> None:
         reply: Message | None = None

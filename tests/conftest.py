@@ -30,3 +30,14 @@ async def conn(ram_server: str) -> AsyncIterator[Connection]:
     async with raw_connection(ram_server) as c:
         await c.attach(0, "tester")
         yield c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mount_left_behind():
+    """The suite must leave no FUSE mount of ours behind (checked when it ends)."""
+    from .fuse_helpers import ninefs_mounts
+
+    before = set(ninefs_mounts())
+    yield
+    left = set(ninefs_mounts()) - before
+    assert not left, f"tests left FUSE mounts behind: {sorted(left)}"

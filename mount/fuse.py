@@ -1,0 +1,639 @@
+"""Any tree shown to the kernel through FUSE (pyfuse3: libfuse 3's low-level API on trio).
+
+Every FUSE request is a coroutine in the same trio loop as the 9P client, under
+a deadline, so a dead server becomes an error, never a hang. Inodes are qids
+(see inodes.py); errors map to errno through the one table in ninep.errors.
+
+Speed comes from doing less: directory reads carry attributes (`ls -l` is one
+read), our own attribute and name caches answer repeated stats without a round
+trip, qid.vers decides whether the kernel may keep a file's pages across
+opens, sequential reads are prefetched an iounit at a time, and sequential
+writes are sent behind the writer's back (write-behind) with any error
+reported at the next write, flush (close) or fsync.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import pwd
+import grp
+import stat as st_mod
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from ninep.constants import (
+    DMAPPEND,
+    DMDIR,
+    OREAD,
+    ORDWR,
+    OTRUNC,
+    OWRITE,
+)
+from ninep.errors import NinePError, ProtocolError, errno_for
+from ninep.messages import Qid, Stat
+from ninep.tree import Tree
+
+from .inodes import ROOT_INODE, Inode, InodeTable
+
+__all__ = ["FuseOptions", "TreeFS"]
+
+log = logging.getLogger("ninefs.fuse")
+T = TypeVar("T")
+
+WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
+READAHEAD = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FuseOptions:
+    timeout: float = 30.0  # deadline of every operation
+    cache: float = 1.0  # kernel entry/attr timeout, and our own attribute/name cache
+    read_only: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Handle:
+    """An open file or directory: a node of its own, opened once."""
+
+    inode: Inode
+    node: Any
+    iounit: int
+    writable: bool
+    stream: bool  # synthetic file (length 0 at open): no page cache, writes in order
+    entries: list[Stat] | None = None
+    error: OSError | None = None
+    in_flight: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) being written
+    limiter: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(WRITE_BEHIND))
+    idle: trio.Event = field(default_factory=trio.Event)
+    ahead_off: int = -1  # readahead buffer: bytes at ahead_off
+    ahead: bytes = b""
+    next_off: int = 0
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc.errno
+    if isinstance(exc, trio.TooSlowError):
+        return errno.ETIMEDOUT
+    if isinstance(exc, ProtocolError):
+        return errno.EIO
+    if isinstance(exc, NinePError):
+        code = errno_for(exc.ename)
+        if code == errno.EIO:
+            log.info("9P error without an errno: %s", exc.ename)
+        return code
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run an operation under the deadline and turn every failure into a FUSEError."""
+
+    @functools.wraps(fn)
+    async def op(self: TreeFS, *args: Any) -> T:
+        try:
+            with trio.fail_after(self.options.timeout):
+                return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except (OSError, trio.TooSlowError) as e:
+            code = _errno_of(e)
+            if code in (errno.EIO, errno.ETIMEDOUT):
+                log.warning("%s: %s", fn.__name__, e or "timed out")
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return op
+
+
+class TreeFS(pyfuse3.Operations):
+    """pyfuse3 operations over a `Tree` attached as `uname`."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, *, uname: str, aname: str = "", options: FuseOptions = FuseOptions()) -> None:
+        super().__init__()
+        self.tree = tree
+        self.uname = uname
+        self.aname = aname
+        self.options = options
+        self.inodes = InodeTable()
+        self.handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self.nursery: trio.Nursery | None = None
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Attach the root; `nursery` hosts write-behind and readahead tasks."""
+        self.nursery = nursery
+        node = await self.tree.attach(self.uname, self.aname)
+        stat = await self.tree.stat(node)
+        self.inodes.root(stat, node)
+
+    async def close(self) -> None:
+        """Clunk every node we hold (at unmount)."""
+        with trio.move_on_after(10) as scope:
+            scope.shield = True
+            for h in list(self.handles.values()):
+                await self._clunk(h.node)
+            self.handles.clear()
+            for inode in list(self.inodes.by_ino.values()):
+                node = self.inodes.drop(inode)
+                if node is not None:
+                    await self._clunk(node)
+
+    async def _clunk(self, node: Any) -> None:
+        try:
+            await self.tree.clunk(node)
+        except Exception as e:
+            log.debug("clunk: %s", e)
+
+    # --- attributes ----------------------------------------------------------------
+
+    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        s = inode.stat
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = self.options.cache
+        a.attr_timeout = self.options.cache
+        perm = s.mode & 0o777
+        if s.mode & DMDIR:
+            a.st_mode = st_mod.S_IFDIR | perm
+            a.st_nlink = 2
+        else:
+            a.st_mode = st_mod.S_IFREG | perm
+            a.st_nlink = 1
+        a.st_uid = _cached_uid(s.uid, self.uid)
+        a.st_gid = _cached_gid(s.gid, self.gid)
+        a.st_rdev = 0
+        a.st_size = s.length
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (s.length + 511) // 512
+        a.st_atime_ns = s.atime * 1_000_000_000
+        a.st_mtime_ns = s.mtime * 1_000_000_000
+        a.st_ctime_ns = s.mtime * 1_000_000_000
+        return a
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return inode
+
+    async def _node(self, inode: Inode) -> Any:
+        """The inode's walked node, walking it from its directory the first time."""
+        if inode.node is not None:
+            return inode.node
+        async with inode.lock:
+            if inode.node is not None:
+                return inode.node
+            parent = self._inode(inode.parent)
+            pnode = await self._node(parent)
+            qids, node = await self.tree.walk(pnode, [inode.name])
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            inode.node = node
+            return node
+
+    async def _clone(self, inode: Inode) -> Any:
+        node = await self._node(inode)
+        _, clone = await self.tree.walk(node, [])
+        return clone
+
+    async def _refresh(self, inode: Inode) -> Stat:
+        await self._drain_inode(inode)
+        if not inode.fresh(self.options.cache):
+            inode.stat = await self.tree.stat(await self._node(inode))
+            inode.stat_time = time.monotonic()
+        return inode.stat
+
+    def _forget_stat(self, inode: Inode) -> None:
+        inode.stat_time = 0.0
+
+    async def _drain_inode(self, inode: Inode) -> None:
+        """Wait until write-behind on this inode is done, so a stat sees every write."""
+        for h in list(self.handles.values()):
+            if h.inode is inode and h.in_flight:
+                await h.idle.wait()
+
+    # --- lookup and attributes -----------------------------------------------------------------
+
+    @_fuse_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        n = os.fsdecode(name)
+        if n == ".":
+            inode = parent
+        elif n == "..":
+            inode = self._inode(parent.parent)
+        else:
+            ino = parent.children.get(n)
+            inode = self.inodes.get(ino) if ino is not None else None
+            if inode is None or not inode.fresh(self.options.cache):
+                pnode = await self._node(parent)
+                _, node = await self.tree.walk(pnode, [n])
+                if node is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                try:
+                    stat = await self.tree.stat(node)
+                except BaseException:
+                    await self._clunk(node)
+                    raise
+                inode, spare = self.inodes.learn(parent, n, stat, node)
+                if spare is not None:
+                    await self._clunk(spare)
+        inode.lookups += 1
+        return self._attr(inode)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            inode = self.inodes.get(ino)
+            if inode is None or ino == ROOT_INODE:
+                continue
+            inode.lookups -= n
+            if inode.lookups <= 0 and inode.open_handles == 0:
+                node = self.inodes.drop(inode)
+                if node is not None:
+                    await self._clunk(node)
+
+    @_fuse_op
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        i = self._inode(inode)
+        await self._refresh(i)
+        return self._attr(i)
+
+    @_fuse_op
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        i = self._inode(inode)
+        self._writable()
+        if fh is not None and fh in self.handles:
+            await self._drain(self.handles[fh])
+        changes: dict[str, Any] = {}
+        if fields.update_size:
+            changes["length"] = attr.st_size
+        if fields.update_mode:
+            changes["mode"] = (i.stat.mode & ~0o777) | (attr.st_mode & 0o777)
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns // 1_000_000_000
+        if fields.update_gid:
+            changes["gid"] = grp.getgrgid(attr.st_gid).gr_name if _has_gid(attr.st_gid) else str(attr.st_gid)
+        if fields.update_uid and attr.st_uid != _cached_uid(i.stat.uid, self.uid):
+            raise pyfuse3.FUSEError(errno.EPERM)  # 9P cannot change a file's owner
+        if changes:
+            await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
+        i.stat = await self.tree.stat(await self._node(i))
+        i.stat_time = time.monotonic()
+        return self._attr(i)
+
+    def _writable(self) -> None:
+        if self.options.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    @_fuse_op
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True  # the server decides; with default_permissions the kernel checks modes
+
+    @_fuse_op
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 30  # 9P has no statfs; like 9pfuse, say "lots"
+        s.f_files = s.f_ffree = s.f_favail = 1 << 20
+        s.f_namemax = 255
+        return s
+
+    # --- directories -----------------------------------------------------------------------------
+
+    @_fuse_op
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        i = self._inode(inode)
+        node = await self._clone(i)
+        try:
+            await self.tree.open(node, OREAD)
+        except BaseException:
+            await self._clunk(node)
+            raise
+        return self._new_handle(_Handle(i, node, 0, False, False))
+
+    def _new_handle(self, h: _Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = h
+        h.inode.open_handles += 1
+        h.idle.set()
+        return fh
+
+    @_fuse_op
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        h = self.handles[fh]
+        if start_id == 0 or h.entries is None:
+            h.entries = list(await self.tree.readdir(h.node))
+            h.inode.children_time = time.monotonic()
+        for i in range(start_id, len(h.entries)):
+            st = h.entries[i]
+            inode, _ = self.inodes.learn(h.inode, st.name, st)
+            if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 1):
+                break
+            inode.lookups += 1
+
+    @_fuse_op
+    async def releasedir(self, fh: int) -> None:
+        await self._release_handle(fh)
+
+    async def _release_handle(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        try:
+            await self._drain(h)
+        finally:
+            h.inode.open_handles -= 1
+            await self._clunk(h.node)
+            if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
+                node = self.inodes.drop(h.inode)
+                if node is not None:
+                    await self._clunk(node)
+
+    @_fuse_op
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        self._writable()
+        parent = self._inode(parent_inode)
+        node = await self._clone(parent)
+        try:
+            qid, _ = await self.tree.create(node, os.fsdecode(name), DMDIR | (mode & 0o777), OREAD)
+            stat = await self.tree.stat(node)
+        finally:
+            await self._clunk(node)
+        return self._created(parent, os.fsdecode(name), stat)
+
+    def _created(self, parent: Inode, name: str, stat: Stat) -> pyfuse3.EntryAttributes:
+        self._forget_stat(parent)
+        inode, _ = self.inodes.learn(parent, name, stat)
+        inode.lookups += 1
+        return self._attr(inode)
+
+    async def _remove(self, parent_inode: int, name: bytes) -> None:
+        self._writable()
+        parent = self._inode(parent_inode)
+        n = os.fsdecode(name)
+        pnode = await self._node(parent)
+        _, node = await self.tree.walk(pnode, [n])
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        await self.tree.remove(node)
+        self.inodes.forget_name(parent, n)
+        self._forget_stat(parent)
+
+    @_fuse_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._remove(parent_inode, name)
+
+    @_fuse_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self._remove(parent_inode, name)
+
+    @_fuse_op
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
+    ) -> None:
+        self._writable()
+        if parent_inode_old != parent_inode_new:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # wstat(5) renames within a directory; mv copies
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        parent = self._inode(parent_inode_old)
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        pnode = await self._node(parent)
+        _, node = await self.tree.walk(pnode, [old])
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        try:
+            _, target = await self.tree.walk(pnode, [new])
+        except (NinePError, OSError):
+            target = None
+        try:
+            if target is not None:
+                if flags & pyfuse3.RENAME_NOREPLACE:
+                    await self._clunk(target)
+                    raise pyfuse3.FUSEError(errno.EEXIST)
+                # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
+                tstat = await self.tree.stat(target)
+                if tstat.is_dir != (await self.tree.stat(node)).is_dir:
+                    await self._clunk(target)
+                    raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
+                await self.tree.remove(target)
+                self.inodes.forget_name(parent, new)
+            await self.tree.wstat(node, Stat.dont_touch(name=new))
+        finally:
+            await self._clunk(node)
+        ino = parent.children.pop(old, None)
+        moved = self.inodes.get(ino) if ino is not None else None
+        if moved is not None:
+            moved.name = new
+            parent.children[new] = moved.ino
+        self._forget_stat(parent)
+
+    # --- files -------------------------------------------------------------------------------------
+
+    def _fileinfo(self, fh: int, h: _Handle, qid: Qid) -> pyfuse3.FileInfo:
+        inode = h.inode
+        keep = not h.stream and inode.last_open_vers == qid.vers
+        inode.last_open_vers = qid.vers
+        return pyfuse3.FileInfo(fh=fh, direct_io=h.stream, keep_cache=keep)
+
+    @_fuse_op
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        i = self._inode(inode)
+        acc = flags & os.O_ACCMODE
+        mode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
+        if acc != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        if flags & os.O_TRUNC:
+            mode |= OTRUNC
+        await self._drain_inode(i)
+        node = await self._clone(i)
+        try:
+            qid, iounit = await self.tree.open(node, mode)
+            stat = await self.tree.stat(node)
+        except BaseException:
+            await self._clunk(node)
+            raise
+        i.stat, i.stat_time = stat, time.monotonic()
+        # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
+        stream = stat.length == 0 and not flags & os.O_TRUNC and not stat.mode & DMAPPEND
+        h = _Handle(i, node, iounit, mode != OREAD, stream)
+        fh = self._new_handle(h)
+        return self._fileinfo(fh, h, qid)
+
+    @_fuse_op
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        parent = self._inode(parent_inode)
+        n = os.fsdecode(name)
+        acc = flags & os.O_ACCMODE
+        omode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
+        node = await self._clone(parent)
+        try:
+            qid, iounit = await self.tree.create(node, n, mode & 0o777, omode)
+            stat = await self.tree.stat(node)
+        except BaseException:
+            await self._clunk(node)
+            raise
+        attr = self._created(parent, n, stat)
+        inode = self._inode(attr.st_ino)
+        h = _Handle(inode, node, iounit, True, False)
+        fh = self._new_handle(h)
+        return self._fileinfo(fh, h, qid), attr
+
+    @_fuse_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if h.in_flight:
+            await self._drain(h)
+        if h.stream:
+            return await self.tree.read(h.node, off, size)
+        # Serve from the readahead buffer; refill it with one iounit-sized read.
+        if h.ahead_off <= off and off + size <= h.ahead_off + len(h.ahead):
+            start = off - h.ahead_off
+            h.next_off = off + size
+            return h.ahead[start : start + size]
+        sequential = off == h.next_off
+        unit = max(size, min(h.iounit or READAHEAD, READAHEAD)) if sequential else size
+        data = await self._read_full(h, off, unit)
+        h.ahead_off, h.ahead = off, data
+        h.next_off = off + min(size, len(data))
+        return data[:size]
+
+    async def _read_full(self, h: _Handle, off: int, count: int) -> bytes:
+        data = await self.tree.read(h.node, off, count)
+        if len(data) < count and data and h.iounit and len(data) == h.iounit:
+            data += await self.tree.read(h.node, off + len(data), count - len(data))
+        return data
+
+    @_fuse_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        self._raise_pending(h)
+        h.ahead_off, h.ahead = -1, b""
+        h.inode.stat_time = 0.0
+        if h.stream or self.nursery is None:
+            n = await self.tree.write(h.node, off, bytes(buf))
+            return n
+        end = off + len(buf)
+        if any(o < end and off < e for o, e in h.in_flight):
+            await self._drain(h)  # an overlapping rewrite must land after the earlier write
+        await h.limiter.acquire()
+        h.in_flight.append((off, end))
+        h.idle = trio.Event() if h.idle.is_set() else h.idle
+        self.nursery.start_soon(self._write_behind, h, off, bytes(buf))
+        return len(buf)
+
+    async def _write_behind(self, h: _Handle, off: int, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.options.timeout):
+                n = await self.tree.write(h.node, off, data)
+            if n != len(data):
+                raise OSError(errno.EIO, f"short write: {n} of {len(data)} bytes")
+        except (OSError, trio.TooSlowError) as e:
+            if h.error is None:
+                h.error = e if isinstance(e, OSError) else OSError(errno.ETIMEDOUT, "write timed out")
+            log.warning("write-behind at offset %d failed: %s", off, e)
+        except Exception as e:
+            log.exception("write-behind failed")
+            if h.error is None:
+                h.error = OSError(errno.EIO, str(e))
+        finally:
+            h.in_flight.remove((off, off + len(data)))
+            h.limiter.release()
+            if not h.in_flight:
+                h.idle.set()
+
+    def _raise_pending(self, h: _Handle) -> None:
+        if h.error is not None:
+            e, h.error = h.error, None
+            raise pyfuse3.FUSEError(_errno_of(e))
+
+    async def _drain(self, h: _Handle) -> None:
+        while h.in_flight:
+            await h.idle.wait()
+        self._raise_pending(h)
+
+    @_fuse_op
+    async def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if h is not None:
+            await self._drain(h)
+
+    @_fuse_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handles[fh]
+        await self._drain(h)
+        if h.writable:
+            await self.tree.wstat(h.node, Stat.dont_touch())  # stat(5): a null wstat is fsync
+
+    @_fuse_op
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_fuse_op
+    async def release(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if h is not None and h.writable:
+            self._forget_stat(h.inode)
+        await self._release_handle(fh)
+
+    # --- not in 9P2000 ---------------------------------------------------------------------------------
+
+    async def symlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def mknod(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def readlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_uid(name: str, fallback: int) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else fallback
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_gid(name: str, fallback: int) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return int(name) if name.isdigit() else fallback
+
+
+def _has_gid(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+        return True
+    except KeyError:
+        return False
+

@@ -1,0 +1,103 @@
+"""The FUSE adapter's inode table: kernel inode numbers onto tree nodes.
+
+An inode is a file the kernel knows by number. We give each qid.path its own
+inode number (the kernel's root is always 1), remember the directory and name
+it was found under, and walk a node for it only when one is needed: a
+directory listing creates inodes for every entry without a single walk, so
+`ls -l` costs one directory read. Lookup counts follow the kernel's; when the
+kernel forgets an inode, its node is clunked.
+
+Each inode also caches the last stat we saw and when (our own attribute cache,
+which lets a stat after the kernel dropped its caches be answered without a
+round trip), and each directory caches the names it has seen.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ninep.messages import Stat
+
+ROOT_INODE = 1
+
+
+@dataclass(eq=False, slots=True)
+class Inode:
+    ino: int
+    qid_path: int
+    parent: int
+    name: str
+    stat: Stat
+    stat_time: float
+    node: Any = None  # a walked, unopened node of the tree; None until needed
+    lookups: int = 0
+    open_handles: int = 0
+    last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
+    children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
+    children_time: float = 0.0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    writes_in_flight: int = 0
+    writes_done: trio.Event = field(default_factory=trio.Event)
+
+    def fresh(self, ttl: float) -> bool:
+        return time.monotonic() - self.stat_time < ttl
+
+
+class InodeTable:
+    """Inodes by number and by qid.path."""
+
+    def __init__(self) -> None:
+        self.by_ino: dict[int, Inode] = {}
+        self.by_path: dict[int, int] = {}
+        self._next = ROOT_INODE + 1
+
+    def root(self, stat: Stat, node: Any) -> Inode:
+        inode = Inode(ROOT_INODE, stat.qid.path, ROOT_INODE, "", stat, time.monotonic(), node, lookups=1)
+        self.by_ino[ROOT_INODE] = inode
+        self.by_path[stat.qid.path] = ROOT_INODE
+        return inode
+
+    def get(self, ino: int) -> Inode | None:
+        return self.by_ino.get(ino)
+
+    def learn(self, parent: Inode, name: str, stat: Stat, node: Any = None) -> tuple[Inode, Any]:
+        """The inode for `name` in `parent` with this stat; give back a node it did not need."""
+        now = time.monotonic()
+        ino = self.by_path.get(stat.qid.path)
+        inode = self.by_ino.get(ino) if ino is not None else None
+        spare = None
+        if inode is None:
+            ino = self._next
+            self._next += 1
+            inode = Inode(ino, stat.qid.path, parent.ino, name, stat, now, node)
+            self.by_ino[ino] = inode
+            self.by_path[stat.qid.path] = ino
+        else:
+            inode.stat, inode.stat_time = stat, now
+            if inode.ino != ROOT_INODE:
+                inode.parent, inode.name = parent.ino, name
+            if node is not None:
+                if inode.node is None:
+                    inode.node = node
+                else:
+                    spare = node
+        parent.children[name] = inode.ino
+        return inode, spare
+
+    def forget_name(self, parent: Inode, name: str) -> None:
+        parent.children.pop(name, None)
+
+    def drop(self, inode: Inode) -> Any:
+        """Remove an inode the kernel no longer knows; give back its node to clunk."""
+        self.by_ino.pop(inode.ino, None)
+        if self.by_path.get(inode.qid_path) == inode.ino:
+            del self.by_path[inode.qid_path]
+        parent = self.by_ino.get(inode.parent)
+        if parent is not None and parent.children.get(inode.name) == inode.ino:
+            del parent.children[inode.name]
+        node, inode.node = inode.node, None
+        return node

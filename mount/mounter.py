@@ -1,0 +1,188 @@
+"""`ninefs mount` and `ninefs umount`: a 9P server (or any tree) as a directory.
+
+`mount` returns once the mount point answers (it restarts itself in the
+background with --foreground and waits for it to say it is ready, like sshfs),
+and the background process serves until `ninefs umount`, `fusermount3 -u`, or
+SIGTERM/SIGINT, and then clunks every fid. `mount_tree` is the library form:
+any tree, mounted for the life of one `await`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+
+import trio
+
+from ninep import RemoteTree, Tree
+from ninep.client import single_error
+
+from .fuse import FuseOptions, TreeFS
+
+__all__ = ["mount_tree", "register", "unmount"]
+
+log = logging.getLogger("ninefs.mount")
+
+
+async def mount_tree(
+    tree: Tree,
+    mountpoint: str,
+    *,
+    uname: str | None = None,
+    aname: str = "",
+    options: FuseOptions = FuseOptions(),
+    fsname: str = "ninefs",
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Mount `tree` on `mountpoint` and serve the kernel until unmounted or signalled."""
+    import pyfuse3
+
+    ops = TreeFS(tree, uname=uname or getpass.getuser(), aname=aname, options=options)
+    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=ninefs"}
+    if options.read_only:
+        fuse_options.add("ro")
+    if os.getuid() == 0:
+        fuse_options.add("allow_other")  # processes of other users (e.g. in a namespace) may look
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            await ops.start(nursery)
+            pyfuse3.init(ops, mountpoint, fuse_options)
+            try:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    nursery.start_soon(_terminate_on_signal, signals)
+                    if ready is not None:
+                        ready()
+                    await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=True)
+                await ops.close()
+                nursery.cancel_scope.cancel()
+
+
+async def _terminate_on_signal(signals: trio.abc.ReceiveChannel) -> None:
+    import pyfuse3
+
+    async for signum in signals:
+        log.info("unmounting on %s", signal.Signals(signum).name)
+        pyfuse3.terminate()
+        return
+
+
+async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> None:
+    options = FuseOptions(timeout=args.timeout, cache=args.cache, read_only=args.ro)
+    async with RemoteTree.connect(args.addr, uname=args.uname, aname=args.aname) as tree:
+        await mount_tree(
+            tree,
+            args.mountpoint,
+            uname=args.uname,
+            aname=args.aname,
+            options=options,
+            fsname=args.addr,
+            ready=ready,
+        )
+
+
+def unmount(mountpoint: str, *, lazy: bool = False) -> subprocess.CompletedProcess:
+    """Unmount a FUSE mount point (fusermount3 -u, or umount as root)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool:
+        cmd = [tool, "-u", *(["-z"] if lazy else []), mountpoint]
+    else:
+        cmd = ["umount", *(["-l"] if lazy else []), mountpoint]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _run_mount(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="ninefs mount: %(message)s")
+    mp = os.path.abspath(args.mountpoint)
+    if not os.path.isdir(mp):
+        print(f"ninefs mount: {args.mountpoint}: not a directory", file=sys.stderr)
+        return 1
+    args.mountpoint = mp
+    if not args.foreground:
+        return _background(args)
+    ready_fd = args.ready_fd
+
+    def ready() -> None:
+        if ready_fd is not None:
+            # Like sshfs: once mounted, a background mount lets go of the caller's terminal
+            # and pipes, so `$(ninefs mount ...)` and subprocess.run return.
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
+    try:
+        trio.run(partial(_mount_remote, args, ready))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else f"{args.addr}: "
+        print(f"ninefs mount: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # pyfuse3.init failing, e.g. a mount point already in use
+        print(f"ninefs mount: {args.mountpoint}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _background(args: argparse.Namespace) -> int:
+    """Start the mount in a new session and return once it is ready (or failed)."""
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "mount.cli", "mount", "--foreground", "--ready-fd", str(w)]
+    argv += [f"--timeout={args.timeout}", f"--cache={args.cache}", f"--aname={args.aname}"]
+    if args.uname:
+        argv.append(f"--uname={args.uname}")
+    if args.ro:
+        argv.append("--ro")
+    argv += [args.addr, args.mountpoint]
+    proc = subprocess.Popen(
+        argv, pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, cwd=_package_root()
+    )
+    os.close(w)
+    with os.fdopen(r, "rb") as ready:
+        said = ready.readline()
+    if said == b"ready\n":
+        return 0
+    return proc.wait() or 1
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_umount(args: argparse.Namespace) -> int:
+    r = unmount(args.mountpoint, lazy=args.lazy)
+    if r.returncode:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        print(f"ninefs umount: {msg[-1] if msg else args.mountpoint + ': failed'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mount", help="mount a 9P server on a directory (FUSE)")
+    p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
+    p.add_argument("mountpoint")
+    p.add_argument("--aname", "-A", default="", help="tree to attach")
+    p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
+    p.add_argument("--ro", action="store_true", help="mount read-only")
+    p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
+    p.add_argument("--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)")
+    p.add_argument("--cache", type=float, default=FuseOptions().cache, help="attribute and name cache time (s)")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(run=_run_mount)
+
+    p = sub.add_parser("umount", help="unmount a ninefs mount point")
+    p.add_argument("mountpoint")
+    p.add_argument("--lazy", "-l", action="store_true", help="detach now, clean up when no longer busy")
+    p.set_defaults(run=_run_umount)
