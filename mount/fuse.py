@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import grp
 import logging
 import os
 import pwd
-import grp
 import stat as st_mod
 import time
 from collections.abc import Awaitable, Callable
@@ -32,8 +32,8 @@ import trio
 from ninep.constants import (
     DMAPPEND,
     DMDIR,
-    OREAD,
     ORDWR,
+    OREAD,
     OTRUNC,
     OWRITE,
 )
@@ -124,7 +124,9 @@ class TreeFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, *, uname: str, aname: str = "", options: FuseOptions = FuseOptions()) -> None:
+    def __init__(
+        self, tree: Tree, *, uname: str, aname: str = "", options: FuseOptions = FuseOptions()
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.uname = uname
@@ -204,7 +206,7 @@ class TreeFS(pyfuse3.Operations):
                 return inode.node
             parent = self._inode(inode.parent)
             pnode = await self._node(parent)
-            qids, node = await self.tree.walk(pnode, [inode.name])
+            _qids, node = await self.tree.walk(pnode, [inode.name])
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             inode.node = node
@@ -278,7 +280,9 @@ class TreeFS(pyfuse3.Operations):
         return self._attr(i)
 
     @_fuse_op
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
         i = self._inode(inode)
         self._writable()
         if fh is not None and fh in self.handles:
@@ -375,7 +379,7 @@ class TreeFS(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         node = await self._clone(parent)
         try:
-            qid, _ = await self.tree.create(node, os.fsdecode(name), DMDIR | (mode & 0o777), OREAD)
+            _qid, _ = await self.tree.create(node, os.fsdecode(name), DMDIR | (mode & 0o777), OREAD)
             stat = await self.tree.stat(node)
         finally:
             await self._clunk(node)
@@ -409,7 +413,13 @@ class TreeFS(pyfuse3.Operations):
 
     @_fuse_op
     async def rename(
-        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
     ) -> None:
         self._writable()
         if parent_inode_old != parent_inode_new:
@@ -636,4 +646,3 @@ def _has_gid(gid: int) -> bool:
         return True
     except KeyError:
         return False
-

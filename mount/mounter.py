@@ -101,7 +101,9 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> subprocess.CompletedProce
 
 
 def _run_mount(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="ninefs mount: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="ninefs mount: %(message)s"
+    )
     mp = os.path.abspath(args.mountpoint)
     if not os.path.isdir(mp):
         print(f"ninefs mount: {args.mountpoint}: not a directory", file=sys.stderr)
@@ -176,8 +178,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--ro", action="store_true", help="mount read-only")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
-    p.add_argument("--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)")
-    p.add_argument("--cache", type=float, default=FuseOptions().cache, help="attribute and name cache time (s)")
+    p.add_argument(
+        "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)"
+    )
+    p.add_argument(
+        "--cache", type=float, default=FuseOptions().cache, help="attribute and name cache time (s)"
+    )
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(run=_run_mount)

@@ -118,7 +118,7 @@ def test_touch_d_and_chmod(mnt):
 
 
 def test_a_python_program_using_os_and_open(mnt):
-    export, mp = mnt
+    _export, mp = mnt
     program = f"""
 import os
 d = {str(mp)!r}
@@ -155,7 +155,7 @@ def test_git_init_add_commit(mnt):
 
 
 def test_errors_a_user_sees(mnt):
-    export, mp = mnt
+    _export, mp = mnt
     r = sh(f"cat {mp}/missing")
     assert r.returncode != 0 and "No such file or directory" in r.stderr
     r = sh(f"rmdir {mp}/src")
@@ -230,7 +230,9 @@ def test_umount_by_sigterm_to_the_mount_process(tmp_path):
 
 
 def test_mount_of_a_server_that_is_not_there_fails_clearly(tmp_path):
-    r = subprocess.run(ninefs_command("mount", "tcp!127.0.0.1!1", str(tmp_path)), capture_output=True, text=True)
+    r = subprocess.run(
+        ninefs_command("mount", "tcp!127.0.0.1!1", str(tmp_path)), capture_output=True, text=True
+    )
     assert r.returncode == 1 and "tcp!127.0.0.1!1" in r.stderr
     assert str(tmp_path) not in ninefs_mounts()
 
