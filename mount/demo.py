@@ -83,6 +83,28 @@ async def _library_part(address: str) -> None:
             print(f"...     except FileNotFoundError as e: {e}")
 
 
+def _mount_part(address: str, tmp: str) -> None:
+    _say("Any program can use it: mount it with FUSE and run ordinary shell commands")
+    if not os.path.exists("/dev/fuse"):
+        print("(skipped: this machine has no /dev/fuse)")
+        return
+    mnt = os.path.join(tmp, "mnt")
+    os.makedirs(mnt)
+    q = shlex.quote(address)
+    _sh(f"ninefs mount {q} {mnt}")
+    try:
+        _sh(f"grep ' {mnt} ' /proc/mounts")
+        _sh(f"cd {mnt} && ls -l && cat src/hello.c")
+        _sh(f"cd {mnt} && echo 'int answer = 42;' >> src/hello.c && tail -1 src/hello.c")
+        _sh(f"cd {mnt} && cp -r src src-copy && diff -r src src-copy && echo identical")
+        _sh(f"cd {mnt} && seq 1 100000 > numbers && wc -l numbers && sha1sum numbers")
+        _sh(f"cd {mnt} && tar cf - src | tar tvf -")
+        _sh(f"cd {mnt} && find . -type f | sort")
+        _sh(f"cd {mnt} && cat does-not-exist")
+    finally:
+        _sh(f"ninefs umount {mnt}")
+
+
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ninefs-demo-") as tmp:
         export = os.path.join(tmp, "export")
@@ -107,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 
             _say("...and through the Python library")
             trio.run(_library_part, address)
+
+            _mount_part(address, tmp)
 
             _say("The changes are real files on the exporting machine")
             _sh(f"find {shlex.quote(export)} -type f | sort | sed 's|{export}|<export>|'")

@@ -1,0 +1,822 @@
+"""ninefs as a mounted file system, side by side with the alternatives, over the same data.
+
+    .venv/bin/python benchmarks/bench_mount.py [--quick] [--json PATH] [--configs direct,ninefs,...]
+                                              [--profile DIR] [--no-install] [--keep-going]
+
+Configurations (each one works in its own subdirectory of one export directory
+under /tmp, so the disk is the same for all):
+
+  direct   the exported directory itself, no FUSE
+  ninefs   `ninefs serve DIR` + `ninefs mount tcp!127.0.0.1!PORT MP` (default --cache 1)
+  sshfs    sshfs to a private sshd the benchmark starts on 127.0.0.1 (own host and user
+           keys in the temp dir), Ciphers=aes128-gcm@openssh.com, no compression,
+           sshfs's default caching; "n/a" when sshfs/openssh-server cannot be installed
+  ceiling  benchmarks/passthrough.py: a bare pyfuse3 passthrough (no network, same
+           kernel options as ninefs: 1 s entry/attr timeouts, no writeback cache)
+
+Rows, per configuration, in this order:
+
+  seq write    one file, 1 MiB writes, fsync before close          MiB/s
+  seq read     that file after `sync; echo 3 > drop_caches`        MiB/s  (cold: the page
+               cache of the mount AND of the disk are dropped; the disk reads at ~1.8 GB/s)
+  create       N files of 4 KiB (open O_CREAT, write, close)       files/s
+  stat         os.stat of those N files right after creating them  stats/s (kernel and
+               user-space caches do what they do: this is what a user gets)
+  stat p50/p99 latency of each os.stat of the pass above           µs
+  read small   open, read, close each of the N files (warm)        files/s
+  ls -l        `ls -l` of the N-file directory (a new process)    s
+  cold stat    os.stat of the N files after drop_caches           stats/s (+ p50 in µs)
+  unlink       os.unlink of the N files                            files/s
+  tar          `tar cf - TREE | cat > /dev/null` of a tree of M files after drop_caches   s
+
+Ratios compare ninefs with each other column and are always "how many times better
+ninefs is": rate_ninefs / rate_other for rates, time_other / time_ninefs for times.
+So > 1 means ninefs wins, < 1 means it loses (0.25 = four times worse).
+
+--profile DIR records the ninefs mount and server processes with py-spy (raw
+collapsed stacks, one file per row and process) while the rows run; py-spy stops
+the process to sample, so numbers of a profiled run are not for comparing.
+
+Needs root (drop_caches, sshd, apt-get), /dev/fuse and fusermount3. Every mount is
+unmounted and every process it started is stopped on the way out, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import platform
+import random
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+MiB = 1 << 20
+CONFIGS = ("direct", "ninefs", "sshfs", "ceiling")
+CACHE = 1.0  # ninefs' default --cache, and the ceiling's entry/attr timeout
+
+
+@dataclass(frozen=True)
+class Sizes:
+    big: int  # bytes of the sequential file
+    files: int  # small files
+    small: int  # bytes of each small file
+    tree: int  # files in the tar tree
+
+
+FULL = Sizes(big=256 * MiB, files=2000, small=4096, tree=500)
+QUICK = Sizes(big=32 * MiB, files=300, small=4096, tree=150)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+ROWS = (
+    Row("seq_write", "seq write {big}", "MiB/s", True),
+    Row("seq_read", "seq read {big} (cold)", "MiB/s", True),
+    Row("create", "create {files} x 4 KiB", "files/s", True),
+    Row("stat", "stat just-created", "stats/s", True),
+    Row("stat_p50", "  stat p50", "µs", False),
+    Row("stat_p99", "  stat p99", "µs", False),
+    Row("read_small", "read 4 KiB files", "files/s", True),
+    Row("ls_l", "ls -l {files}-file dir", "s", False),
+    Row("cold_stat", "cold stat (drop_caches)", "stats/s", True),
+    Row("cold_stat_p50", "  cold stat p50", "µs", False),
+    Row("unlink", "unlink {files}", "files/s", True),
+    Row("tar", "tar {tree}-file tree (cold)", "s", False),
+)
+
+
+# --- processes and clean-up ---------------------------------------------------------------------
+
+
+class Cleanup:
+    """Clean-up actions, run last-in first-out; each one is tried even if another fails."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, fn: Callable[[], None]) -> None:
+        self.actions.append((what, fn))
+
+    def run(self) -> None:
+        # Ctrl-C while cleaning up must not leave mounts behind: ignore it until done.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            while self.actions:
+                what, fn = self.actions.pop()
+                try:
+                    fn()
+                except Exception as e:
+                    print(f"bench_mount: cleaning up {what}: {e}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def stop_process(proc: subprocess.Popen | int, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL: one process we started (a Popen or a pid we found)."""
+    if isinstance(proc, subprocess.Popen):
+        if proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        return
+    pid = proc
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def find_pid(*needles: str) -> int | None:
+    """The pid of a process whose command line holds every needle (a daemon that forked away)."""
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if all(any(n == a or n in a for a in args) for n in needles):
+            return int(d)
+    return None
+
+
+def is_mounted(mp: str) -> bool:
+    mp = os.path.realpath(mp)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == mp for line in f)
+
+
+def unmount(mp: str) -> None:
+    if not is_mounted(mp):
+        return
+    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "umount"
+    for args in (["-u"], ["-u", "-z"]):
+        cmd = [tool, *args, mp] if tool != "umount" else ["umount", *(["-l"] if "-z" in args else []), mp]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+    raise RuntimeError(f"could not unmount {mp}: {r.stderr.strip()}")
+
+
+def wait_mounted(mp: str, proc: subprocess.Popen | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mp):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mounting {mp}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mounting {mp}: not mounted after {timeout} s")
+        time.sleep(0.05)
+
+
+def remove_tmp(tmp: str) -> None:
+    with open("/proc/self/mounts") as f:
+        left = [line.split()[1] for line in f if line.split()[1].startswith(tmp + "/")]
+    if left:
+        raise RuntimeError(f"still mounted, {tmp} left in place: {', '.join(left)}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def drop_caches() -> None:
+    """Write back everything, then drop the page cache, dentries and inodes (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of a child's stdout, or an error if it says nothing in time."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RuntimeError(f"{proc.args[:4]}: no output after {timeout} s")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise RuntimeError(f"{proc.args[:4]}: exited with {proc.wait()}")
+        buf += chunk
+    return buf.decode().strip()
+
+
+# --- configurations ------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    name: str
+    root: str | None = None  # where the benchmark reads and writes; None: n/a
+    why_na: str = ""
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid, for py-spy
+    note: str = ""
+
+
+def setup_direct(export: str, tmp: str, cleanup: Cleanup) -> Config:
+    return Config("direct", root=export, note="the export directory itself")
+
+
+def setup_ninefs(export: str, tmp: str, cleanup: Cleanup) -> Config:
+    log = open(os.path.join(tmp, "ninefs-serve.log"), "wb")
+    cleanup.push("ninefs serve log", log.close)
+    server = subprocess.Popen(
+        [PY, "-m", "mount.cli", "serve", export, "--listen", "tcp!127.0.0.1!0"],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    cleanup.push("ninefs server", lambda: stop_process(server))
+    line = read_line(server, 20)
+    prefix = "ninefs: serving on "
+    if not line.startswith(prefix):
+        raise RuntimeError(f"ninefs serve said {line!r}")
+    addr = line[len(prefix) :]
+    mp = os.path.join(tmp, "mnt-ninefs")
+    os.mkdir(mp)
+    r = subprocess.run(
+        [PY, "-m", "mount.cli", "mount", addr, mp],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = find_pid("mount.cli", "--foreground", mp)
+    if pid is not None:
+        cleanup.push("ninefs mount process", lambda: stop_process(pid))
+    cleanup.push("ninefs mount", lambda: _ninefs_umount(mp))
+    if r.returncode != 0:
+        raise RuntimeError(f"ninefs mount failed: {r.stderr.strip()}")
+    wait_mounted(mp, None, 10)
+    pids = {"server": server.pid}
+    if pid is not None:
+        pids["mount"] = pid
+    return Config("ninefs", root=mp, pids=pids, note=f"{addr}, --cache {CACHE:g}")
+
+
+def _ninefs_umount(mp: str) -> None:
+    if not is_mounted(mp):
+        return
+    r = subprocess.run([PY, "-m", "mount.cli", "umount", mp], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        unmount(mp)
+
+
+def ensure_sshfs(install: bool) -> str:
+    """'' when sshfs and sshd are there (installing them if allowed), else why not."""
+
+    def have() -> bool:
+        return (
+            bool(shutil.which("sshfs"))
+            and os.path.exists("/usr/sbin/sshd")
+            and bool(shutil.which("ssh-keygen"))
+        )
+
+    if have():
+        return ""
+    if not install:
+        return "sshfs/sshd missing (--no-install)"
+    if os.getuid() != 0 or not shutil.which("apt-get"):
+        return "sshfs/sshd missing and cannot apt-get install them (not root)"
+    print("bench_mount: installing sshfs and openssh-server with apt-get ...", file=sys.stderr, flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+    r = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "sshfs", "openssh-server", "openssh-client"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if r.returncode != 0 or not have():
+        return "apt-get install sshfs openssh-server failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return ""
+
+
+def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Config:
+    why = ensure_sshfs(install)
+    if why:
+        return Config("sshfs", why_na=why)
+    d = os.path.join(tmp, "ssh")
+    os.mkdir(d, 0o700)
+    host_key, user_key = os.path.join(d, "host_key"), os.path.join(d, "user_key")
+    for key in (host_key, user_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    shutil.copy(user_key + ".pub", os.path.join(d, "authorized_keys"))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    sftp = (
+        "/usr/lib/openssh/sftp-server" if os.path.exists("/usr/lib/openssh/sftp-server") else "internal-sftp"
+    )
+    port = free_port()
+    conf = os.path.join(d, "sshd_config")
+    with open(conf, "w") as f:
+        f.write(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n"
+            "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nX11Forwarding no\n"
+            "Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com\nLogLevel ERROR\n"
+            f"Subsystem sftp {sftp}\n"
+        )
+    log = open(os.path.join(d, "sshd.log"), "wb")
+    cleanup.push("sshd log", log.close)
+    sshd = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
+    cleanup.push("sshd", lambda: stop_process(sshd))
+    deadline = time.monotonic() + 10
+    while True:
+        if sshd.poll() is not None:
+            raise RuntimeError(f"sshd exited with {sshd.returncode}; see {d}/sshd.log")
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("sshd does not listen")
+        time.sleep(0.05)
+    mp = os.path.join(tmp, "mnt-sshfs")
+    os.mkdir(mp)
+    opts = [
+        f"IdentityFile={user_key}",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "LogLevel=ERROR",
+        "Ciphers=aes128-gcm@openssh.com",
+        "Compression=no",
+    ]
+    cleanup.push("sshfs mount", lambda: unmount(mp))
+    r = subprocess.run(
+        ["sshfs", "-p", str(port), "-o", ",".join(opts), f"{getpass.getuser()}@127.0.0.1:{export}", mp],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = find_pid("sshfs", mp)
+    if pid is not None:
+        cleanup.push("sshfs process", lambda: stop_process(pid))
+    if r.returncode != 0:
+        raise RuntimeError(f"sshfs failed: {r.stderr.strip()}")
+    wait_mounted(mp, None, 10)
+    return Config("sshfs", root=mp, pids={"sshfs": pid or 0}, note=f"sshd on 127.0.0.1:{port}, aes128-gcm")
+
+
+def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
+    mp = os.path.join(tmp, "mnt-ceiling")
+    os.mkdir(mp)
+    log = open(os.path.join(tmp, "passthrough.log"), "wb")
+    cleanup.push("passthrough log", log.close)
+    proc = subprocess.Popen(
+        [PY, os.path.join(REPO, "benchmarks", "passthrough.py"), export, mp, "--cache", str(CACHE)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    cleanup.push("passthrough process", lambda: stop_process(proc))
+    cleanup.push("passthrough mount", lambda: unmount(mp))
+    if read_line(proc, 20) != "ready":
+        raise RuntimeError("passthrough.py did not say ready")
+    wait_mounted(mp, proc, 10)
+    return Config("ceiling", root=mp, pids={"passthrough": proc.pid}, note="pyfuse3 passthrough, no network")
+
+
+# --- the measurements ---------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy on some processes for the length of a `with` block (one file per row and process)."""
+
+    def __init__(self, outdir: str | None, pids: dict[str, int], cleanup: Cleanup) -> None:
+        self.outdir, self.pids, self.cleanup = outdir, pids, cleanup
+        self.spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PY), "py-spy")
+
+    @contextlib.contextmanager
+    def row(self, key: str):
+        if not self.outdir or not self.pids:
+            yield
+            return
+        procs = []
+        try:
+            for role, pid in self.pids.items():
+                out = os.path.join(self.outdir, f"{role}-{key}.txt")
+                p = subprocess.Popen(
+                    [self.spy, "record", "--format", "raw", "--rate", "250", "-o", out, "--pid", str(pid)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(p)
+            time.sleep(0.5)  # let py-spy attach
+            yield
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def stat_pass(paths: list[str]) -> tuple[float, list[float]]:
+    lat = []
+    pc = time.perf_counter_ns
+    stat = os.stat
+    t0 = time.perf_counter()
+    for p in paths:
+        a = pc()
+        stat(p)
+        lat.append((pc() - a) / 1000)
+    return time.perf_counter() - t0, lat
+
+
+def make_tree(root: str, n: int) -> int:
+    """n files of 1-64 KiB in n/20 directories (two levels); returns the bytes written."""
+    rnd = random.Random(9)
+    total = 0
+    blob = rnd.randbytes(64 * 1024)
+    for i in range(n):
+        d = os.path.join(root, f"d{i // 100:02d}", f"e{(i // 20) % 5}")
+        os.makedirs(d, exist_ok=True)
+        size = rnd.randint(1, 64) * 1024
+        with open(os.path.join(d, f"f{i:04d}.dat"), "wb") as f:
+            f.write(blob[:size])
+        total += size
+    return total
+
+
+def run_config(cfg: Config, sizes: Sizes, tree: str, profiler: Profiler) -> dict[str, float]:
+    assert cfg.root is not None
+    res: dict[str, float] = {}
+    work = os.path.join(cfg.root, f"work-{cfg.name}")
+    os.mkdir(work)
+    chunk = random.Random(1).randbytes(MiB)
+
+    def step(key: str, what: str) -> contextlib.AbstractContextManager:
+        print(f"  {cfg.name:8s} {what} ...", file=sys.stderr, flush=True)
+        return profiler.row(key)
+
+    # sequential write, fsync before close
+    big = os.path.join(work, "big")
+    with step("seq_write", "seq write"):
+
+        def write_big() -> None:
+            fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for _ in range(sizes.big // MiB):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        res["seq_write"] = sizes.big / MiB / timed(write_big)
+
+    # sequential read, cold
+    drop_caches()
+    with step("seq_read", "seq read"):
+        buf = bytearray(MiB)
+        got = 0
+
+        def read_big() -> None:
+            nonlocal got
+            fd = os.open(big, os.O_RDONLY)
+            try:
+                while n := os.readv(fd, [buf]):
+                    got += n
+            finally:
+                os.close(fd)
+
+        res["seq_read"] = sizes.big / MiB / timed(read_big)
+    if got != sizes.big:
+        raise RuntimeError(f"{cfg.name}: read {got} of {sizes.big} bytes")
+    os.unlink(big)
+
+    # small files
+    small = os.path.join(work, "small")
+    os.mkdir(small)
+    paths = [os.path.join(small, f"file{i:05d}") for i in range(sizes.files)]
+    data = random.Random(2).randbytes(sizes.small)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with step("create", "create"):
+
+        def create() -> None:
+            for p in paths:
+                fd = os.open(p, flags, 0o644)
+                os.write(fd, data)
+                os.close(fd)
+
+        res["create"] = sizes.files / timed(create)
+
+    with step("stat", "stat"):
+        t, lat = stat_pass(paths)
+    res["stat"] = sizes.files / t
+    res["stat_p50"], res["stat_p99"] = percentile(lat, 0.50), percentile(lat, 0.99)
+
+    with step("read_small", "read small"):
+
+        def read_small() -> None:
+            for p in paths:
+                fd = os.open(p, os.O_RDONLY)
+                n = len(os.read(fd, 2 * sizes.small))
+                os.close(fd)
+                if n != sizes.small:
+                    raise RuntimeError(f"{cfg.name}: {p}: read {n} bytes")
+
+        res["read_small"] = sizes.files / timed(read_small)
+
+    with step("ls_l", "ls -l"):
+        env = dict(os.environ, LC_ALL="C")
+
+        def ls() -> None:
+            r = subprocess.run(["ls", "-l", small], stdout=subprocess.PIPE, env=env, check=True)
+            listed = r.stdout.count(b"\n") - 1  # less the "total" line
+            if listed != sizes.files:
+                raise RuntimeError(f"{cfg.name}: ls -l listed {listed} files")
+
+        res["ls_l"] = timed(ls)
+
+    drop_caches()
+    with step("cold_stat", "cold stat"):
+        t, lat = stat_pass(paths)
+    res["cold_stat"] = sizes.files / t
+    res["cold_stat_p50"] = percentile(lat, 0.50)
+
+    with step("unlink", "unlink"):
+
+        def unlink() -> None:
+            for p in paths:
+                os.unlink(p)
+
+        res["unlink"] = sizes.files / timed(unlink)
+    os.rmdir(small)
+    os.rmdir(work)
+
+    # tar of the shared tree, cold
+    drop_caches()
+    with step("tar", "tar"):
+        where = os.path.join(cfg.root, os.path.basename(tree))
+
+        def tar() -> None:
+            r = subprocess.run(
+                f"set -o pipefail; tar cf - -C {where} . | cat > /dev/null",
+                shell=True,
+                executable="/bin/bash",
+                stderr=subprocess.PIPE,
+            )
+            if r.returncode != 0:
+                raise RuntimeError(f"{cfg.name}: tar failed: {r.stderr.decode().strip()}")
+
+        res["tar"] = timed(tar)
+    return res
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def ratio(row: Row, ninefs: float | None, other: float | None) -> float | None:
+    if not ninefs or not other:
+        return None
+    return ninefs / other if row.higher_is_better else other / ninefs
+
+
+def render(results: dict[str, dict[str, float] | None], sizes: Sizes) -> str:
+    names = dict(big=f"{sizes.big // MiB} MiB", files=str(sizes.files), tree=str(sizes.tree))
+    head = ["", "unit", *CONFIGS, "9fs/sshfs", "9fs/ceil", "9fs/direct"]
+    lines = [head]
+    for row in ROWS:
+        vals = {c: (results.get(c) or {}).get(row.key) for c in CONFIGS}
+        n = vals["ninefs"]
+        rs = [ratio(row, n, vals[o]) for o in ("sshfs", "ceiling", "direct")]
+        lines.append(
+            [
+                row.label.format(**names),
+                row.unit,
+                *(fmt(vals[c]) for c in CONFIGS),
+                *("n/a" if r is None else f"{r:.2f}x" for r in rs),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for j, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)]
+        out.append("  ".join(cells))
+        if j == 0:
+            out.append("-" * len(out[0]))
+    out.append("")
+    out.append("ratios: >1x = ninefs better (rates: ninefs/other; s and µs: other/ninefs); n/a = not run")
+    return "\n".join(out)
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description="ninefs mounted, against direct, sshfs and a pyfuse3 passthrough"
+    )
+    ap.add_argument("--quick", action="store_true", help="32 MiB, 300 files, 150-file tree")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which columns to run (comma-separated)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy record the ninefs processes, one file per row")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get install sshfs/openssh-server")
+    ap.add_argument("--keep-going", action="store_true", help="a failing configuration becomes n/a")
+    args = ap.parse_args()
+    sizes = QUICK if args.quick else FULL
+    wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if bad := [c for c in wanted if c not in CONFIGS]:
+        ap.error(f"unknown configuration {bad[0]!r} (known: {', '.join(CONFIGS)})")
+    if os.getuid() != 0:
+        print("bench_mount: needs root (drop_caches, sshd)", file=sys.stderr)
+        return 2
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+
+    # SIGTERM and SIGHUP clean up like Ctrl-C does.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+    cleanup = Cleanup()
+    results: dict[str, dict[str, float] | None] = {}
+    configs: dict[str, Config] = {}
+    started = time.monotonic()
+    try:
+        tmp = tempfile.mkdtemp(prefix="bench-mount-", dir="/tmp")
+        cleanup.push("temp dir", lambda: remove_tmp(tmp))
+        export = os.path.join(tmp, "export")
+        os.mkdir(export)
+        tree = os.path.join(export, "tree")
+        tree_bytes = make_tree(tree, sizes.tree)
+        setups = {
+            "direct": lambda: setup_direct(export, tmp, cleanup),
+            "ninefs": lambda: setup_ninefs(export, tmp, cleanup),
+            "sshfs": lambda: setup_sshfs(export, tmp, cleanup, not args.no_install),
+            "ceiling": lambda: setup_ceiling(export, tmp, cleanup),
+        }
+        for name in CONFIGS:
+            if name not in wanted:
+                configs[name] = Config(name, why_na="not selected (--configs)")
+                continue
+            try:
+                configs[name] = setups[name]()
+            except Exception as e:
+                if not args.keep_going and name != "sshfs":
+                    raise
+                configs[name] = Config(name, why_na=f"set-up failed: {e}")
+        print(
+            f"bench_mount: {'quick' if args.quick else 'full'} run in {tmp}; "
+            f"tree {sizes.tree} files / {tree_bytes / MiB:.1f} MiB",
+            file=sys.stderr,
+        )
+        for name, cfg in configs.items():
+            print(
+                f"  {name:8s} {cfg.root or 'n/a: ' + cfg.why_na}  {cfg.note}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
+        for name in CONFIGS:
+            cfg = configs[name]
+            if cfg.root is None:
+                results[name] = None
+                continue
+            pids = cfg.pids if (args.profile and name == "ninefs") else {}
+            try:
+                results[name] = run_config(cfg, sizes, tree, Profiler(args.profile, pids, cleanup))
+            except Exception as e:
+                if not args.keep_going:
+                    raise
+                print(f"bench_mount: {name} failed: {e}", file=sys.stderr)
+                cfg.why_na = f"failed: {e}"
+                results[name] = None
+    except KeyboardInterrupt:
+        print("\nbench_mount: interrupted, cleaning up", file=sys.stderr)
+        cleanup.run()
+        return 130
+    finally:
+        cleanup.run()
+
+    elapsed = time.monotonic() - started
+    print()
+    print(
+        f"ninefs mount benchmark ({'quick' if args.quick else 'full'}; {platform.node()}, "
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; {elapsed:.0f} s)"
+    )
+    print(render(results, sizes))
+    for name, cfg in configs.items():
+        if cfg.root is None and name in wanted:
+            print(f"{name}: n/a ({cfg.why_na})")
+    if args.profile:
+        print(f"profiles (py-spy raw) in {args.profile}; numbers of a profiled run are slowed down")
+    if args.json:
+        doc = {
+            "benchmark": "bench_mount",
+            "mode": "quick" if args.quick else "full",
+            "sizes": sizes.__dict__,
+            "elapsed_s": round(elapsed, 1),
+            "profiled": bool(args.profile),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+            },
+            "configs": {
+                n: {"run": c.root is not None, "note": c.note or c.why_na} for n, c in configs.items()
+            },
+            "rows": [
+                {
+                    "key": r.key,
+                    "unit": r.unit,
+                    "higher_is_better": r.higher_is_better,
+                    "values": {c: (results.get(c) or {}).get(r.key) for c in CONFIGS},
+                }
+                for r in ROWS
+            ],
+        }
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""A Plan 9 namespace: trees composed with bind and mount, itself a tree.
+
+The mount table maps a path of the namespace to a union: an ordered list of
+members, each a node of some tree (bind(2)). Walking a name takes the first
+member that has it; a subdirectory found that way is not a union (as in Plan
+9). Reading a union directory lists every member's entries, in order, each
+name once: the first member's entry wins. ".." is resolved on the namespace's
+own path, so from a mount point it goes to the namespace parent, never to a
+parent on the mounted server. Directories that exist only because a mount
+point lies below them (/n for /n/alpha) appear as empty synthetic directories.
+
+Because the namespace is a `Tree`, it can be served over 9P (exportfs),
+mounted with FUSE, or mounted into another namespace. Qids are made unique
+across member trees by putting the tree's index in the top byte of qid.path.
+
+Differences from Plan 9, on purpose: the table is keyed by path, not by
+channel (a bind follows the name it was made on); `old` need not exist (the
+missing directories appear as synthetic ones); a single-member mount point
+accepts creates even without MCREATE, while a union without an MCREATE member
+refuses them, as Plan 9 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntFlag
+from typing import Any
+
+import trio
+
+from ninep.constants import DMDIR, OACCMODE, OEXEC, OREAD, QTDIR
+from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
+from ninep.messages import Qid, Stat
+from ninep.remote import RemoteTree
+from ninep.tree import Tree
+
+__all__ = ["MAFTER", "MBEFORE", "MCREATE", "MREPL", "MountFlag", "Namespace", "split"]
+
+
+class MountFlag(IntFlag):
+    """bind(2)'s flags."""
+
+    MREPL = 0
+    MBEFORE = 1
+    MAFTER = 2
+    MCREATE = 4
+
+
+MREPL, MBEFORE, MAFTER, MCREATE = MountFlag.MREPL, MountFlag.MBEFORE, MountFlag.MAFTER, MountFlag.MCREATE
+
+_PATH_BITS = 56
+_PATH_MASK = (1 << _PATH_BITS) - 1
+
+
+def split(path: str) -> tuple[str, ...]:
+    """A namespace path as names; "." and empty names vanish, ".." is applied."""
+    out: list[str] = []
+    for name in path.split("/"):
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(name)
+    return tuple(out)
+
+
+def _show(path: tuple[str, ...]) -> str:
+    return "/" + "/".join(path)
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    """One element of a union: a node of a tree, and where it came from (for unmount)."""
+
+    tree: Tree
+    tree_index: int
+    node: Any
+    source: str  # the `new` of the bind, or the address/tree of the mount
+    create: bool
+
+
+@dataclass(eq=False, slots=True)
+class NsNode:
+    """What a fid of the namespace names: a path, and the member nodes it resolves to."""
+
+    path: tuple[str, ...]
+    members: list[Member]  # owned: clunked with this node
+    qid: Qid
+    creatable: bool = True  # False: a union without an MCREATE member
+    mount_point: bool = False
+    open_members: list[Member] = field(default_factory=list)
+
+    @property
+    def is_union(self) -> bool:
+        return len(self.members) > 1
+
+
+class Namespace(Tree):
+    """A mount table that is a tree. Use `async with Namespace() as ns:` to own connections."""
+
+    def __init__(self, root: Tree | None = None, *, uname: str = "none") -> None:
+        self.uname = uname
+        self.table: dict[tuple[str, ...], list[Member]] = {}
+        self.trees: list[Tree] = []  # index+1 goes into qid.path; 0 is for synthetic dirs
+        self._root_tree = root
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
+
+    async def __aenter__(self) -> Namespace:
+        # Connections to servers live in tasks of this nursery, for as long as the namespace.
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        if self._root_tree is not None:
+            await self.mount(self._root_tree, "/", MREPL | MCREATE, source="#/")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        with trio.CancelScope(shield=True):
+            await self.close()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc)
+
+    async def _connect(self, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with RemoteTree.connect(address, uname=self.uname) as tree:
+            task_status.started(tree)
+            await trio.sleep_forever()
+
+    async def close(self) -> None:
+        for members in self.table.values():
+            for m in members:
+                await _quiet_clunk(m.tree, m.node)
+        self.table.clear()
+
+    def _index(self, tree: Tree) -> int:
+        for i, t in enumerate(self.trees):
+            if t is tree:
+                return i + 1
+        if len(self.trees) >= 255:
+            raise NinePError("too many trees in one namespace")
+        self.trees.append(tree)
+        return len(self.trees)
+
+    # --- bind, mount, unmount ------------------------------------------------------------
+
+    async def mount(
+        self,
+        tree: Tree | str,
+        old: str,
+        flags: int = MREPL,
+        aname: str = "",
+        *,
+        source: str | None = None,
+    ) -> None:
+        """Attach `tree` (or the 9P server at a dial string) at `old` (bind(2)'s mount)."""
+        if isinstance(tree, str):
+            source = source or tree
+            if self._nursery is None:
+                raise RuntimeError("mount a server inside `async with Namespace() as ns:`")
+            tree = await self._nursery.start(self._connect, tree)
+        node = await tree.attach(self.uname, aname)
+        member = Member(tree, self._index(tree), node, source or repr(tree), bool(flags & MCREATE))
+        await self._add(split(old), member, flags)
+
+    async def bind(self, new: str, old: str, flags: int = MREPL) -> None:
+        """Make the name `old` refer to the file `new` (bind(2)); both are namespace paths."""
+        target = await self._resolve(split(new))
+        try:
+            if len(target.members) != 1:
+                # Binding a union binds its members, in order (Plan 9 binds the channel's union).
+                members = [
+                    Member(m.tree, m.tree_index, await _clone(m), new, bool(flags & MCREATE))
+                    for m in target.members
+                ]
+            else:
+                m = target.members[0]
+                members = [Member(m.tree, m.tree_index, await _clone(m), new, bool(flags & MCREATE))]
+        finally:
+            await self.clunk(target)
+        if not members:
+            raise NotFound(f"file does not exist: {new}")
+        path = split(old)
+        for i, member in enumerate(members):
+            # Several members keep their order: each goes before/after as one block would.
+            await self._add(path, member, flags if i == 0 or flags & MAFTER else MAFTER)
+
+    async def _add(self, path: tuple[str, ...], member: Member, flags: int) -> None:
+        current = self.table.get(path)
+        if flags & (MBEFORE | MAFTER) and current is None:
+            # A union starts from what `old` resolves to now.
+            try:
+                node = await self._resolve(path)
+            except NinePError:
+                node = None
+            if node is not None:
+                current = [
+                    Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in node.members
+                ]
+                await self.clunk(node)
+                if not node.qid.is_dir:
+                    for m in current:
+                        await _quiet_clunk(m.tree, m.node)
+                    raise NotADirectory(f"not a directory: a union needs directories: {_show(path)}")
+        if not flags & (MBEFORE | MAFTER):
+            for m in current or []:
+                await _quiet_clunk(m.tree, m.node)
+            self.table[path] = [member]
+        elif flags & MBEFORE:
+            self.table[path] = [member, *(current or [])]
+        else:
+            self.table[path] = [*(current or []), member]
+
+    async def unmount(self, old: str, new: str | None = None) -> None:
+        """Remove everything mounted at `old`, or only what came from `new` (unmount(2))."""
+        path = split(old)
+        members = self.table.get(path)
+        if not members:
+            raise NinePError(f"not mounted: {old}")
+        if new is None:
+            gone, keep = members, []
+        else:
+            key = new if "!" in new or ":" in new else _show(split(new))
+            gone = [m for m in members if m.source in (new, key)]
+            keep = [m for m in members if m not in gone]
+            if not gone:
+                raise NinePError(f"not mounted: {new} on {old}")
+        for m in gone:
+            await _quiet_clunk(m.tree, m.node)
+        if keep:
+            self.table[path] = keep
+        else:
+            del self.table[path]
+
+    def mount_points(self) -> list[tuple[str, ...]]:
+        """Every path with something mounted on it, shallowest first."""
+        return sorted(self.table, key=lambda p: (len(p), p))
+
+    # --- resolution ---------------------------------------------------------------------------
+
+    def _qid(self, member: Member, qid: Qid) -> Qid:
+        return Qid(qid.type, qid.vers, (member.tree_index << _PATH_BITS) | (qid.path & _PATH_MASK))
+
+    def _synthetic_qid(self, path: tuple[str, ...]) -> Qid:
+        return Qid(QTDIR, 0, zlib.crc32("/".join(path).encode()) & _PATH_MASK)
+
+    def _below(self, path: tuple[str, ...]) -> list[str]:
+        """Names of mount points (or their ancestors) directly below `path`."""
+        n = len(path)
+        seen: list[str] = []
+        for p in self.table:
+            if len(p) > n and p[:n] == path and p[n] not in seen:
+                seen.append(p[n])
+        return seen
+
+    async def _mounted(self, path: tuple[str, ...]) -> NsNode:
+        members = self.table[path]
+        own = [Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in members]
+        first = own[0]
+        creatable = len(own) == 1 or any(m.create for m in own)
+        return NsNode(path, own, self._qid(first, first.node.qid), creatable, mount_point=True)
+
+    async def _resolve(self, path: tuple[str, ...]) -> NsNode:
+        node = await self._root()
+        for i, name in enumerate(path):
+            try:
+                nxt = await self.walk1(node, name)
+            except NinePError as e:
+                await self.clunk(node)
+                raise type(e)(e.ename, _show(path[: i + 1])) from None
+            await self.clunk(node)
+            node = nxt
+        return node
+
+    async def _root(self) -> NsNode:
+        if () in self.table:
+            return await self._mounted(())
+        return NsNode((), [], self._synthetic_qid(()), creatable=False)
+
+    # --- the tree interface ---------------------------------------------------------------------
+
+    async def attach(self, uname: str, aname: str) -> NsNode:
+        return await self._resolve(split(aname))
+
+    async def clone(self, node: NsNode) -> NsNode:
+        members = [Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in node.members]
+        return NsNode(node.path, members, node.qid, node.creatable, node.mount_point)
+
+    async def walk1(self, node: NsNode, name: str) -> NsNode:
+        if not node.qid.type & QTDIR:
+            raise NotADirectory("walk in non-directory")
+        if name == "..":
+            return await self._resolve(node.path[:-1])  # the namespace's parent, not the server's
+        if name == ".":
+            return await self.clone(node)
+        path = (*node.path, name)
+        if path in self.table:
+            return await self._mounted(path)
+        for m in node.members:
+            try:
+                _, child = await m.tree.walk(m.node, [name])
+            except (NinePError, OSError):
+                continue
+            if child is None:
+                continue
+            member = Member(m.tree, m.tree_index, child, m.source, m.create)
+            return NsNode(path, [member], self._qid(member, child.qid))
+        if name in self._below(node.path):
+            return NsNode(path, [], self._synthetic_qid(path), creatable=False)
+        raise NotFound("file does not exist")
+
+    async def open(self, node: NsNode, mode: int) -> tuple[Qid, int]:
+        if not node.members:  # synthetic directory
+            if mode & OACCMODE not in (OREAD, OEXEC):
+                raise PermissionDenied("permission denied")
+            return node.qid, 0
+        if node.qid.type & QTDIR:
+            # A union is read member by member; open them all for reading.
+            for m in node.members:
+                await m.tree.open(m.node, mode)
+            node.open_members = list(node.members)
+            return node.qid, 0
+        m = node.members[0]
+        qid, iounit = await m.tree.open(m.node, mode)
+        node.qid = self._qid(m, qid)
+        return node.qid, iounit
+
+    async def create(self, node: NsNode, name: str, perm: int, mode: int) -> tuple[Qid, int]:
+        if not node.members:
+            raise PermissionDenied("create prohibited: no file server is mounted here")
+        if (*node.path, name) in self.table:
+            raise NinePError("file already exists")
+        targets = [m for m in node.members if m.create] if node.is_union else node.members
+        if not targets or not node.creatable:
+            raise PermissionDenied("create prohibited: no member of this union was bound with MCREATE")
+        m = targets[0]
+        qid, iounit = await m.tree.create(m.node, name, perm, mode)
+        for other in node.members:
+            if other is not m:
+                await _quiet_clunk(other.tree, other.node)
+        node.members = [m]
+        node.path = (*node.path, name)
+        node.mount_point = False
+        node.qid = self._qid(m, qid)
+        return node.qid, iounit
+
+    def _member(self, node: NsNode) -> Member:
+        if not node.members:
+            raise PermissionDenied("permission denied: synthetic directory")
+        return node.members[0]
+
+    async def read(self, node: NsNode, offset: int, count: int) -> bytes:
+        m = self._member(node)
+        return await m.tree.read(m.node, offset, count)
+
+    async def readdir(self, node: NsNode) -> Sequence[Stat]:
+        seen: dict[str, Stat] = {}
+        for m in node.open_members or node.members:
+            for st in await m.tree.readdir(m.node):
+                if st.name not in seen:
+                    seen[st.name] = self._fix(m, st)
+        # Mount points below this directory show the mounted root under their own name.
+        for name in self._below(node.path):
+            path = (*node.path, name)
+            if path in self.table:
+                m = self.table[path][0]
+                try:
+                    st = await m.tree.stat(m.node)
+                except (NinePError, OSError):
+                    continue  # a dead server hides its mount point's entry, not the directory
+                seen[name] = Stat(
+                    type=st.type,
+                    dev=st.dev,
+                    qid=self._qid(m, st.qid),
+                    mode=st.mode,
+                    atime=st.atime,
+                    mtime=st.mtime,
+                    length=st.length,
+                    name=name,
+                    uid=st.uid,
+                    gid=st.gid,
+                    muid=st.muid,
+                )
+            elif name not in seen:
+                seen[name] = self._synthetic_stat(path)
+        return list(seen.values())
+
+    def _fix(self, m: Member, st: Stat) -> Stat:
+        return Stat(
+            type=st.type,
+            dev=st.dev,
+            qid=self._qid(m, st.qid),
+            mode=st.mode,
+            atime=st.atime,
+            mtime=st.mtime,
+            length=st.length,
+            name=st.name,
+            uid=st.uid,
+            gid=st.gid,
+            muid=st.muid,
+        )
+
+    def _synthetic_stat(self, path: tuple[str, ...]) -> Stat:
+        return Stat(
+            qid=self._synthetic_qid(path),
+            mode=DMDIR | 0o555,
+            name=path[-1] if path else "/",
+            uid=self.uname,
+            gid=self.uname,
+            muid=self.uname,
+        )
+
+    async def write(self, node: NsNode, offset: int, data: bytes) -> int:
+        m = self._member(node)
+        return await m.tree.write(m.node, offset, data)
+
+    async def stat(self, node: NsNode) -> Stat:
+        if not node.members:
+            return self._synthetic_stat(node.path)
+        m = node.members[0]
+        st = self._fix(m, await m.tree.stat(m.node))
+        if node.path and st.name != node.path[-1]:
+            # A mount point is known by the name it is mounted on.
+            st = Stat(
+                st.type, st.dev, st.qid, st.mode, st.atime, st.mtime, st.length,
+                node.path[-1], st.uid, st.gid, st.muid,
+            )  # fmt: skip
+        return st
+
+    async def wstat(self, node: NsNode, stat: Stat) -> None:
+        if node.mount_point and stat.name and stat.name != node.path[-1]:
+            raise PermissionDenied("permission denied: cannot rename a mount point")
+        m = self._member(node)
+        await m.tree.wstat(m.node, stat)
+        if stat.name:
+            node.path = (*node.path[:-1], stat.name)
+
+    async def remove(self, node: NsNode) -> None:
+        try:
+            if node.mount_point or not node.members:
+                raise PermissionDenied("permission denied: cannot remove a mount point")
+            m = node.members[0]
+            node.members = []
+            await m.tree.remove(m.node)
+        finally:
+            await self.clunk(node)
+
+    async def clunk(self, node: NsNode) -> None:
+        members, node.members, node.open_members = node.members, [], []
+        for m in members:
+            await _quiet_clunk(m.tree, m.node)
+
+
+async def _clone(m: Member) -> Any:
+    _, node = await m.tree.walk(m.node, [])
+    if node is None:
+        raise NinePError(f"i/o error: cannot clone a node of {m.source}")
+    return node
+
+
+async def _quiet_clunk(tree: Tree, node: Any) -> None:
+    with contextlib.suppress(Exception):
+        await tree.clunk(node)

@@ -1,0 +1,251 @@
+"""Namespaces through the library: bind, mount, unions, namespace files, export."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import ninep
+from fileserver.ram import RamTree
+from namespaces import MAFTER, MBEFORE, MCREATE, MREPL, Namespace, NamespaceFileError, apply, parse
+from ninep.tree import Tree
+
+from .servers import serving
+
+
+async def read(ns: Tree, path: str) -> bytes:
+    """Read a whole file through any tree, the way the server would."""
+    root = await ns.attach("u", "")
+    try:
+        names = [n for n in path.split("/") if n]
+        _, node = await ns.walk(root, names)
+        if node is None:
+            raise FileNotFoundError(path)
+        try:
+            await ns.open(node, ninep.OREAD)
+            return await ns.read(node, 0, 1 << 20)
+        finally:
+            await ns.clunk(node)
+    finally:
+        await ns.clunk(root)
+
+
+async def listdir(ns: Tree, path: str) -> list[str]:
+    root = await ns.attach("u", "")
+    try:
+        _, node = await ns.walk(root, [n for n in path.split("/") if n])
+        assert node is not None, path
+        try:
+            await ns.open(node, ninep.OREAD)
+            return [s.name for s in await ns.readdir(node)]
+        finally:
+            await ns.clunk(node)
+    finally:
+        await ns.clunk(root)
+
+
+async def filled(files: dict[str, bytes]) -> RamTree:
+    tree = RamTree()
+    async with serving(tree) as address, ninep.connect(address) as fs:
+        for path, data in files.items():
+            if "/" in path.strip("/"):
+                await fs.mkdir(path.rsplit("/", 1)[0], parents=True)
+            await fs.write_bytes(path, data)
+    return tree
+
+
+@pytest.fixture
+async def two_servers():
+    alpha = await filled({"bin/tool": b"alpha tool", "bin/only-alpha": b"a", "readme": b"alpha"})
+    beta = await filled({"bin/tool": b"beta tool", "bin/only-beta": b"b", "data/x": b"beta x"})
+    async with serving(alpha) as a, serving(beta) as b:
+        yield a, b
+
+
+async def test_mount_two_servers_side_by_side(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        assert sorted(await listdir(ns, "/n")) == ["alpha", "beta"]
+        assert await read(ns, "/n/alpha/readme") == b"alpha"
+        assert await read(ns, "/n/beta/data/x") == b"beta x"
+
+
+async def test_union_before_takes_the_first_member_that_has_the_name(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MBEFORE)
+        assert await read(ns, "/n/alpha/bin/tool") == b"beta tool"
+        assert await read(ns, "/n/alpha/bin/only-alpha") == b"a"
+        assert await listdir(ns, "/n/alpha/bin") == ["tool", "only-beta", "only-alpha"]
+
+
+async def test_union_after_keeps_the_original_first(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MAFTER)
+        assert await read(ns, "/n/alpha/bin/tool") == b"alpha tool"
+        assert await listdir(ns, "/n/alpha/bin") == ["tool", "only-alpha", "only-beta"]
+
+
+async def test_replace_hides_the_original(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MREPL)
+        assert sorted(await listdir(ns, "/n/alpha/bin")) == ["only-beta", "tool"]
+
+
+async def test_create_in_a_union_goes_to_the_mcreate_member_or_fails(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns, ninep.connect(a) as fa, ninep.connect(b) as fb:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MAFTER)
+        async with serving(ns) as served, ninep.connect(served) as fs:
+            with pytest.raises(PermissionError, match="create prohibited"):
+                await fs.write_bytes("/n/alpha/bin/new", b"x")
+        await ns.unmount("/n/alpha/bin")
+        await ns.bind("/n/alpha/bin", "/n/alpha/bin", MREPL)
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MAFTER | MCREATE)
+        async with serving(ns) as served, ninep.connect(served) as fs:
+            await fs.write_bytes("/n/alpha/bin/new", b"lands in beta")
+        assert await fb.read_bytes("bin/new") == b"lands in beta"
+        assert not await fa.exists("bin/new")
+
+
+async def test_dotdot_from_a_mount_point_goes_to_the_namespace_parent(two_servers):
+    a, _ = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        root = await ns.attach("u", "")
+        qids, node = await ns.walk(root, ["n", "alpha", "bin", "..", "..", ".."])
+        assert node is not None and node.path == ()
+        await ns.clunk(node)
+        await ns.clunk(root)
+
+
+async def test_unmount_one_member_of_a_union(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MBEFORE)
+        await ns.unmount("/n/alpha/bin", "/n/beta/bin")
+        assert await read(ns, "/n/alpha/bin/tool") == b"alpha tool"
+        await ns.unmount("/n/beta")
+        with pytest.raises(FileNotFoundError):
+            await read(ns, "/n/beta/data/x")
+
+
+async def test_namespace_served_over_9p_is_a_tree_like_any_other(two_servers):
+    a, b = two_servers
+    async with Namespace() as ns:
+        await ns.mount(a, "/n/alpha", MCREATE)
+        await ns.mount(b, "/n/beta", MCREATE)
+        async with serving(ns) as exported, ninep.connect(exported) as fs:
+            assert sorted(await fs.listdir("/n")) == ["alpha", "beta"]
+            st = await fs.stat("/n/alpha")
+            assert st.name == "alpha" and st.is_dir
+            data = await fs.read_bytes("/n/beta/data/x")
+            await fs.write_bytes("/n/alpha/copied", data)  # cp between two remote trees
+            assert await fs.read_bytes("/n/alpha/copied") == b"beta x"
+
+
+async def test_a_dead_server_fails_only_its_own_paths():
+    alpha = await filled({"f": b"alive"})
+    beta = await filled({"g": b"doomed"})
+    async with serving(alpha) as a, Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        async with trio.open_nursery() as nursery:
+            server = ninep.Server(beta)
+            addrs = await nursery.start(server.serve, "tcp!127.0.0.1!0")
+            await ns.mount(str(addrs[0]), "/n/beta")
+            assert await read(ns, "/n/beta/g") == b"doomed"
+            nursery.cancel_scope.cancel()
+        with pytest.raises(OSError):
+            await read(ns, "/n/beta/g")
+        assert await read(ns, "/n/alpha/f") == b"alive"
+        assert await listdir(ns, "/n") in (["alpha"], ["alpha", "beta"])
+
+
+# --- namespace files ----------------------------------------------------------------------
+
+
+def test_namespace_file_syntax():
+    ops = parse(
+        """
+        # a comment
+        mount -c tcp!127.0.0.1!1 /n/alpha   # trailing comment
+        bind -bc '#s' /srv
+        bind -a $HOME/bin /bin
+        unmount /n/alpha/bin /bin
+        cd /n/alpha
+        """,
+        "test.ns",
+        {"HOME": "/home/glenda"},
+    )
+    assert [(o.verb, o.args, o.flags, o.where) for o in ops] == [
+        ("mount", ("tcp!127.0.0.1!1", "/n/alpha"), MCREATE, "test.ns:3"),
+        ("bind", ("#s", "/srv"), MBEFORE | MCREATE, "test.ns:4"),
+        ("bind", ("/home/glenda/bin", "/bin"), MAFTER, "test.ns:5"),
+        ("unmount", ("/n/alpha/bin", "/bin"), 0, "test.ns:6"),
+        ("cd", ("/n/alpha",), 0, "test.ns:7"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("bind /a", "x.ns:1: usage: bind [-abcC] new old"),
+        ("\nmount -z tcp!h!1 /n", "x.ns:2: unknown flag -z"),
+        ("bind -ab /a /b", "x.ns:1: -a and -b cannot go together"),
+        ("frobnicate /a", "x.ns:1: unknown command 'frobnicate'"),
+        ("bind $NOPE /b", "x.ns:1: $NOPE is not set"),
+        ("bind 'unclosed /b", "x.ns:1: No closing quotation"),
+        (". missing.ns", "x.ns:1: missing.ns: No such file or directory"),
+    ],
+)
+def test_namespace_file_errors_name_the_line(text, message):
+    with pytest.raises(NamespaceFileError) as info:
+        parse(text, "x.ns", {})
+    assert str(info.value).startswith(message)
+
+
+def test_includes_are_relative_to_the_including_file(tmp_path):
+    (tmp_path / "inner.ns").write_text("bind /a /b\n")
+    (tmp_path / "outer.ns").write_text("mount tcp!h!1 /n/h\n. inner.ns\n")
+    from namespaces import parse_file
+
+    ops = parse_file(str(tmp_path / "outer.ns"), {})
+    assert [o.where for o in ops] == [f"{tmp_path}/outer.ns:1", f"{tmp_path}/inner.ns:1"]
+
+
+def test_include_loops_are_an_error(tmp_path):
+    (tmp_path / "loop.ns").write_text(". loop.ns\n")
+    from namespaces import parse_file
+
+    with pytest.raises(NamespaceFileError, match="nest deeper"):
+        parse_file(str(tmp_path / "loop.ns"), {})
+
+
+async def test_applying_stops_at_the_failing_line_and_names_it(two_servers):
+    a, _ = two_servers
+    ops = parse(f"mount {a} /n/alpha\nbind /n/alpha/nonexistent /x\n", "y.ns", {})
+    async with Namespace() as ns:
+        with pytest.raises(NamespaceFileError, match=r"^y\.ns:2: bind /n/alpha/nonexistent /x: .*does not exist"):
+            await apply(ns, ops)
+
+
+async def test_applying_a_namespace_file(two_servers):
+    a, b = two_servers
+    ops = parse(f"mount {a} /n/alpha\nmount {b} /n/beta\nbind -b /n/beta/bin /n/alpha/bin\ncd /n/alpha\n", "z.ns")
+    async with Namespace() as ns:
+        assert await apply(ns, ops) == "/n/alpha"
+        assert await read(ns, "/n/alpha/bin/tool") == b"beta tool"
