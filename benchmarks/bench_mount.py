@@ -264,15 +264,14 @@ def setup_direct(export: str, tmp: str, cleanup: Cleanup) -> Config:
 
 
 def setup_ninefs(export: str, tmp: str, cleanup: Cleanup) -> Config:
-    log = open(os.path.join(tmp, "ninefs-serve.log"), "wb")
-    cleanup.push("ninefs serve log", log.close)
-    server = subprocess.Popen(
-        [PY, "-m", "mount.cli", "serve", export, "--listen", "tcp!127.0.0.1!0"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    with open(os.path.join(tmp, "ninefs-serve.log"), "wb") as log:
+        server = subprocess.Popen(
+            [PY, "-m", "mount.cli", "serve", export, "--listen", "tcp!127.0.0.1!0"],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     cleanup.push("ninefs server", lambda: stop_process(server))
     line = read_line(server, 20)
     prefix = "ninefs: serving on "
@@ -366,11 +365,10 @@ def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Confi
             "Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com\nLogLevel ERROR\n"
             f"Subsystem sftp {sftp}\n"
         )
-    log = open(os.path.join(d, "sshd.log"), "wb")
-    cleanup.push("sshd log", log.close)
-    sshd = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-    )
+    with open(os.path.join(d, "sshd.log"), "wb") as log:
+        sshd = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
     cleanup.push("sshd", lambda: stop_process(sshd))
     deadline = time.monotonic() + 10
     while True:
@@ -413,14 +411,13 @@ def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Confi
 def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
     mp = os.path.join(tmp, "mnt-ceiling")
     os.mkdir(mp)
-    log = open(os.path.join(tmp, "passthrough.log"), "wb")
-    cleanup.push("passthrough log", log.close)
-    proc = subprocess.Popen(
-        [PY, os.path.join(REPO, "benchmarks", "passthrough.py"), export, mp, "--cache", str(CACHE)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    with open(os.path.join(tmp, "passthrough.log"), "wb") as log:
+        proc = subprocess.Popen(
+            [PY, os.path.join(REPO, "benchmarks", "passthrough.py"), export, mp, "--cache", str(CACHE)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
     cleanup.push("passthrough process", lambda: stop_process(proc))
     cleanup.push("passthrough mount", lambda: unmount(mp))
     if read_line(proc, 20) != "ready":
@@ -435,8 +432,8 @@ def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
 class Profiler:
     """py-spy on some processes for the length of a `with` block (one file per row and process)."""
 
-    def __init__(self, outdir: str | None, pids: dict[str, int], cleanup: Cleanup) -> None:
-        self.outdir, self.pids, self.cleanup = outdir, pids, cleanup
+    def __init__(self, outdir: str | None, pids: dict[str, int], suffix: str = "") -> None:
+        self.outdir, self.pids, self.suffix = outdir, pids, suffix
         self.spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PY), "py-spy")
 
     @contextlib.contextmanager
@@ -447,7 +444,7 @@ class Profiler:
         procs = []
         try:
             for role, pid in self.pids.items():
-                out = os.path.join(self.outdir, f"{role}-{key}.txt")
+                out = os.path.join(self.outdir, f"{role}-{key}{self.suffix}.txt")
                 p = subprocess.Popen(
                     [self.spy, "record", "--format", "raw", "--rate", "250", "-o", out, "--pid", str(pid)],
                     stdin=subprocess.DEVNULL,
@@ -507,7 +504,7 @@ def make_tree(root: str, n: int) -> int:
     return total
 
 
-def run_config(cfg: Config, sizes: Sizes, tree: str, profiler: Profiler) -> dict[str, float]:
+def run_config(cfg: Config, sizes: Sizes, tree: str, profiler: Profiler, tag: str) -> dict[str, float]:
     assert cfg.root is not None
     res: dict[str, float] = {}
     work = os.path.join(cfg.root, f"work-{cfg.name}")
@@ -515,7 +512,7 @@ def run_config(cfg: Config, sizes: Sizes, tree: str, profiler: Profiler) -> dict
     chunk = random.Random(1).randbytes(MiB)
 
     def step(key: str, what: str) -> contextlib.AbstractContextManager:
-        print(f"  {cfg.name:8s} {what} ...", file=sys.stderr, flush=True)
+        print(f"  {tag} {cfg.name:8s} {what} ...", file=sys.stderr, flush=True)
         return profiler.row(key)
 
     # sequential write, fsync before close
@@ -651,6 +648,12 @@ def fmt(v: float | None) -> str:
     return f"{v:.3f}"
 
 
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "n/a"
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+
+
 def ratio(row: Row, ninefs: float | None, other: float | None) -> float | None:
     if not ninefs or not other:
         return None
@@ -670,7 +673,7 @@ def render(results: dict[str, dict[str, float] | None], sizes: Sizes) -> str:
                 row.label.format(**names),
                 row.unit,
                 *(fmt(vals[c]) for c in CONFIGS),
-                *("n/a" if r is None else f"{r:.2f}x" for r in rs),
+                *(fmt_ratio(r) for r in rs),
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -694,12 +697,16 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="32 MiB, 300 files, 150-file tree")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    ap.add_argument(
+        "--repeat", type=int, default=None, help="passes per configuration, median taken (default 3, quick 1)"
+    )
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which columns to run (comma-separated)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy record the ninefs processes, one file per row")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install sshfs/openssh-server")
     ap.add_argument("--keep-going", action="store_true", help="a failing configuration becomes n/a")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
+    repeat = args.repeat or (1 if args.quick else 3)
     wanted = [c.strip() for c in args.configs.split(",") if c.strip()]
     if bad := [c for c in wanted if c not in CONFIGS]:
         ap.error(f"unknown configuration {bad[0]!r} (known: {', '.join(CONFIGS)})")
@@ -718,6 +725,7 @@ def main() -> int:
 
     cleanup = Cleanup()
     results: dict[str, dict[str, float] | None] = {}
+    passes: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
     configs: dict[str, Config] = {}
     started = time.monotonic()
     try:
@@ -754,20 +762,25 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        # Passes go round the configurations, so a slow spell of the machine hits all of them.
+        for i in range(repeat):
+            for name in CONFIGS:
+                cfg = configs[name]
+                if cfg.root is None:
+                    continue
+                pids = cfg.pids if (args.profile and name == "ninefs") else {}
+                profiler = Profiler(args.profile, pids, f"-{i}" if repeat > 1 else "")
+                try:
+                    passes[name].append(run_config(cfg, sizes, tree, profiler, f"pass {i + 1}/{repeat}"))
+                except Exception as e:
+                    if not args.keep_going:
+                        raise
+                    print(f"bench_mount: {name} failed: {e}", file=sys.stderr)
+                    cfg.why_na, cfg.root = f"failed: {e}", None
+                    passes[name] = []
         for name in CONFIGS:
-            cfg = configs[name]
-            if cfg.root is None:
-                results[name] = None
-                continue
-            pids = cfg.pids if (args.profile and name == "ninefs") else {}
-            try:
-                results[name] = run_config(cfg, sizes, tree, Profiler(args.profile, pids, cleanup))
-            except Exception as e:
-                if not args.keep_going:
-                    raise
-                print(f"bench_mount: {name} failed: {e}", file=sys.stderr)
-                cfg.why_na = f"failed: {e}"
-                results[name] = None
+            ps = passes[name]
+            results[name] = {k: statistics.median(p[k] for p in ps) for k in ps[0]} if ps else None
     except KeyboardInterrupt:
         print("\nbench_mount: interrupted, cleaning up", file=sys.stderr)
         cleanup.run()
@@ -779,7 +792,8 @@ def main() -> int:
     print()
     print(
         f"ninefs mount benchmark ({'quick' if args.quick else 'full'}; {platform.node()}, "
-        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; {elapsed:.0f} s)"
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
+        f"median of {repeat} pass{'es' if repeat > 1 else ''}; {elapsed:.0f} s)"
     )
     print(render(results, sizes))
     for name, cfg in configs.items():
@@ -794,6 +808,8 @@ def main() -> int:
             "sizes": sizes.__dict__,
             "elapsed_s": round(elapsed, 1),
             "profiled": bool(args.profile),
+            "repeat": repeat,
+            "passes": passes,
             "machine": {
                 "cpus": os.cpu_count(),
                 "kernel": platform.release(),

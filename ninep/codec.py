@@ -165,9 +165,14 @@ _ENCODERS: dict[type, tuple[int, Callable[..., bytes]]] = {
 
 def encode(msg: Message) -> bytes:
     """The whole frame for `msg`, size prefix included."""
-    if type(msg) is Rread:  # the hot path: skip the table and one copy of the header
+    t = type(msg)
+    if t is Rread:  # the hot paths: one copy of the data, no table
         data = msg.data
-        return HEADER.pack(11 + len(data), MsgType.Rread, msg.tag) + _U32.pack(len(data)) + data
+        return b"".join((HEADER.pack(11 + len(data), MsgType.Rread, msg.tag), _U32.pack(len(data)), data))
+    if t is Twrite:
+        data = msg.data
+        head = HEADER.pack(23 + len(data), MsgType.Twrite, msg.tag) + _IO.pack(msg.fid, msg.offset, len(data))
+        return b"".join((head, data))
     try:
         mtype, body = _ENCODERS[type(msg)]
     except KeyError:

@@ -379,20 +379,16 @@ class Client:
     # --- big transfers, pipelined ---------------------------------------------------------------
 
     async def pread(self, fid: int, offset: int, count: int, iounit: int, path: str = "") -> bytes:
-        """Up to `count` bytes at `offset`, as several iounit-sized Treads in flight at once."""
+        """Up to `count` bytes at `offset`, as iounit-sized Treads, WINDOW of them in flight."""
         if count <= iounit:
             return await self._read1(fid, offset, count, path)
+        spans = [(o, min(iounit, offset + count - o)) for o in range(offset, offset + count, iounit)]
+        results = await _window([lambda o=o, n=n: self._read1(fid, o, n, path) for o, n in spans])
         pieces: list[bytes] = []
-        pos = offset
-        end = offset + count
-        while pos < end:
-            batch = [(o, min(iounit, end - o)) for o in range(pos, min(end, pos + WINDOW * iounit), iounit)]
-            results = await _gather([lambda o=o, n=n: self._read1(fid, o, n, path) for o, n in batch])
-            for (_, n), data in zip(batch, results, strict=False):
-                pieces.append(data)
-                if len(data) < n:  # short read: end of file here
-                    return b"".join(pieces)
-            pos = batch[-1][0] + batch[-1][1]
+        for (_, n), data in zip(spans, results, strict=True):
+            pieces.append(data)
+            if len(data) < n:  # short read: end of file here
+                break
         return b"".join(pieces)
 
     async def _read1(self, fid: int, offset: int, count: int, path: str) -> bytes:
@@ -409,25 +405,24 @@ class Client:
         if len(data) <= iounit or ordered:
             done = 0
             while done < len(data) or not data:
-                n = await self._write1(fid, offset + done, bytes(view[done : done + iounit]), path)
+                n = await self._write1(fid, offset + done, view[done : done + iounit], path)
                 if n == 0 and data:
                     raise NinePError("i/o error: server wrote nothing", path)
                 done += n
                 if not data:
                     break
             return done
-        done = 0
-        while done < len(data):
-            stop = min(len(data), done + WINDOW * iounit)
-            batch = [(o, bytes(view[o : min(o + iounit, stop)])) for o in range(done, stop, iounit)]
-            counts = await _gather(
-                [lambda o=o, b=b: self._write1(fid, offset + o, b, path) for o, b in batch]
-            )
-            for (_, b), n in zip(batch, counts, strict=False):
-                if n != len(b):
-                    raise NinePError(f"i/o error: short write ({n} of {len(b)} bytes)", path)
-            done = stop
-        return done
+        spans = [view[o : o + iounit] for o in range(0, len(data), iounit)]
+        counts = await _window(
+            [
+                lambda o=o, b=b: self._write1(fid, offset + o, b, path)
+                for o, b in zip(range(0, len(data), iounit), spans, strict=True)
+            ]
+        )
+        for b, n in zip(spans, counts, strict=True):
+            if n != len(b):
+                raise NinePError(f"i/o error: short write ({n} of {len(b)} bytes)", path)
+        return len(data)
 
     async def _write1(self, fid: int, offset: int, data: bytes, path: str) -> int:
         try:
@@ -436,16 +431,25 @@ class Client:
             raise error_for(e.ename, path) from None
 
 
-async def _gather(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Run the calls concurrently; their results in order, or the first error."""
+async def _window(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run the calls with at most WINDOW in flight (a sliding window, not batches).
+
+    Results come back in order; the first error cancels the rest and is raised.
+    """
     results: list[Any] = [None] * len(calls)
+    limiter = trio.Semaphore(WINDOW)
 
     async def run(i: int) -> None:
-        results[i] = await calls[i]()
+        try:
+            results[i] = await calls[i]()
+        finally:
+            limiter.release()
 
-    async with trio.open_nursery() as nursery:
-        for i in range(len(calls)):
-            nursery.start_soon(run, i)
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            for i in range(len(calls)):
+                await limiter.acquire()
+                nursery.start_soon(run, i)
     return results
 
 
@@ -585,7 +589,7 @@ class File:
             self._pos = (await self.stat()).length
         self._buf = b""
         ordered = bool(self.qid.type & QTAPPEND)
-        n = await self.client.pwrite(self.fid, self._pos, bytes(raw), self.iounit, self.path, ordered=ordered)
+        n = await self.client.pwrite(self.fid, self._pos, raw, self.iounit, self.path, ordered=ordered)
         self._pos += n
         return n if self.binary else len(data)
 

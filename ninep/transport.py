@@ -34,31 +34,39 @@ class FrameReader:
     def __init__(self, stream: trio.abc.ReceiveStream, msize: int = DEFAULT_MSIZE) -> None:
         self.stream = stream
         self.msize = msize
-        self._buf = bytearray()
+        self._buf = b""  # received bytes not yet returned as a frame
 
     async def next_frame(self) -> bytes | None:
         """The next frame, or None at a clean end of stream."""
         buf = self._buf
-        while True:
-            if len(buf) >= 4:
-                size = _SIZE.unpack_from(buf)[0]
-                if size < 7:
-                    raise CodecError(f"frame size {size} is shorter than a 9P header")
-                if size > self.msize:
-                    raise FrameTooLarge(f"frame of {size} bytes is larger than msize {self.msize}")
-                if len(buf) >= size:
-                    frame = bytes(buf[:size])
-                    del buf[:size]
-                    return frame
-                want = max(size - len(buf), 65536)
-            else:
-                want = 65536
-            chunk = await self.stream.receive_some(want)
+        while len(buf) < 4:
+            chunk = await self.stream.receive_some(65536)
             if not chunk:
                 if buf:
                     raise CodecError("connection closed in the middle of a frame")
                 return None
             buf += chunk
+        size = _SIZE.unpack_from(buf)[0]
+        if size < 7:
+            raise CodecError(f"frame size {size} is shorter than a 9P header")
+        if size > self.msize:
+            raise FrameTooLarge(f"frame of {size} bytes is larger than msize {self.msize}")
+        if len(buf) < size:
+            # Gather the rest as chunks and join once: big frames are copied one time, not per chunk.
+            chunks = [buf]
+            have = len(buf)
+            while have < size:
+                chunk = await self.stream.receive_some(max(size - have, 65536))
+                if not chunk:
+                    raise CodecError("connection closed in the middle of a frame")
+                chunks.append(chunk)
+                have += len(chunk)
+            buf = b"".join(chunks)
+        if len(buf) == size:
+            self._buf = b""
+            return buf
+        self._buf = buf[size:]
+        return buf[:size]
 
 
 @dataclass(frozen=True, slots=True)

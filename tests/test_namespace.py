@@ -125,7 +125,7 @@ async def test_dotdot_from_a_mount_point_goes_to_the_namespace_parent(two_server
     async with Namespace() as ns:
         await ns.mount(a, "/n/alpha")
         root = await ns.attach("u", "")
-        qids, node = await ns.walk(root, ["n", "alpha", "bin", "..", "..", ".."])
+        _qids, node = await ns.walk(root, ["n", "alpha", "bin", "..", "..", ".."])
         assert node is not None and node.path == ()
         await ns.clunk(node)
         await ns.clunk(root)
@@ -239,13 +239,17 @@ async def test_applying_stops_at_the_failing_line_and_names_it(two_servers):
     a, _ = two_servers
     ops = parse(f"mount {a} /n/alpha\nbind /n/alpha/nonexistent /x\n", "y.ns", {})
     async with Namespace() as ns:
-        with pytest.raises(NamespaceFileError, match=r"^y\.ns:2: bind /n/alpha/nonexistent /x: .*does not exist"):
+        with pytest.raises(
+            NamespaceFileError, match=r"^y\.ns:2: bind /n/alpha/nonexistent /x: .*does not exist"
+        ):
             await apply(ns, ops)
 
 
 async def test_applying_a_namespace_file(two_servers):
     a, b = two_servers
-    ops = parse(f"mount {a} /n/alpha\nmount {b} /n/beta\nbind -b /n/beta/bin /n/alpha/bin\ncd /n/alpha\n", "z.ns")
+    ops = parse(
+        f"mount {a} /n/alpha\nmount {b} /n/beta\nbind -b /n/beta/bin /n/alpha/bin\ncd /n/alpha\n", "z.ns"
+    )
     async with Namespace() as ns:
         assert await apply(ns, ops) == "/n/alpha"
         assert await read(ns, "/n/alpha/bin/tool") == b"beta tool"
