@@ -722,6 +722,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
 
     cleanup = Cleanup()
     results: dict[str, dict[str, float] | None] = {}

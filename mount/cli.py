@@ -12,7 +12,7 @@ import sys
 import fileserver.serve
 import ninep.cli
 
-from . import demo, mounter
+from . import demo, mounter, nsrun
 
 __all__ = ["main"]
 
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     fileserver.serve.register(sub)
     ninep.cli.register(sub)
     mounter.register(sub)
+    nsrun.register(sub)
     demo.register(sub)
     return p
 

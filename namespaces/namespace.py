@@ -137,6 +137,11 @@ class Namespace(Tree):
                 await _quiet_clunk(m.tree, m.node)
         self.table.clear()
 
+    @property
+    def has_root(self) -> bool:
+        """Whether something (the host, for `ns run`) is mounted at /."""
+        return () in self.table
+
     def _index(self, tree: Tree) -> int:
         for i, t in enumerate(self.trees):
             if t is tree:

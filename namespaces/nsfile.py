@@ -150,7 +150,13 @@ async def apply(ns: Namespace, ops: list[Op]) -> str | None:
     for op in ops:
         try:
             if op.verb == "bind":
-                await ns.bind(op.args[0], op.args[1], op.flags)
+                new, old = op.args
+                if not ns.has_root and os.path.isabs(new) and os.path.isdir(new):
+                    # A namespace without the host at / (ns export) still takes binds of host
+                    # directories, so one namespace file serves `ns run` and `ns export` alike.
+                    await ns.mount(_mountable(new), old, op.flags, source=new)
+                else:
+                    await ns.bind(new, old, op.flags)
             elif op.verb == "mount":
                 addr, old = op.args[0], op.args[1]
                 spec = op.args[2] if len(op.args) > 2 else ""

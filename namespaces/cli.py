@@ -1,0 +1,79 @@
+"""Command-line pieces of namespaces: the options that compose one, and `ninefs ns export`.
+
+`ns export` is Plan 9's exportfs: a namespace composed from a namespace file,
+served over 9P, so another machine can mount one machine's view of many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from functools import partial
+
+import trio
+
+from fileserver.serve import serve_tree
+
+from .namespace import MCREATE, MREPL, Namespace
+from .nsfile import NamespaceFileError, Op, apply, parse, parse_file
+
+__all__ = ["add_namespace_options", "gather_ops", "register_export"]
+
+
+def add_namespace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-n", dest="nsfile", action="append", metavar="NSFILE", help="namespace file (namespace(6))"
+    )
+    p.add_argument("-e", dest="exec", action="append", metavar="LINE", help="one namespace-file line")
+    p.add_argument("--bind", nargs=2, action="append", metavar=("NEW", "OLD"), help="bind NEW on OLD")
+    p.add_argument(
+        "--mount", nargs=2, action="append", metavar=("ADDR", "OLD"), help="mount a 9P server on OLD"
+    )
+
+
+def gather_ops(args: argparse.Namespace) -> list[Op]:
+    """Everything the command line says, in order: -n files, then -e lines, then --bind/--mount."""
+    ops: list[Op] = []
+    for path in args.nsfile or []:
+        ops += parse_file(path)
+    for i, line in enumerate(args.exec or [], 1):
+        ops += parse(line, f"-e#{i}")
+    for new, old in args.bind or []:
+        ops.append(Op("bind", (new, old), MREPL, f"--bind {new} {old}"))
+    for addr, old in args.mount or []:
+        ops.append(Op("mount", (addr, old), MREPL | MCREATE, f"--mount {addr} {old}"))
+    return ops
+
+
+async def _export(ops: list[Op], listen: str, trace: bool) -> int:
+    async with Namespace(uname=getpass.getuser()) as ns:
+        try:
+            await apply(ns, ops)
+        except NamespaceFileError as e:
+            print(f"ninefs ns export: {e}", file=sys.stderr)
+            return 2
+        await serve_tree(ns, listen, trace=trace)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        ops = gather_ops(args)
+        return trio.run(partial(_export, ops, args.listen, args.trace))
+    except NamespaceFileError as e:
+        print(f"ninefs ns export: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ninefs ns export: {args.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="serve a composed namespace over 9P (exportfs)")
+    add_namespace_options(p)
+    p.add_argument("--listen", "-l", default="tcp!127.0.0.1!5640", help="where to listen")
+    p.add_argument("--trace", action="store_true", help="print every 9P message")
+    p.set_defaults(run=_run_export)
