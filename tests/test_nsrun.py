@@ -33,7 +33,7 @@ def mounts() -> str:
 @pytest.fixture
 def cluster(tmp_path):
     """Two servers (separate processes and ports) with different trees, and a local bin dir."""
-    with server_process() as (alpha, alpha_proc), server_process() as (beta, beta_proc):
+    with server_process() as (alpha, _alpha_proc), server_process() as (beta, beta_proc):
         with ninep.sync.connect(alpha) as a, ninep.sync.connect(beta) as b:
             a.mkdir("bin")
             a.write_bytes("bin/tool", b"echo alpha tool\n")
