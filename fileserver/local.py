@@ -87,6 +87,7 @@ class _Node:
     fd: int | None = None
     omode: int | None = None
     regular: bool = True
+    real: str | None = None  # the confined host path, checked when the node was made
 
 
 class LocalTree(Tree):
@@ -116,6 +117,16 @@ class LocalTree(Tree):
         if real != self.root and not real.startswith(self.root + os.sep):
             raise PermissionDenied("permission denied: leads outside the exported tree")
         return real
+
+    def _node_real(self, node: _Node) -> str:
+        """The node's host path; resolved (and confinement checked) once per node.
+
+        Resolving on every message made realpath the server's biggest cost. A node's
+        path is checked again whenever it is made anew (walk) or renamed.
+        """
+        if node.real is None:
+            node.real = self._real(node.names)
+        return node.real
 
     def _extra_bits(self, real: str) -> int:
         try:
@@ -168,7 +179,7 @@ class LocalTree(Tree):
         return self._track(_Node(names, self._qid(s, 0), uname))
 
     async def clone(self, node: _Node) -> _Node:
-        return self._track(_Node(node.names, node.qid, node.uname))
+        return self._track(_Node(node.names, node.qid, node.uname, real=node.real))
 
     async def walk1(self, node: _Node, name: str) -> _Node:
         if name == "..":
@@ -182,10 +193,10 @@ class LocalTree(Tree):
             s = os.stat(real)
         except FileNotFoundError:
             raise NotFound("file does not exist") from None
-        return self._track(_Node(names, self._qid(s, self._extra_bits(real)), node.uname))
+        return self._track(_Node(names, self._qid(s, self._extra_bits(real)), node.uname, real=real))
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
-        real = self._real(node.names)
+        real = self._node_real(node)
         acc = mode & OACCMODE
         if acc in (OWRITE, ORDWR) or mode & OTRUNC:
             self._writable()
@@ -229,7 +240,7 @@ class LocalTree(Tree):
     async def create(self, node: _Node, name: str, perm: int, mode: int) -> tuple[Qid, int]:
         self._writable()
         check_name(name)
-        dreal = self._real(node.names)
+        dreal = self._node_real(node)
         dmode = os.stat(dreal).st_mode
         names = (*node.names, name)
         path = os.path.join(dreal, name)
@@ -242,7 +253,7 @@ class LocalTree(Tree):
             want = dir_perm(perm, dmode) & 0o777
             os.mkdir(path, want)
             os.chmod(path, want)  # Plan 9 applies no umask
-            node.names = names
+            node.names, node.real = names, path
             node.omode = mode
             node.qid = self._qid(os.stat(path), 0)
             return node.qid, 0
@@ -267,6 +278,7 @@ class LocalTree(Tree):
         if extra & DMEXCL:
             self._exclusive.add((s.st_dev, s.st_ino))
         node.names, node.fd, node.omode, node.regular = names, fd, mode, True
+        node.real = path
         node.qid = self._qid(s, extra)
         return node.qid, 0
 
@@ -280,7 +292,7 @@ class LocalTree(Tree):
         return await trio.to_thread.run_sync(os.read, fd, count, abandon_on_cancel=True)
 
     async def readdir(self, node: _Node) -> Sequence[Stat]:
-        real = self._real(node.names)
+        real = self._node_real(node)
         out = []
         with os.scandir(real) as it:
             for entry in it:
@@ -305,11 +317,11 @@ class LocalTree(Tree):
         return await trio.to_thread.run_sync(os.write, fd, data, abandon_on_cancel=True)
 
     async def stat(self, node: _Node) -> Stat:
-        real = self._real(node.names)
+        real = self._node_real(node)
         return self._stat_real(real, node.names[-1] if node.names else "/")
 
     async def wstat(self, node: _Node, st: Stat) -> None:
-        real = self._real(node.names)
+        real = self._node_real(node)
         name_set = st.name != "" and (not node.names or st.name != node.names[-1])
         length_set = st.length != NOT_TOUCHED_U64
         mode_set = st.mode != NOT_TOUCHED_U32
@@ -357,13 +369,14 @@ class LocalTree(Tree):
             for other in list(self._nodes):
                 if other.names[:n] == old_names:
                     other.names = new_names + other.names[n:]
+                    other.real = None
 
     async def remove(self, node: _Node) -> None:
         try:
             self._writable()
             if not node.names:
                 raise PermissionDenied("permission denied: cannot remove the root")
-            real = self._real(node.names)
+            real = self._node_real(node)
             if os.path.isdir(real):
                 os.rmdir(real)
             else:

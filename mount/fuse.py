@@ -39,7 +39,7 @@ from ninep.constants import (
 )
 from ninep.errors import NinePError, ProtocolError, errno_for
 from ninep.messages import Qid, Stat
-from ninep.tree import Tree
+from ninep.tree import Tree, dir_perm, file_perm
 
 from .inodes import ROOT_INODE, Inode, InodeTable
 
@@ -73,9 +73,17 @@ class _Handle:
     in_flight: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) being written
     limiter: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(WRITE_BEHIND))
     idle: trio.Event = field(default_factory=trio.Event)
-    ahead_off: int = -1  # readahead buffer: bytes at ahead_off
-    ahead: bytes = b""
-    next_off: int = 0
+    windows: dict[int, _Window] = field(default_factory=dict)  # readahead, by window number
+    next_off: int = 0  # where a sequential reader reads next
+
+
+@dataclass(eq=False, slots=True)
+class _Window:
+    """READAHEAD bytes of a file starting at a multiple of READAHEAD, fetched once."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes = b""
+    error: BaseException | None = None
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -164,6 +172,12 @@ class TreeFS(pyfuse3.Operations):
         except Exception as e:
             log.debug("clunk: %s", e)
 
+    def _clunk_later(self, node: Any) -> None:
+        """Release a node without making the kernel wait for the round trip."""
+        if self.nursery is None:
+            raise RuntimeError("TreeFS.start was not called")
+        self.nursery.start_soon(self._clunk, node)
+
     # --- attributes ----------------------------------------------------------------
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -248,19 +262,37 @@ class TreeFS(pyfuse3.Operations):
             inode = self.inodes.get(ino) if ino is not None else None
             if inode is None or not inode.fresh(self.options.cache):
                 pnode = await self._node(parent)
-                _, node = await self.tree.walk(pnode, [n])
-                if node is None:
-                    raise pyfuse3.FUSEError(errno.ENOENT)
                 try:
-                    stat = await self.tree.stat(node)
-                except BaseException:
-                    await self._clunk(node)
-                    raise
+                    _, node = await self.tree.walk(pnode, [n])
+                except FileNotFoundError:
+                    node = None
+                if node is None:
+                    return self._negative()
+                cached = inode.stat if inode is not None else None
+                if (
+                    cached is not None
+                    and cached.qid.path == node.qid.path
+                    and cached.qid.vers == node.qid.vers
+                ):
+                    stat = cached  # qid.vers unchanged: the file is as we saw it, no Tstat needed
+                else:
+                    try:
+                        stat = await self.tree.stat(node)
+                    except BaseException:
+                        self._clunk_later(node)
+                        raise
                 inode, spare = self.inodes.learn(parent, n, stat, node)
                 if spare is not None:
-                    await self._clunk(spare)
+                    self._clunk_later(spare)
         inode.lookups += 1
         return self._attr(inode)
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        """ "No such file", which the kernel may remember for the cache time (st_ino 0)."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = self.options.cache
+        return a
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -271,7 +303,7 @@ class TreeFS(pyfuse3.Operations):
             if inode.lookups <= 0 and inode.open_handles == 0:
                 node = self.inodes.drop(inode)
                 if node is not None:
-                    await self._clunk(node)
+                    self._clunk_later(node)
 
     @_fuse_op
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -367,23 +399,40 @@ class TreeFS(pyfuse3.Operations):
             await self._drain(h)
         finally:
             h.inode.open_handles -= 1
-            await self._clunk(h.node)
+            self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
                 node = self.inodes.drop(h.inode)
                 if node is not None:
-                    await self._clunk(node)
+                    self._clunk_later(node)
 
     @_fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._inode(parent_inode)
+        n = os.fsdecode(name)
         node = await self._clone(parent)
         try:
-            _qid, _ = await self.tree.create(node, os.fsdecode(name), DMDIR | (mode & 0o777), OREAD)
-            stat = await self.tree.stat(node)
+            qid, _ = await self.tree.create(node, n, DMDIR | (mode & 0o777), OREAD)
         finally:
-            await self._clunk(node)
-        return self._created(parent, os.fsdecode(name), stat)
+            self._clunk_later(node)
+        return self._created(
+            parent, n, self._new_stat(parent, n, qid, dir_perm(mode & 0o777, parent.stat.mode))
+        )
+
+    def _new_stat(self, parent: Inode, name: str, qid: Qid, mode: int) -> Stat:
+        """The stat a conforming server gives a file we just created (open(5)), without asking."""
+        now = int(time.time())
+        return Stat(
+            qid=qid,
+            mode=mode,
+            atime=now,
+            mtime=now,
+            length=0,
+            name=name,
+            uid=self.uname,
+            gid=parent.stat.gid,
+            muid=self.uname,
+        )
 
     def _created(self, parent: Inode, name: str, stat: Stat) -> pyfuse3.EntryAttributes:
         self._forget_stat(parent)
@@ -479,9 +528,12 @@ class TreeFS(pyfuse3.Operations):
         node = await self._clone(i)
         try:
             qid, iounit = await self.tree.open(node, mode)
-            stat = await self.tree.stat(node)
+            if i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers and not mode & OTRUNC:
+                stat = i.stat  # unchanged since we last saw it: no Tstat
+            else:
+                stat = await self.tree.stat(node)
         except BaseException:
-            await self._clunk(node)
+            self._clunk_later(node)
             raise
         i.stat, i.stat_time = stat, time.monotonic()
         # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
@@ -502,11 +554,12 @@ class TreeFS(pyfuse3.Operations):
         node = await self._clone(parent)
         try:
             qid, iounit = await self.tree.create(node, n, mode & 0o777, omode)
-            stat = await self.tree.stat(node)
         except BaseException:
-            await self._clunk(node)
+            self._clunk_later(node)
             raise
-        attr = self._created(parent, n, stat)
+        attr = self._created(
+            parent, n, self._new_stat(parent, n, qid, file_perm(mode & 0o777, parent.stat.mode))
+        )
         inode = self._inode(attr.st_ino)
         h = _Handle(inode, node, iounit, True, False)
         fh = self._new_handle(h)
@@ -517,31 +570,65 @@ class TreeFS(pyfuse3.Operations):
         h = self.handles[fh]
         if h.in_flight:
             await self._drain(h)
-        if h.stream:
+        sequential = off == h.next_off or (off // READAHEAD) in h.windows
+        h.next_off = off + size
+        if h.stream or not sequential or self.nursery is None:
             return await self.tree.read(h.node, off, size)
-        # Serve from the readahead buffer; refill it with one iounit-sized read.
-        if h.ahead_off <= off and off + size <= h.ahead_off + len(h.ahead):
-            start = off - h.ahead_off
-            h.next_off = off + size
-            return h.ahead[start : start + size]
-        sequential = off == h.next_off
-        unit = max(size, min(h.iounit or READAHEAD, READAHEAD)) if sequential else size
-        data = await self._read_full(h, off, unit)
-        h.ahead_off, h.ahead = off, data
-        h.next_off = off + min(size, len(data))
-        return data[:size]
+        # Sequential: whole windows fetched once each (the kernel sends several reads at a
+        # time, and they wait on the same fetch), and the next window fetched ahead.
+        first, last = off // READAHEAD, (off + size - 1) // READAHEAD
+        parts: list[bytes] = []
+        want = size
+        for k in range(first, last + 1):
+            data = await self._window(h, k)
+            start = off - k * READAHEAD if k == first else 0
+            piece = data[start : start + want]
+            parts.append(piece)
+            want -= len(piece)
+            if len(data) < READAHEAD:
+                break  # end of file inside this window
+        else:
+            if last + 1 not in h.windows:
+                self._start_window(h, last + 1)
+        for k in [k for k in h.windows if k < first - 1]:
+            del h.windows[k]  # what a sequential reader has passed
+        return b"".join(parts)
 
-    async def _read_full(self, h: _Handle, off: int, count: int) -> bytes:
-        data = await self.tree.read(h.node, off, count)
-        if len(data) < count and data and h.iounit and len(data) == h.iounit:
-            data += await self.tree.read(h.node, off + len(data), count - len(data))
-        return data
+    def _start_window(self, h: _Handle, k: int) -> _Window:
+        w = h.windows[k] = _Window()
+        assert self.nursery is not None
+        self.nursery.start_soon(self._fetch_window, h, k, w)
+        return w
+
+    async def _window(self, h: _Handle, k: int) -> bytes:
+        w = h.windows.get(k) or self._start_window(h, k)
+        await w.done.wait()
+        if w.error is not None:
+            h.windows.pop(k, None)
+            raise w.error
+        return w.data
+
+    async def _fetch_window(self, h: _Handle, k: int, w: _Window) -> None:
+        try:
+            with trio.fail_after(self.options.timeout):
+                off, parts, got = k * READAHEAD, [], 0
+                while got < READAHEAD:  # a window may need several Treads when iounit is small
+                    data = await self.tree.read(h.node, off + got, READAHEAD - got)
+                    if not data:
+                        break
+                    parts.append(data)
+                    got += len(data)
+                w.data = b"".join(parts)
+        except Exception as e:  # handed to the reader that waits for this window
+            w.error = e
+        finally:
+            w.done.set()
 
     @_fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handles[fh]
         self._raise_pending(h)
-        h.ahead_off, h.ahead = -1, b""
+        h.windows.clear()
         h.inode.stat_time = 0.0
         if h.stream or self.nursery is None:
             n = await self.tree.write(h.node, off, bytes(buf))
