@@ -55,7 +55,11 @@ READAHEAD = 1 << 20
 @dataclass(frozen=True, slots=True)
 class FuseOptions:
     timeout: float = 30.0  # deadline of every operation
-    cache: float = 1.0  # kernel entry/attr timeout, and our own attribute/name cache
+    cache: float = 1.0  # how long the kernel may trust names and attributes we gave it
+    # How long we trust a stat we saw before asking again; it answers the kernel after it
+    # dropped its caches. Longer is faster (sshfs keeps its for 20 s) but shows another
+    # machine's changes later: a file's size, and so what `cat` reads, may lag that long.
+    attr_cache: float = 1.0
     read_only: bool = False
 
 
@@ -233,7 +237,7 @@ class TreeFS(pyfuse3.Operations):
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
-        if not inode.fresh(self.options.cache):
+        if not inode.fresh(self.options.attr_cache):
             inode.stat = await self.tree.stat(await self._node(inode))
             inode.stat_time = time.monotonic()
         return inode.stat
@@ -260,7 +264,7 @@ class TreeFS(pyfuse3.Operations):
         else:
             ino = parent.children.get(n)
             inode = self.inodes.get(ino) if ino is not None else None
-            if inode is None or not inode.fresh(self.options.cache):
+            if inode is None or not inode.fresh(self.options.attr_cache):
                 pnode = await self._node(parent)
                 try:
                     _, node = await self.tree.walk(pnode, [n])

@@ -77,7 +77,9 @@ async def _terminate_on_signal(signals: trio.abc.ReceiveChannel) -> None:
 
 
 async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> None:
-    options = FuseOptions(timeout=args.timeout, cache=args.cache, read_only=args.ro)
+    options = FuseOptions(
+        timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache, read_only=args.ro
+    )
     async with RemoteTree.connect(args.addr, uname=args.uname, aname=args.aname) as tree:
         await mount_tree(
             tree,
@@ -140,7 +142,12 @@ def _background(args: argparse.Namespace) -> int:
     """Start the mount in a new session and return once it is ready (or failed)."""
     r, w = os.pipe()
     argv = [sys.executable, "-m", "mount.cli", "mount", "--foreground", "--ready-fd", str(w)]
-    argv += [f"--timeout={args.timeout}", f"--cache={args.cache}", f"--aname={args.aname}"]
+    argv += [
+        f"--timeout={args.timeout}",
+        f"--cache={args.cache}",
+        f"--attr-cache={args.attr_cache}",
+        f"--aname={args.aname}",
+    ]
     if args.uname:
         argv.append(f"--uname={args.uname}")
     if args.ro:
@@ -170,6 +177,16 @@ def _run_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=float, default=FuseOptions().cache, help="kernel name/attribute cache (s)")
+    p.add_argument(
+        "--attr-cache",
+        type=float,
+        default=FuseOptions().attr_cache,
+        help="how long ninefs trusts a stat it saw (s); longer is faster, staler",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mount", help="mount a 9P server on a directory (FUSE)")
     p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
@@ -181,9 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)"
     )
-    p.add_argument(
-        "--cache", type=float, default=FuseOptions().cache, help="attribute and name cache time (s)"
-    )
+    add_cache_options(p)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(run=_run_mount)

@@ -36,7 +36,7 @@ from namespaces.cli import add_namespace_options, gather_ops, register_export
 
 from . import linux
 from .fuse import FuseOptions
-from .mounter import mount_tree
+from .mounter import add_cache_options, mount_tree
 
 __all__ = ["register"]
 
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         os.mkdir(os.path.join(work, "host"))
         os.mkdir(os.path.join(work, "ns"))
         linux.rbind("/", os.path.join(work, "host"))
-        options = FuseOptions(timeout=args.timeout, cache=args.cache)
+        options = FuseOptions(timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache)
         return trio.run(_run_in_namespace, ops, command, work, options)
     except OSError as e:
         print(f"ninefs ns run: {e}", file=sys.stderr)
@@ -182,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every file operation"
     )
-    p.add_argument("--cache", type=float, default=FuseOptions().cache, help="attribute cache time (s)")
+    add_cache_options(p)
     p.add_argument("--verbose", "-v", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (default: $SHELL)")
     p.set_defaults(run=_run)

@@ -133,8 +133,13 @@ class _Call:
 class Connection:
     """A 9P2000 session over `stream`. Use `async with Connection.open(stream) as c:`."""
 
-    def __init__(self, stream: trio.abc.Stream, *, msize: int = DEFAULT_MSIZE) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, *, msize: int = DEFAULT_MSIZE, outstanding: int = 128
+    ) -> None:
         self.stream = stream
+        # Servers limit requests in flight per connection (ours: 256); stay below instead of
+        # collecting "too many outstanding requests" errors when many tasks share a connection.
+        self._slots = trio.Semaphore(outstanding)
         self.msize = msize
         self.version = ""
         self.tags = TagPool()
@@ -235,6 +240,17 @@ class Connection:
         """Send `msg` (its tag is replaced) and wait for a reply of type `want`."""
         if self._closed is not None:
             raise ProtocolError(str(self._closed))
+        slots = self._slots
+        try:
+            slots.acquire_nowait()  # the common case costs no pass through the scheduler
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            return await self._rpc(msg, want)
+        finally:
+            slots.release()
+
+    async def _rpc(self, msg: Message, want: type[R]) -> R:
         tag = self.tags.get()
         msg = _with_tag(msg, tag)
         call = _Call()

@@ -260,3 +260,17 @@ async def test_unix_socket_server(tmp_path):
     async with serving(RamTree(), f"unix!{sock}") as address, ninep.connect(address) as fs:
         await fs.write_bytes("u", b"over unix")
         assert await fs.read_bytes("u") == b"over unix"
+
+
+async def test_more_concurrent_calls_than_the_server_allows_in_flight_all_succeed(fs):
+    # The server allows 256 requests in flight; the client queues the rest rather than fail.
+    await fs.write_bytes("f", b"x")
+    results = []
+
+    async def one():
+        results.append((await fs.stat("f")).length)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(1000):
+            nursery.start_soon(one)
+    assert results == [1] * 1000
