@@ -105,6 +105,40 @@ def _mount_part(address: str, tmp: str) -> None:
         _sh(f"ninefs umount {mnt}")
 
 
+def _namespace_part(alpha: str, beta: str, tmp: str) -> None:
+    _say("The main job: one namespace composed from two machines, for one shell and its children")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("(skipped: `ninefs ns run` needs root and /dev/fuse)")
+        return
+    b = shlex.quote(beta)
+    _sh(
+        f"ninefs mkdir {b} bin && printf '#!/bin/sh\\necho hello from beta, args: $*\\n' | ninefs write {b} bin/greet"
+    )
+    _sh(f"echo 'the quarterly numbers' | ninefs write {b} report.txt")
+    local = os.path.join(tmp, "localbin")
+    os.makedirs(local)
+    with open(os.path.join(local, "greet-local"), "w") as f:
+        f.write("#!/bin/sh\necho hello from this machine\n")
+    nsfile = os.path.join(tmp, "demo.ns")
+    with open(nsfile, "w") as f:
+        f.write(
+            "# namespace(6): two machines at /n, and a union directory\n"
+            f"mount -c {alpha} /n/alpha\n"
+            f"mount -c {beta} /n/beta\n"
+            f"bind -a {local} /n/beta/bin\n"
+        )
+    _sh(f"cat {nsfile}")
+    script = (
+        "ls /n; ls /n/beta/bin; sh /n/beta/bin/greet one two; sh /n/beta/bin/greet-local; "
+        "cp /n/beta/report.txt /n/alpha/notes/ && cat /n/alpha/notes/report.txt; "
+        "grep ' /n/' /proc/self/mounts | cut -d' ' -f1-3"
+    )
+    _sh(f"ninefs ns run -n {nsfile} -- sh -c {shlex.quote(script)}")
+    _say("...and nothing of it is visible outside that shell")
+    _sh("ls /n/alpha 2>&1; grep -c ' /n/' /proc/self/mounts | sed 's/^/mounts at \\/n out here: /'")
+    _sh(f"ninefs ns run -n {nsfile} -- sh -c 'exit 7'; echo exit status passed through: $?")
+
+
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ninefs-demo-") as tmp:
         export = os.path.join(tmp, "export")
@@ -135,6 +169,9 @@ def _run(args: argparse.Namespace) -> int:
             _say("The changes are real files on the exporting machine")
             _sh(f"find {shlex.quote(export)} -type f | sort | sed 's|{export}|<export>|'")
             _sh(f"cat {shlex.quote(os.path.join(export, 'notes/2026/plan.txt'))}")
+
+            with _server("--listen", "tcp!127.0.0.1!0") as beta:
+                _namespace_part(address, beta, tmp)
 
         _say("A second server with a RAM tree, read-only: changes are refused with a clear error")
         with _server("--ro", "--listen", "tcp!127.0.0.1!0") as address:
