@@ -93,6 +93,10 @@ class _Node:
 class LocalTree(Tree):
     """The directory `root` of this host as a 9P tree; `read_only` refuses every change."""
 
+    # Metadata calls on a local disk return at once; reads and writes may meet a FIFO or a
+    # device and go to a thread, and a null wstat (fsync) does too.
+    never_blocks = frozenset({"attach", "walk", "open", "create", "clunk", "remove", "stat"})
+
     def __init__(self, root: str, *, read_only: bool = False) -> None:
         real = os.path.realpath(root)
         if not os.path.isdir(real):

@@ -97,6 +97,10 @@ class _Node:
 class RamTree(Tree):
     """A fresh, empty tree in memory, owned by `owner` (default: the serving user)."""
 
+    never_blocks = frozenset(
+        {"attach", "walk", "open", "create", "read", "readdir", "write", "clunk", "remove", "stat", "wstat"}
+    )
+
     def __init__(
         self,
         owner: str | None = None,

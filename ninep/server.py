@@ -215,6 +215,8 @@ class _Connection:
             Twstat: self.wstat,
             Tauth: self.auth,
         }
+        never = self.tree.never_blocks
+        self.inline = {t for t, ops in _OPS_OF.items() if ops <= never}
 
     # --- the connection loop -------------------------------------------------
 
@@ -275,24 +277,33 @@ class _Connection:
         if handler is None:  # an R-message sent to us
             await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
             return
+        if type(msg) in self.inline:
+            # The tree never waits for this one: answer it here, without a task of its own.
+            # Nothing else is read meanwhile, so no flush can be waiting for it.
+            await self.send(await self._answer(handler, msg))
+            return
         self.pending[msg.tag] = req
         self.nursery.start_soon(self._respond, handler, msg, req)
+
+    async def _answer(self, handler: Callable[[Any], Any], msg: Message) -> Message:
+        """The reply to `msg`: the handler's, or an Rerror for whatever it raised."""
+        try:
+            return await handler(msg)
+        except _Error as e:
+            return Rerror(msg.tag, str(e))
+        except OSError as e:  # NinePError, and host errors from local trees
+            return Rerror(msg.tag, ename_from_oserror(e))
+        except (CodecError, ValueError) as e:
+            return Rerror(msg.tag, str(e) or "invalid argument")
+        except Exception as e:
+            log.exception("%s: %s failed", self.peer, type(msg).__name__)
+            return Rerror(msg.tag, f"i/o error: {type(e).__name__}: {e}")
 
     async def _respond(self, handler: Callable[[Any], Any], msg: Message, req: _Request) -> None:
         reply: Message | None = None
         try:
             with req.scope:
-                try:
-                    reply = await handler(msg)
-                except _Error as e:
-                    reply = Rerror(msg.tag, str(e))
-                except OSError as e:  # NinePError, and host errors from local trees
-                    reply = Rerror(msg.tag, ename_from_oserror(e))
-                except (CodecError, ValueError) as e:
-                    reply = Rerror(msg.tag, str(e) or "invalid argument")
-                except Exception as e:
-                    log.exception("%s: %s failed", self.peer, type(msg).__name__)
-                    reply = Rerror(msg.tag, f"i/o error: {type(e).__name__}: {e}")
+                reply = await self._answer(handler, msg)
             # flush(5): once flushed (and not answered yet) the request is never answered.
             if reply is not None and not (req.flushed and req.scope.cancelled_caught):
                 await self.send(reply, lambda: self._forget(msg.tag, req))
@@ -545,6 +556,22 @@ class _Connection:
     async def wstat(self, m: Twstat) -> Message:
         await self.tree.wstat(self._fid(m.fid).node, m.stat)
         return Rwstat(m.tag)
+
+
+# The tree operations each message may call: a message is answered inline only when the
+# tree promises that none of them ever waits (Tree.never_blocks).
+_OPS_OF: dict[type, frozenset[str]] = {
+    Tattach: frozenset({"attach"}),
+    Twalk: frozenset({"walk", "clunk"}),
+    Topen: frozenset({"open"}),
+    Tcreate: frozenset({"create"}),
+    Tread: frozenset({"read", "readdir"}),
+    Twrite: frozenset({"write"}),
+    Tclunk: frozenset({"clunk", "remove"}),
+    Tremove: frozenset({"remove"}),
+    Tstat: frozenset({"stat"}),
+    Twstat: frozenset({"wstat"}),
+}
 
 
 def _agree_version(proposed: str) -> str:

@@ -428,6 +428,8 @@ async def test_qid_vers_changes_when_the_file_changes(conn):
 class SlowTree(RamTree):
     """Reads of files named "slow" wait until `release` is set."""
 
+    never_blocks = RamTree.never_blocks - {"read"}  # this tree's reads do wait
+
     def __init__(self) -> None:
         super().__init__()
         self.release = trio.Event()
@@ -600,3 +602,19 @@ async def test_a_client_that_vanishes_mid_request_releases_its_fids():
             while not clunked:
                 await trio.sleep(0.01)
         assert tree.cancelled == 1
+
+
+async def test_a_tree_that_never_blocks_is_answered_in_order_even_when_pipelined(ram_server):
+    # RamTree promises its operations never wait, so the server answers them inline;
+    # pipelined dependent requests then come back in order, each exactly once.
+    host, port = ram_server.split("!")[1:]
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        sock = RawSocket(stream)
+        await sock.send(
+            version_frame(),
+            codec.encode(Tattach(1, 0, NOFID, "u", "")),
+            *[codec.encode(Tstat(t, 0)) for t in range(2, 50)],
+        )
+        replies = [await sock.recv() for _ in range(50)]
+    assert [r.tag for r in replies] == [NOTAG, *range(1, 50)]
+    assert all(type(r).__name__ in ("Rversion", "Rattach", "Rstat") for r in replies)
