@@ -577,7 +577,7 @@ class TreeFS(pyfuse3.Operations):
         sequential = off == h.next_off or (off // READAHEAD) in h.windows
         h.next_off = off + size
         if h.stream or not sequential or self.nursery is None:
-            return await self.tree.read(h.node, off, size)
+            return bytes(await self.tree.read(h.node, off, size))  # pyfuse3 wants bytes, not a view
         # Sequential: whole windows fetched once each (the kernel sends several reads at a
         # time, and they wait on the same fetch), and the next window fetched ahead.
         first, last = off // READAHEAD, (off + size - 1) // READAHEAD

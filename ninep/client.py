@@ -327,6 +327,10 @@ class Connection:
         return r.qid, r.iounit
 
     async def read(self, fid: int, offset: int, count: int) -> bytes:
+        return bytes((await self.rpc(Tread(0, fid, offset, count), Rread)).data)
+
+    async def read_view(self, fid: int, offset: int, count: int) -> bytes:
+        """Like `read`, but large data may be a view of the reply frame (bytes-like, no copy)."""
         return (await self.rpc(Tread(0, fid, offset, count), Rread)).data
 
     async def write(self, fid: int, offset: int, data: bytes) -> int:

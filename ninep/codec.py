@@ -223,7 +223,7 @@ class _Reader:
     def data(self) -> bytes:
         n = self.u32()
         pos = self.need(n)
-        return bytes(self.buf[pos : pos + n])
+        return _slice(self.buf, pos, n)
 
     def qid(self) -> Qid:
         return Qid(*self.unpack(_QID))
@@ -293,7 +293,15 @@ _DECODERS: dict[int, Callable[[_Reader, int], Message]] = {
 def _twrite(r: _Reader, tag: int) -> Twrite:
     fid, offset, count = r.unpack(_IO)
     pos = r.need(count)
-    return Twrite(tag, fid, offset, bytes(r.buf[pos : pos + count]))
+    return Twrite(tag, fid, offset, _slice(r.buf, pos, count))
+
+
+def _slice(buf: bytes | memoryview, pos: int, n: int) -> bytes:
+    """The data of an Rread or Twrite. Large data is a zero-copy view of the frame (it is
+    bytes-like: it compares, joins and writes like bytes), so a MiB is not copied again."""
+    if n >= 65536:
+        return memoryview(buf)[pos : pos + n]  # type: ignore[return-value]
+    return bytes(buf[pos : pos + n])
 
 
 def frame_tag(frame: bytes | memoryview) -> int | None:

@@ -393,7 +393,7 @@ class Client:
 
     async def _read1(self, fid: int, offset: int, count: int, path: str) -> bytes:
         try:
-            return await self.conn.read(fid, offset, count)
+            return await self.conn.read_view(fid, offset, count)
         except NinePError as e:
             raise error_for(e.ename, path) from None
 
@@ -546,9 +546,10 @@ class File:
         else:
             out = self._buf[:n]
             if len(out) < n:
-                out += await self.client.pread(
+                more = await self.client.pread(
                     self.fid, self._pos + len(self._buf), n - len(out), self.iounit, self.path
                 )
+                out = bytes(more) if not out else out + more  # no second copy of a big read
         self._buf = self._buf[len(out) :] if len(out) <= len(self._buf) else b""
         self._pos += len(out)
         return self._text(out, final=n < 0)

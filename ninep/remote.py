@@ -114,7 +114,7 @@ class RemoteTree(Tree):
         return node.qid, node.iounit
 
     async def read(self, node: RemoteNode, offset: int, count: int) -> bytes:
-        return await self.conn.read(node.fid, offset, min(count, node.iounit or self.conn.iounit))
+        return await self.conn.read_view(node.fid, offset, min(count, node.iounit or self.conn.iounit))
 
     async def readdir(self, node: RemoteNode) -> list[Stat]:
         out: list[Stat] = []
