@@ -12,7 +12,8 @@ import argparse
 import logging
 import signal
 import sys
-from functools import partial
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
@@ -44,7 +45,22 @@ async def serve_tree(tree: Tree, listen: str, *, limits: Limits = Limits(), trac
     await tree.close()
 
 
-def _run(args: argparse.Namespace) -> int:
+Opener = Callable[[argparse.Namespace], AbstractAsyncContextManager[Tree]]
+
+
+@asynccontextmanager
+async def _just(tree: Tree) -> AsyncIterator[Tree]:
+    yield tree
+
+
+async def _serve_opened(
+    opener: AbstractAsyncContextManager[Tree], listen: str, limits: Limits, trace: bool
+) -> None:
+    async with opener as tree:
+        await serve_tree(tree, listen, limits=limits, trace=trace)
+
+
+def _run(args: argparse.Namespace, machine: Opener | None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
@@ -56,31 +72,53 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 2
     if not addr.is_loopback:
+        if args.allow_exec or args.allow_control:
+            # Until connections are authenticated, running programs is for this machine only.
+            print(
+                f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
+                "without authentication only loopback addresses may have them",
+                file=sys.stderr,
+            )
+            return 2
         log.warning("listening on %s: anyone who can reach it can use the tree (no auth yet)", addr)
+    if (args.allow_exec or args.allow_control) and not args.machine:
+        print("ninefs serve: --allow-exec and --allow-control go with --machine", file=sys.stderr)
+        return 2
     try:
-        tree: Tree = LocalTree(args.dir, read_only=args.ro) if args.dir else RamTree(read_only=args.ro)
+        if args.machine:
+            if machine is None:
+                raise OSError("this ninefs was built without --machine support")
+            opener = machine(args)
+            what = f"this machine (/fs = {args.dir or '~'}{', /cmd' if args.allow_exec else ''})"
+        else:
+            opener = _just(LocalTree(args.dir, read_only=args.ro) if args.dir else RamTree(read_only=args.ro))
+            what = args.dir or "a RAM tree"
     except OSError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 1
-    what = args.dir or "a RAM tree"
     log.info("exporting %s%s", what, " read-only" if args.ro else "")
-    limits = Limits(msize=args.msize)
     try:
-        trio.run(partial(serve_tree, tree, args.listen, limits=limits, trace=args.trace))
+        trio.run(_serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace)
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="export a directory (or a RAM tree) over 9P2000")
-    p.add_argument("dir", nargs="?", help="directory to export (default: a fresh RAM tree)")
+def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) -> None:
+    """Add `serve`; `machine` opens the --machine tree (composed above this package)."""
+    p = sub.add_parser("serve", help="export a directory, a RAM tree or a whole machine over 9P2000")
+    p.add_argument(
+        "dir", nargs="?", help="directory to export (default: a fresh RAM tree; with --machine: ~)"
+    )
     p.add_argument(
         "--listen", "-l", default=DEFAULT_LISTEN, help=f"where to listen (default {DEFAULT_LISTEN})"
     )
-    p.add_argument("--ro", action="store_true", help="refuse every change")
+    p.add_argument("--ro", action="store_true", help="refuse every change to the exported files")
+    p.add_argument("--machine", action="store_true", help="export the machine: /fs, /proc, /dev (and /cmd)")
+    p.add_argument("--allow-exec", action="store_true", help="with --machine: add /cmd, running programs")
+    p.add_argument("--allow-control", action="store_true", help="with --machine: signals through /proc/N/ctl")
     p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
     p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")
     p.add_argument("--verbose", "-v", action="store_true")
-    p.set_defaults(run=_run)
+    p.set_defaults(run=lambda args: _run(args, machine))

@@ -11,6 +11,7 @@ import sys
 
 import fileserver.serve
 import ninep.cli
+from namespaces.machine import open_machine
 
 from . import demo, mounter, nsrun
 
@@ -23,7 +24,12 @@ def parser() -> argparse.ArgumentParser:
         description="Plan 9's namespaces on Linux: 9P2000 file servers, clients and mounts.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fileserver.serve.register(sub)
+    fileserver.serve.register(
+        sub,
+        machine=lambda a: open_machine(
+            a.dir, allow_exec=a.allow_exec, allow_control=a.allow_control, read_only=a.ro
+        ),
+    )
     ninep.cli.register(sub)
     mounter.register(sub)
     nsrun.register(sub)

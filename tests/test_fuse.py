@@ -244,3 +244,32 @@ def test_changes_on_the_server_show_up(mnt):
     (export / "hello.txt").write_text("changed behind our back\n")
     time.sleep(1.2)  # past the attribute cache
     assert ok(f"cat {mp}/hello.txt") == "changed behind our back\n"
+
+
+def test_a_whole_machine_mounted_reads_like_files(tmp_path):
+    mp = tmp_path / "m"
+    mp.mkdir()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine\n")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        with server_process("--machine", str(tmp_path / "home")) as (address, _), mounted(address, str(mp)):
+            assert ok(f"cat {mp}/dev/ncpu").strip() == ok("nproc").strip()
+            assert len(ok(f"cat {mp}/dev/load").split()) == 3
+            assert str(child.pid) in ok(f"ls {mp}/proc").split()
+            assert "sleep" in ok(f"cat {mp}/proc/{child.pid}/status")
+            assert ok(f"cat {mp}/fs/notes.txt") == "mine\n"
+            assert sorted(os.listdir(mp)) == ["dev", "fs", "proc"]  # no /cmd without --allow-exec
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_exec_is_refused_on_a_non_loopback_address():
+    r = subprocess.run(
+        ninefs_command("serve", "--machine", "--allow-exec", "--listen", "tcp!0.0.0.0!0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "only loopback" in r.stderr
