@@ -8,11 +8,15 @@ Inferno's `#C`, it is a root with a `clone` file and one directory per session:
     /n/data         write: the command's stdin; read: its stdout
     /n/stderr       read: the command's stderr
     /n/wait         read: blocks until the command exits, then its status line
+    /n/term         a byte pipe to the command's side (cpu(1)'s /mnt/term; after `term`)
 
 ctl requests (one per write, words split like a shell's with `shlex`):
 `dir PATH` sets the working directory for a later exec; `exec CMD ARGS…`
 starts the command (no shell is involved: run `sh -c '…'` for one); `kill`
-sends SIGKILL to the command's process group. Anything else is an Rerror
+sends SIGKILL to the command's process group; `term` (before exec) makes n/term
+a pipe whose other end the command inherits, and runs the command through the
+tree's `term_wrapper` (ninefs: in a namespace of its own where 9P spoken on that
+pipe is mounted at /mnt/term). Anything else is an Rerror
 ("unknown ctl request 'x'").
 
 Files are streams, as in cmd(3): offsets are ignored and every file reports
@@ -62,9 +66,10 @@ import itertools
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -92,9 +97,16 @@ class _Kind(IntEnum):
     DATA = 4
     STDERR = 5
     WAIT = 6
+    TERM = 7
 
 
-_FILES = {"ctl": _Kind.CTL, "data": _Kind.DATA, "stderr": _Kind.STDERR, "wait": _Kind.WAIT}
+_FILES = {
+    "ctl": _Kind.CTL,
+    "data": _Kind.DATA,
+    "stderr": _Kind.STDERR,
+    "wait": _Kind.WAIT,
+    "term": _Kind.TERM,
+}
 _NAMES = {k: n for n, k in _FILES.items()} | {_Kind.CLONE: "clone"}
 _PERMS = {
     _Kind.ROOT: DMDIR | 0o555,
@@ -104,7 +116,12 @@ _PERMS = {
     _Kind.DATA: DMAPPEND | 0o666,
     _Kind.STDERR: 0o444,
     _Kind.WAIT: 0o444,
+    _Kind.TERM: DMAPPEND | 0o666,
 }
+
+# Given the fd the command will find its end of the term pipe on, and the command: what
+# to run instead, so that the command sees the caller's namespace (see `term` below).
+TermWrapper = Callable[[int, list[str]], list[str]]
 
 
 @dataclass(eq=False, slots=True)
@@ -127,6 +144,10 @@ class _Session:
     stdin_lock: trio.Lock = field(default_factory=trio.Lock)
     stdout_lock: trio.Lock = field(default_factory=trio.Lock)
     stderr_lock: trio.Lock = field(default_factory=trio.Lock)
+    term: trio.SocketStream | None = None  # our end of the term pipe, after `term`
+    term_peer: socket.socket | None = None  # the command's end, until exec hands it over
+    term_read_lock: trio.Lock = field(default_factory=trio.Lock)
+    term_write_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 @dataclass(eq=False, slots=True)
@@ -139,7 +160,7 @@ class _Node:
     def qid(self) -> Qid:
         n = self.session.n + 1 if self.session is not None else 0
         typ = QTDIR if self.kind in (_Kind.ROOT, _Kind.DIR) else QTFILE
-        if self.kind is _Kind.DATA:
+        if self.kind in (_Kind.DATA, _Kind.TERM):
             typ |= QTAPPEND
         return Qid(typ, 0, (n << 8) | self.kind)
 
@@ -150,8 +171,11 @@ class CmdTree(Tree):
     `dir` is the default working directory of commands (None: the server's own).
     """
 
-    def __init__(self, nursery: trio.Nursery, *, dir: str | None = None) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, *, dir: str | None = None, term_wrapper: TermWrapper | None = None
+    ) -> None:
         self._nursery = nursery
+        self._term_wrapper = term_wrapper
         self._dir = dir
         self._owner = getpass.getuser()
         self._ctime = int(time.time())
@@ -191,6 +215,10 @@ class CmdTree(Tree):
             _kill_group(s.proc)
             for stream in (s.proc.stdin, s.proc.stdout, s.proc.stderr):
                 _close_stream(stream)
+        _close_stream(s.term)
+        if s.term_peer is not None:
+            s.term_peer.close()
+            s.term_peer = None
         s.started.set()  # wake anyone still waiting for an exec that will never come
 
     async def _reap(self, s: _Session, proc: trio.Process) -> None:
@@ -242,6 +270,19 @@ class CmdTree(Tree):
             if not args:
                 raise NinePError("bad ctl request: usage: exec CMD ARGS...")
             await self._exec(s, args)
+        elif verb == "term":
+            # cpu(1): the caller serves its namespace over n/term, and the command sees it at
+            # /mnt/term. Bytes written to n/term reach the command's side of a socket pair;
+            # what that side sends comes back as reads of n/term.
+            if args:
+                raise NinePError("bad ctl request: usage: term")
+            if self._term_wrapper is None:
+                raise NinePError("term: this server cannot show a caller's namespace to commands")
+            if s.proc is not None or s.starting or s.term is not None:
+                raise NinePError("term: too late, or already asked")
+            ours, theirs = socket.socketpair()
+            s.term = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+            s.term_peer = theirs
         elif verb == "kill":
             if args:
                 raise NinePError("bad ctl request: usage: kill")
@@ -255,9 +296,14 @@ class CmdTree(Tree):
         if s.proc is not None or s.starting:
             raise NinePError("exec: command already started")
         s.starting = True
+        pass_fds: tuple[int, ...] = ()
+        if s.term_peer is not None and self._term_wrapper is not None:
+            pass_fds = (s.term_peer.fileno(),)
+            argv = self._term_wrapper(s.term_peer.fileno(), argv)
         try:
             proc = await trio.lowlevel.open_process(
                 argv,
+                pass_fds=pass_fds,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -267,6 +313,9 @@ class CmdTree(Tree):
         except OSError as e:
             s.starting = False
             raise NinePError(f"exec {argv[0]}: {e.strerror or e}") from None
+        if s.term_peer is not None:  # the command has its end now
+            s.term_peer.close()
+            s.term_peer = None
         s.proc = proc
         self._all.add(s)
         self._nursery.start_soon(self._reap, s, proc)
@@ -339,6 +388,28 @@ class CmdTree(Tree):
                 raise NinePError("i/o error: command no longer reads its stdin") from None
         return len(data)
 
+    def _term(self, s: _Session) -> trio.SocketStream:
+        if s.term is None:
+            raise NinePError("term: not asked for (write `term` to ctl before exec)")
+        return s.term
+
+    async def _term_receive(self, s: _Session, count: int) -> bytes:
+        stream = self._term(s)
+        async with s.term_read_lock:
+            try:
+                return await stream.receive_some(count) if count else b""
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return b""
+
+    async def _term_send(self, s: _Session, data: bytes) -> int:
+        stream = self._term(s)
+        async with s.term_write_lock:
+            try:
+                await stream.send_all(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise NinePError("i/o error: the command's side of term is gone") from None
+        return len(data)
+
     # --- the tree interface -----------------------------------------------------------
 
     async def attach(self, uname: str, aname: str) -> _Node:
@@ -406,6 +477,8 @@ class CmdTree(Tree):
             return str(s.n).encode()[offset : offset + count]
         if node.kind in (_Kind.DATA, _Kind.STDERR) and s is not None:
             return await self._receive(s, node.kind, count)
+        if node.kind is _Kind.TERM and s is not None:
+            return await self._term_receive(s, count)
         if node.kind is _Kind.WAIT and s is not None:
             await self._started(s)
             await s.exited.wait()
@@ -432,6 +505,8 @@ class CmdTree(Tree):
             return len(data)
         if node.kind is _Kind.DATA:
             return await self._send(s, data)
+        if node.kind is _Kind.TERM:
+            return await self._term_send(s, data)
         raise PermissionDenied("permission denied: read-only file")
 
     def _stat(self, node: _Node) -> Stat:
@@ -494,10 +569,12 @@ class CmdTree(Tree):
 
 
 @asynccontextmanager
-async def open_cmd_tree(*, dir: str | None = None) -> AsyncIterator[CmdTree]:
+async def open_cmd_tree(
+    *, dir: str | None = None, term_wrapper: TermWrapper | None = None
+) -> AsyncIterator[CmdTree]:
     """A `CmdTree` with a nursery of its own; every command is killed and reaped on exit."""
     async with trio.open_nursery() as nursery:
-        tree = CmdTree(nursery, dir=dir)
+        tree = CmdTree(nursery, dir=dir, term_wrapper=term_wrapper)
         try:
             yield tree
         finally:
@@ -516,6 +593,9 @@ def _close_stream(stream: object) -> None:
     """Close a pipe now (no await): a task blocked on it gets ClosedResourceError."""
     if isinstance(stream, trio.lowlevel.FdStream):
         stream.close()
+    elif isinstance(stream, trio.SocketStream):
+        trio.lowlevel.notify_closing(stream.socket)
+        stream.socket.close()
 
 
 def _grow_pipe(stream: object) -> None:

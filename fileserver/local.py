@@ -102,6 +102,7 @@ class LocalTree(Tree):
         if not os.path.isdir(real):
             raise NotADirectoryError(f"{root}: not a directory")
         self.root = real
+        self._prefix = real if real.endswith(os.sep) else real + os.sep  # "/" exports everything
         self.read_only = read_only
         self._exclusive: set[tuple[int, int]] = set()  # (dev, ino) of DMEXCL files open now
         # Every node alive, so a rename can move the others that name the file or lie below
@@ -118,7 +119,7 @@ class LocalTree(Tree):
         """The host path for `names`, all symlinks resolved; never outside the root."""
         path = os.path.join(self.root, *names)
         real = os.path.realpath(path)
-        if real != self.root and not real.startswith(self.root + os.sep):
+        if real != self.root and not real.startswith(self._prefix):
             raise PermissionDenied("permission denied: leads outside the exported tree")
         return real
 

@@ -13,7 +13,7 @@ import fileserver.serve
 import ninep.cli
 from namespaces.machine import open_machine
 
-from . import demo, mounter, nsrun
+from . import cpu, demo, mounter, nsrun
 
 __all__ = ["main"]
 
@@ -27,12 +27,17 @@ def parser() -> argparse.ArgumentParser:
     fileserver.serve.register(
         sub,
         machine=lambda a: open_machine(
-            a.dir, allow_exec=a.allow_exec, allow_control=a.allow_control, read_only=a.ro
+            a.dir,
+            allow_exec=a.allow_exec,
+            allow_control=a.allow_control,
+            read_only=a.ro,
+            term_wrapper=cpu.term_wrapper,
         ),
     )
     ninep.cli.register(sub)
     mounter.register(sub)
     nsrun.register(sub)
+    cpu.register(sub)
     demo.register(sub)
     return p
 

@@ -122,7 +122,11 @@ async def _run_in_namespace(ops: list[Op], command: list[str], work: str, option
 
 
 async def _run_command(command: list[str], cwd: str | None) -> int:
-    proc = await trio.lowlevel.open_process(command, cwd=cwd or os.getcwd())
+    try:
+        proc = await trio.lowlevel.open_process(command, cwd=cwd or os.getcwd())
+    except OSError as e:
+        print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
+        return 127 if isinstance(e, FileNotFoundError) else 126
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fileserver.cmd import open_cmd_tree
+from fileserver.cmd import TermWrapper, open_cmd_tree
 from fileserver.dev import DevTree
 from fileserver.local import LocalTree
 from fileserver.proc import ProcTree
@@ -32,6 +32,7 @@ async def open_machine(
     allow_exec: bool = False,
     allow_control: bool = False,
     read_only: bool = False,
+    term_wrapper: TermWrapper | None = None,
 ) -> AsyncIterator[Namespace]:
     """The machine's namespace for the `async with` body; commands it ran are killed after."""
     dev = DevTree()
@@ -43,7 +44,7 @@ async def open_machine(
             await ns.mount(ProcTree(allow_control=allow_control), "/proc")
             await ns.mount(dev, "/dev")
             if allow_exec:
-                async with open_cmd_tree(dir=fs_dir) as cmd:
+                async with open_cmd_tree(dir=fs_dir, term_wrapper=term_wrapper) as cmd:
                     await ns.mount(cmd, "/cmd")
                     yield ns
             else:

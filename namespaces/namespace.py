@@ -53,6 +53,7 @@ MREPL, MBEFORE, MAFTER, MCREATE = MountFlag.MREPL, MountFlag.MBEFORE, MountFlag.
 
 _PATH_BITS = 56
 _PATH_MASK = (1 << _PATH_BITS) - 1
+_WIDE = 255  # top byte of the qid.paths numbered in Namespace._wide
 
 
 def split(path: str) -> tuple[str, ...]:
@@ -107,6 +108,7 @@ class Namespace(Tree):
         self.uname = uname
         self.table: dict[tuple[str, ...], list[Member]] = {}
         self.trees: list[Tree] = []  # index+1 goes into qid.path; 0 is for synthetic dirs
+        self._wide: dict[tuple[int, int], int] = {}
         self._root_tree = root
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
@@ -146,7 +148,7 @@ class Namespace(Tree):
         for i, t in enumerate(self.trees):
             if t is tree:
                 return i + 1
-        if len(self.trees) >= 255:
+        if len(self.trees) >= _WIDE - 1:
             raise NinePError("too many trees in one namespace")
         self.trees.append(tree)
         return len(self.trees)
@@ -248,7 +250,15 @@ class Namespace(Tree):
     # --- resolution ---------------------------------------------------------------------------
 
     def _qid(self, member: Member, qid: Qid) -> Qid:
-        return Qid(qid.type, qid.vers, (member.tree_index << _PATH_BITS) | (qid.path & _PATH_MASK))
+        if qid.path <= _PATH_MASK:
+            return Qid(qid.type, qid.vers, (member.tree_index << _PATH_BITS) | qid.path)
+        # A path that needs the top byte itself (a namespace inside a namespace, an inode
+        # with high bits): number it here, so no two files ever share a qid.path.
+        key = (member.tree_index, qid.path)
+        number = self._wide.get(key)
+        if number is None:
+            number = self._wide[key] = (_WIDE << _PATH_BITS) | len(self._wide)
+        return Qid(qid.type, qid.vers, number)
 
     def _synthetic_qid(self, path: tuple[str, ...]) -> Qid:
         return Qid(QTDIR, 0, zlib.crc32("/".join(path).encode()) & _PATH_MASK)

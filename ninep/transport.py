@@ -81,11 +81,13 @@ class Address:
     def __str__(self) -> str:
         if self.network == "unix":
             return f"unix!{self.path}"
+        if self.network == "fd":
+            return f"fd!{self.port}"
         return f"tcp!{self.host}!{self.port}"
 
     @property
     def is_loopback(self) -> bool:
-        if self.network == "unix":
+        if self.network in ("unix", "fd"):
             return True
         return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
@@ -104,6 +106,10 @@ def parse_address(text: str, *, listening: bool = False) -> Address:
             if len(parts) != 2 or not parts[1]:
                 raise ValueError(f"bad unix address {text!r}: want unix!/path")
             return Address("unix", path=parts[1])
+        if net == "fd":  # a connected socket this process inherited (cpu's /mnt/term)
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise ValueError(f"bad fd address {text!r}: want fd!N")
+            return Address("fd", port=int(parts[1]))
         if net in ("tcp", "net", "tcp4", "tcp6"):
             if len(parts) not in (2, 3) or not parts[1]:
                 raise ValueError(f"bad address {text!r}: want tcp!host!port")
@@ -137,6 +143,10 @@ async def dial(address: str | Address) -> trio.abc.Stream:
     addr = parse_address(address) if isinstance(address, str) else address
     if addr.network == "unix":
         return await trio.open_unix_socket(addr.path)
+    if addr.network == "fd":
+        import socket
+
+        return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=addr.port)))
     stream = await trio.open_tcp_stream(addr.host, addr.port)
     stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
     return stream

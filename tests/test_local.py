@@ -193,3 +193,10 @@ async def test_an_aname_cannot_climb_out(export):
 async def test_non_utf8_host_names_are_skipped_not_fatal(local, export):
     os.close(os.open(os.path.join(os.fsencode(export), b"bad-\xff-name"), os.O_CREAT | os.O_WRONLY))
     assert "hello.txt" in await local.listdir("/")
+
+
+async def test_exporting_the_root_directory_reaches_everything_below_it(tmp_path):
+    (tmp_path / "f").write_text("deep")
+    async with serving(LocalTree("/")) as address, ninep.connect(address) as fs:
+        assert await fs.read_text(str(tmp_path / "f")) == "deep"
+        assert "tmp" in await fs.listdir("/")

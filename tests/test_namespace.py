@@ -253,3 +253,20 @@ async def test_applying_a_namespace_file(two_servers):
     async with Namespace() as ns:
         assert await apply(ns, ops) == "/n/alpha"
         assert await read(ns, "/n/alpha/bin/tool") == b"beta tool"
+
+
+async def test_a_namespace_inside_a_namespace_keeps_qids_distinct(two_servers):
+    a, b = two_servers
+    async with Namespace() as inner:
+        await inner.mount(a, "/x")
+        await inner.mount(b, "/y")
+        async with Namespace() as outer:
+            await outer.mount(inner, "/n/inner")
+            root = await outer.attach("u", "")
+            qids = []
+            for path in (["n", "inner", "x"], ["n", "inner", "y"], ["n", "inner"]):
+                _, node = await outer.walk(root, path)
+                qids.append(node.qid.path)
+                await outer.clunk(node)
+            await outer.clunk(root)
+            assert len(set(qids)) == 3

@@ -272,3 +272,14 @@ def test_a_cluster_of_network_namespaces_composed_into_one_namespace(tmp_path):
         assert r.stdout == "host one\nhost two\n"
         with ninep.sync.connect(a2) as fs:
             assert fs.read_bytes("from-one") == b"host one\n"
+
+
+def test_machines_in_a_namespace_read_like_files(tmp_path):
+    with (
+        server_process("--machine", str(tmp_path)) as (alpha, _),
+        server_process("--machine", str(tmp_path)) as (beta, _),
+    ):
+        r = ns_run("-e", f"mount {alpha} /n/alpha", "-e", f"mount {beta} /n/beta", "--", "sh", "-c",
+                   "cat /n/alpha/dev/ncpu; wc -w < /n/beta/dev/load; ls /n/beta")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [str(len(os.sched_getaffinity(0))), "3", "dev", "fs", "proc"]

@@ -1,0 +1,177 @@
+"""`ninefs cpu ADDR -- CMD`: run a command on another machine that sees this one's files.
+
+Like Plan 9's cpu(1) and u-root's cpu. The command runs through the remote
+machine's `cmd` tree (Inferno's cmd(3)): clone a session, ask for `term`, exec.
+stdin, stdout and stderr are streamed through n/data and n/stderr, and the
+status read from n/wait becomes our exit status.
+
+The caller's namespace reaches the command over the same connection the caller
+opened (so it works through NAT): n/term is a byte pipe to the command's side,
+and this process runs a 9P *server* for its namespace on it (9P inside 9P).
+On the remote, the command is started through `term_wrapper`: `ninefs ns run`
+with `mount -c fd!N /mnt/term`, so the command, and only it, sees the caller's
+files at /mnt/term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from functools import partial
+
+import trio
+
+import ninep
+from fileserver.local import LocalTree
+from namespaces import Namespace, NamespaceFileError, apply
+from namespaces.cli import add_namespace_options, gather_ops
+from ninep.constants import ORDWR, OREAD
+
+__all__ = ["register", "run_cpu", "term_wrapper"]
+
+CHUNK = 1 << 16
+
+
+def term_wrapper(fd: int, argv: list[str]) -> list[str]:
+    """On the remote: run `argv` where 9P spoken on fd is mounted at /mnt/term."""
+    return [sys.executable, "-m", "mount.cli", "ns", "run", "-e", f"mount -c fd!{fd} /mnt/term", "--", *argv]
+
+
+class _FidStream(trio.abc.Stream):
+    """A trio stream over an open 9P file (n/term): reads and writes in order, one at a time."""
+
+    def __init__(self, conn: ninep.Connection, fid: int) -> None:
+        self.conn = conn
+        self.fid = fid
+        self.unit = conn.iounit
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.conn.read(self.fid, 0, min(max_bytes or self.unit, self.unit))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for i in range(0, len(view), self.unit):
+            await self.conn.write(self.fid, 0, view[i : i + self.unit])
+
+    async def wait_send_all_might_not_block(self) -> None:
+        return
+
+    async def send_eof(self) -> None:
+        return
+
+    async def aclose(self) -> None:
+        return  # the fid is clunked with the connection
+
+
+async def _open(fs: ninep.Client, path: str, mode: int) -> int:
+    fid, _ = await fs.walk_fid(path)
+    await fs.conn.open(fid, mode)
+    return fid
+
+
+def _exit_code(status: str) -> int:
+    """n/wait's "pid N exit 3" or "pid N killed 9" as a shell's $?."""
+    words = status.split()
+    if len(words) >= 4 and words[2] == "exit" and words[3].isdigit():
+        return int(words[3])
+    if len(words) >= 4 and words[2] == "killed" and words[3].isdigit():
+        return 128 + int(words[3])
+    return 1
+
+
+async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str | None = None) -> int:
+    """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status."""
+    async with ninep.connect(address) as fs:
+        conn = fs.conn
+        try:
+            ctl = await _open(fs, "/cmd/clone", ORDWR)
+        except FileNotFoundError:
+            raise ninep.NinePError(
+                f"{address}: no /cmd here (serve it with --machine --allow-exec)"
+            ) from None
+        n = (await conn.read(ctl, 0, 64)).decode().strip()
+        await conn.write(ctl, 0, b"term")
+        term = await _open(fs, f"/cmd/{n}/term", ORDWR)
+        data = await _open(fs, f"/cmd/{n}/data", ORDWR)
+        err = await _open(fs, f"/cmd/{n}/stderr", OREAD)
+        wait = await _open(fs, f"/cmd/{n}/wait", OREAD)
+        if cwd is not None:  # --cwd: the caller's directory, as the remote command sees it
+            command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", f"/mnt/term{cwd}", *command]
+        await conn.write(ctl, 0, f"exec {shlex.join(command)}".encode())
+        stdout = trio.wrap_file(sys.stdout.buffer)
+        stderr = trio.wrap_file(sys.stderr.buffer)
+
+        async def pump_out(fid: int, out: trio._file_io.AsyncIOWrapper) -> None:
+            while chunk := await conn.read(fid, 0, conn.iounit):
+                await out.write(chunk)
+                await out.flush()
+
+        async def pump_in() -> None:
+            stdin = trio.wrap_file(sys.stdin.buffer)
+            try:
+                while chunk := await stdin.read1(CHUNK):
+                    await conn.write(data, 0, chunk)
+            except ninep.NinePError:
+                return  # the command stopped reading
+            await conn.write(data, 0, b"")  # end of file for the command
+
+        server = ninep.Server(ns)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
+            nursery.start_soon(pump_in)
+            async with trio.open_nursery() as outputs:
+                outputs.start_soon(pump_out, data, stdout)
+                outputs.start_soon(pump_out, err, stderr)
+                status = (await conn.read(wait, 0, 256)).decode()
+            nursery.cancel_scope.cancel()
+        return _exit_code(status)
+
+
+async def _main(args: argparse.Namespace, command: list[str]) -> int:
+    async with Namespace(LocalTree("/"), uname=args.uname or os.environ.get("USER", "none")) as ns:
+        try:
+            await apply(ns, gather_ops(args))
+        except NamespaceFileError as e:
+            print(f"ninefs cpu: {e}", file=sys.stderr)
+            return 2
+        return await run_cpu(args.addr, command, ns, cwd=os.getcwd() if args.cwd else None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Options may also follow ADDR (`ninefs cpu ADDR --cwd -- make`): they end at "--".
+    rest = args.command
+    if "--" in rest:
+        i = rest.index("--")
+        late, command = rest[:i], rest[i + 1 :]
+        if late:
+            extra = argparse.ArgumentParser(prog="ninefs cpu ADDR")
+            _options(extra)
+            extra.parse_args(late, namespace=args)
+    else:
+        command = rest
+    command = command or ["/bin/sh"]
+    try:
+        return trio.run(partial(_main, args, command))
+    except NamespaceFileError as e:
+        print(f"ninefs cpu: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else f"{args.addr}: "
+        print(f"ninefs cpu: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    add_namespace_options(p)
+    p.add_argument("--cwd", action="store_true", help="run in /mnt/term + this directory")
+    p.add_argument("--uname", "-u", default=None)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cpu", help="run a command on another machine that sees this one's files at /mnt/term")
+    p.add_argument("addr", help="the machine: a server started with --machine --allow-exec")
+    _options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="[OPTIONS] -- CMD ARGS (default: /bin/sh)")
+    p.set_defaults(run=_run)
