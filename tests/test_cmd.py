@@ -113,7 +113,7 @@ async def test_clone_reads_as_the_new_sessions_ctl(fs: Client) -> None:
         names = await fs.listdir("/")
         assert names[0] == "clone"
         assert {str(a.n), str(b.n)} <= set(names)
-        assert sorted(await fs.listdir(str(a.n))) == ["ctl", "data", "stderr", "wait"]
+        assert sorted(await fs.listdir(str(a.n))) == ["ctl", "data", "stderr", "term", "wait"]
         ctl_qid = (await fs.stat(f"{a.n}/ctl")).qid
         assert (await fs.conn.stat(a.ctl_fid)).qid == ctl_qid
         assert await fs.read_text(f"{a.n}/ctl") == str(a.n)
