@@ -139,6 +139,25 @@ def _namespace_part(alpha: str, beta: str, tmp: str) -> None:
     _sh(f"ninefs ns run -n {nsfile} -- sh -c 'exit 7'; echo exit status passed through: $?")
 
 
+def _cpu_part(tmp: str) -> None:
+    _say("cpu: run a command on another machine that works on this machine's files")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("(skipped: `ninefs cpu` needs root and /dev/fuse on the remote machine)")
+        return
+    mine = os.path.join(tmp, "mine")
+    os.makedirs(mine)
+    with open(os.path.join(mine, "numbers.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in range(1, 101)))
+    with _server("--machine", os.path.join(tmp, "export"), "--allow-exec", "--listen", "tcp!127.0.0.1!0") as cpu:
+        q = shlex.quote(cpu)
+        print(f"$ ninefs serve --machine --allow-exec --listen tcp!127.0.0.1!0    # the CPU server -> {cpu}")
+        _sh(f"ninefs ls {q} / && ninefs cat {q} /dev/ncpu /dev/load")
+        script = "echo on $(cat /dev/sysname 2>/dev/null || hostname), in $(pwd); awk '{s+=$1} END {print \"sum:\", s}' numbers.txt > sum.txt; cat sum.txt"
+        _sh(f"ninefs cpu {q} --cwd -- sh -c {shlex.quote(script)}", cwd=mine)
+        _sh(f"cat {shlex.quote(os.path.join(mine, 'sum.txt'))}    # written by the remote command, here")
+        _sh(f"ninefs cpu {q} -- sh -c 'exit 3'; echo remote exit status: $?")
+
+
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ninefs-demo-") as tmp:
         export = os.path.join(tmp, "export")
@@ -172,6 +191,8 @@ def _run(args: argparse.Namespace) -> int:
 
             with _server("--listen", "tcp!127.0.0.1!0") as beta:
                 _namespace_part(address, beta, tmp)
+
+        _cpu_part(tmp)
 
         _say("A second server with a RAM tree, read-only: changes are refused with a clear error")
         with _server("--ro", "--listen", "tcp!127.0.0.1!0") as address:
