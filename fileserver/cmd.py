@@ -79,7 +79,7 @@ import trio
 from ninep.constants import DMAPPEND, DMDIR, OACCMODE, OEXEC, ORDWR, OWRITE, QTAPPEND, QTDIR, QTFILE
 from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
-from ninep.tree import Tree
+from ninep.tree import Tree, is_null_wstat
 
 __all__ = ["CmdTree", "open_cmd_tree"]
 
@@ -534,14 +534,7 @@ class CmdTree(Tree):
         return self._stat(node)
 
     async def wstat(self, node: _Node, stat: Stat) -> None:
-        touched = Stat.dont_touch()
-        if (stat.name, stat.length, stat.mode, stat.mtime, stat.gid) == (
-            touched.name,
-            touched.length,
-            touched.mode,
-            touched.mtime,
-            touched.gid,
-        ):
+        if is_null_wstat(stat):
             return  # stat(5): a null wstat asks to sync; there is nothing to sync
         raise PermissionDenied("permission denied: cmd files are fixed")
 

@@ -25,12 +25,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ninep.constants import DMDIR, NOT_TOUCHED_U32, NOT_TOUCHED_U64, OACCMODE, OREAD, QTDIR, QTFILE
+from ninep.constants import DMDIR, OACCMODE, OREAD, QTDIR, QTFILE
 from ninep.errors import IsADirectory, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
-from ninep.tree import Tree
+from ninep.tree import Tree, is_null_wstat
 
-__all__ = ["DevTree", "LogRing", "ncpu", "touches_anything"]
+__all__ = ["DevTree", "LogRing", "ncpu"]
 
 LOG_LINES = 1000
 RANDOM_MAX = 1 << 20  # one read of `random` gives at most this much (an Rread never holds more)
@@ -78,19 +78,6 @@ def ncpu() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def touches_anything(st: Stat) -> bool:
-    """Whether a Twstat entry changes something, or is the null wstat that means sync (stat(5))."""
-    return bool(
-        st.name
-        or st.uid
-        or st.gid
-        or st.length != NOT_TOUCHED_U64
-        or st.mode != NOT_TOUCHED_U32
-        or st.mtime != NOT_TOUCHED_U32
-        or st.atime != NOT_TOUCHED_U32
-    )
 
 
 def _load() -> str:
@@ -240,7 +227,7 @@ class DevTree(Tree):
         return self._stat(node.entry)
 
     async def wstat(self, node: _Node, stat: Stat) -> None:
-        if not touches_anything(stat):
+        if is_null_wstat(stat):
             return  # stat(5): a null wstat asks for a sync, and there is nothing to sync
         raise PermissionDenied("permission denied")
 

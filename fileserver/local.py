@@ -18,12 +18,10 @@ from __future__ import annotations
 import errno
 import grp
 import os
-import pwd
 import stat as st_mod
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import trio
 
@@ -48,26 +46,12 @@ from ninep.errors import Exists, IsADirectory, NinePError, NotFound, PermissionD
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
+from .owners import group_name, user_name
+
 __all__ = ["LocalTree"]
 
 _XATTR = "user.ninefs.dm"
 _EXTRA_BITS = DMAPPEND | DMEXCL
-
-
-@lru_cache(maxsize=1024)
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-@lru_cache(maxsize=1024)
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _group_id(name: str) -> int:
@@ -154,7 +138,7 @@ class LocalTree(Tree):
         mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra
         if st_mod.S_ISDIR(s.st_mode):
             mode |= DMDIR
-        user = _user_name(s.st_uid)
+        user = user_name(s.st_uid)
         return Stat(
             qid=self._qid(s, extra),
             mode=mode,
@@ -163,7 +147,7 @@ class LocalTree(Tree):
             length=0 if st_mod.S_ISDIR(s.st_mode) else s.st_size,
             name=name,
             uid=user,
-            gid=_group_name(s.st_gid),
+            gid=group_name(s.st_gid),
             muid=user,
         )
 

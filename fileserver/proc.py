@@ -24,21 +24,18 @@ that shared a pid never share a qid.
 from __future__ import annotations
 
 import getpass
-import grp
 import os
-import pwd
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ninep.constants import DMDIR, OACCMODE, OREAD, OTRUNC, OWRITE, QTDIR, QTFILE
 from ninep.errors import IsADirectory, NinePError, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
-from ninep.tree import Tree
+from ninep.tree import Tree, is_null_wstat
 
-from .dev import touches_anything
+from .owners import group_name, user_name
 
 __all__ = ["ProcTree", "parse_signal"]
 
@@ -57,22 +54,6 @@ _INDEX = {name: i for i, (name, _) in enumerate(_FILES) if name}
 _CTL = (_INDEX["ctl"], _INDEX["note"])
 _ROOT_QID = Qid(QTDIR, 0, 0)
 _ALIASES = {"START": "CONT"}  # proc(3): the ctl message "start" resumes a stopped process
-
-
-@lru_cache(maxsize=1024)
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-@lru_cache(maxsize=1024)
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _boot_time() -> float:
@@ -155,7 +136,7 @@ class ProcTree(Tree):
             raise NotFound("file does not exist") from None
         name, mode = _FILES[index]
         started = int(self._boot + start / _CLK_TCK)
-        uid = _user_name(st.st_uid)
+        uid = user_name(st.st_uid)
         return Stat(
             qid=_Node(pid, start, index).qid,
             mode=mode,
@@ -164,7 +145,7 @@ class ProcTree(Tree):
             length=0,
             name=name or str(pid),
             uid=uid,
-            gid=_group_name(st.st_gid),
+            gid=group_name(st.st_gid),
             muid=uid,
         )
 
@@ -298,7 +279,7 @@ class ProcTree(Tree):
         return self._proc_stat(node.pid, node.start, node.file)
 
     async def wstat(self, node: _Node, stat: Stat) -> None:
-        if not touches_anything(stat):
+        if is_null_wstat(stat):
             return  # stat(5): a null wstat asks for a sync, and there is nothing to sync
         raise PermissionDenied("permission denied")
 
@@ -323,7 +304,7 @@ def _status(pid: int) -> bytes:
         ("pid", fields.get("Pid", str(pid))),
         ("ppid", fields.get("PPid", "0")),
         ("state", fields.get("State", "")),
-        ("user", _user_name(int(uid[0])) if uid else ""),
+        ("user", user_name(int(uid[0])) if uid else ""),
         ("threads", fields.get("Threads", "1")),
         ("rss", str(int(rss[0]) * 1024) if rss and rss[0].isdigit() else "0"),
     ]

@@ -148,7 +148,9 @@ def _cpu_part(tmp: str) -> None:
     os.makedirs(mine)
     with open(os.path.join(mine, "numbers.txt"), "w") as f:
         f.write("".join(f"{i}\n" for i in range(1, 101)))
-    with _server("--machine", os.path.join(tmp, "export"), "--allow-exec", "--listen", "tcp!127.0.0.1!0") as cpu:
+    with _server(
+        "--machine", os.path.join(tmp, "export"), "--allow-exec", "--listen", "tcp!127.0.0.1!0"
+    ) as cpu:
         q = shlex.quote(cpu)
         print(f"$ ninefs serve --machine --allow-exec --listen tcp!127.0.0.1!0    # the CPU server -> {cpu}")
         _sh(f"ninefs ls {q} / && ninefs cat {q} /dev/ncpu /dev/load")

@@ -24,11 +24,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .constants import DMDIR
+from .constants import DMDIR, NOT_TOUCHED_U32, NOT_TOUCHED_U64
 from .errors import NinePError, NotADirectory
 from .messages import Qid, Stat
 
-__all__ = ["Node", "Tree", "check_name", "dir_perm", "file_perm"]
+__all__ = ["Node", "Tree", "check_name", "dir_perm", "file_perm", "is_null_wstat"]
 
 
 class Node(Protocol):
@@ -138,3 +138,16 @@ def file_perm(perm: int, dir_mode: int) -> int:
 def dir_perm(perm: int, dir_mode: int) -> int:
     """open(5): a new directory's permissions are limited by its parent's."""
     return (perm & (~0o777 | (dir_mode & 0o777))) | DMDIR
+
+
+def is_null_wstat(st: Stat) -> bool:
+    """stat(5): a Twstat that touches nothing asks the server to commit the file to disk."""
+    return not (
+        st.name
+        or st.uid
+        or st.gid
+        or st.length != NOT_TOUCHED_U64
+        or st.mode != NOT_TOUCHED_U32
+        or st.mtime != NOT_TOUCHED_U32
+        or st.atime != NOT_TOUCHED_U32
+    )
