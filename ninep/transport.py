@@ -24,6 +24,35 @@ DEFAULT_PORT = 564  # 9P's registered port
 _SIZE = struct.Struct("<I")
 
 
+_tuned = False
+
+
+def tune_allocator() -> None:
+    """Let glibc keep freed memory for the next frame instead of returning it to the kernel.
+
+    A 1 MiB frame is allocated, filled and freed thousands of times a second. By default
+    glibc serves blocks that big with mmap and gives them back at once, so every frame
+    page-faults its memory in again: measured here, that cost ~60% of big-transfer
+    throughput. Raising the mmap and trim thresholds keeps up to 256 MiB of freed heap
+    for reuse. Called once by every connection and server; a no-op off glibc.
+    """
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value on 64-bit
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 class FrameTooLarge(CodecError):
     pass
 
@@ -32,6 +61,7 @@ class FrameReader:
     """Reads whole frames from a stream; `msize` may change after Tversion."""
 
     def __init__(self, stream: trio.abc.ReceiveStream, msize: int = DEFAULT_MSIZE) -> None:
+        tune_allocator()
         self.stream = stream
         self.msize = msize
         self._buf = b""  # received bytes not yet returned as a frame
