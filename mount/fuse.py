@@ -56,10 +56,10 @@ READAHEAD = 1 << 20
 class FuseOptions:
     timeout: float = 30.0  # deadline of every operation
     cache: float = 1.0  # how long the kernel may trust names and attributes we gave it
-    # How long we trust a stat we saw before asking again; it answers the kernel after it
-    # dropped its caches. Longer is faster (sshfs keeps its for 20 s) but shows another
-    # machine's changes later: a file's size, and so what `cat` reads, may lag that long.
-    attr_cache: float = 1.0
+    # How long we trust a stat we saw before asking again (sshfs: 20 s). Another machine's
+    # changes show in stat and ls -l that much later; contents never lag, because every
+    # open revalidates through the qid.vers in Ropen (and bypasses stale kernel state).
+    attr_cache: float = 10.0
     read_only: bool = False
 
 
@@ -72,6 +72,7 @@ class _Handle:
     iounit: int
     writable: bool
     stream: bool  # synthetic file (length 0 at open): no page cache, writes in order
+    direct: bool = False  # changed behind the kernel's back: bypass its size and pages
     entries: list[Stat] | None = None
     error: OSError | None = None
     in_flight: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) being written
@@ -289,6 +290,7 @@ class TreeFS(pyfuse3.Operations):
                 if spare is not None:
                     self._clunk_later(spare)
         inode.lookups += 1
+        self.inodes.revive(inode)
         return self._attr(inode)
 
     def _negative(self) -> pyfuse3.EntryAttributes:
@@ -305,7 +307,7 @@ class TreeFS(pyfuse3.Operations):
                 continue
             inode.lookups -= n
             if inode.lookups <= 0 and inode.open_handles == 0:
-                node = self.inodes.drop(inode)
+                node = self.inodes.retire(inode, self.options.attr_cache)
                 if node is not None:
                     self._clunk_later(node)
 
@@ -390,6 +392,7 @@ class TreeFS(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 1):
                 break
             inode.lookups += 1
+            self.inodes.revive(inode)
 
     @_fuse_op
     async def releasedir(self, fh: int) -> None:
@@ -405,7 +408,7 @@ class TreeFS(pyfuse3.Operations):
             h.inode.open_handles -= 1
             self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
-                node = self.inodes.drop(h.inode)
+                node = self.inodes.retire(h.inode, self.options.attr_cache)
                 if node is not None:
                     self._clunk_later(node)
 
@@ -442,6 +445,7 @@ class TreeFS(pyfuse3.Operations):
         self._forget_stat(parent)
         inode, _ = self.inodes.learn(parent, name, stat)
         inode.lookups += 1
+        self.inodes.revive(inode)
         return self._attr(inode)
 
     async def _remove(self, parent_inode: int, name: bytes) -> None:
@@ -515,9 +519,9 @@ class TreeFS(pyfuse3.Operations):
 
     def _fileinfo(self, fh: int, h: _Handle, qid: Qid) -> pyfuse3.FileInfo:
         inode = h.inode
-        keep = not h.stream and inode.last_open_vers == qid.vers
-        inode.last_open_vers = qid.vers
-        return pyfuse3.FileInfo(fh=fh, direct_io=h.stream, keep_cache=keep)
+        keep = not (h.stream or h.direct) and inode.last_open_vers == qid.vers
+        inode.last_open_vers = None if h.direct else qid.vers
+        return pyfuse3.FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep)
 
     @_fuse_op
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
@@ -532,7 +536,8 @@ class TreeFS(pyfuse3.Operations):
         node = await self._clone(i)
         try:
             qid, iounit = await self.tree.open(node, mode)
-            if i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers and not mode & OTRUNC:
+            unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
+            if unchanged and not mode & OTRUNC:
                 stat = i.stat  # unchanged since we last saw it: no Tstat
             else:
                 stat = await self.tree.stat(node)
@@ -543,6 +548,11 @@ class TreeFS(pyfuse3.Operations):
         # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
         stream = stat.length == 0 and not flags & os.O_TRUNC and not stat.mode & DMAPPEND
         h = _Handle(i, node, iounit, mode != OREAD, stream)
+        if not unchanged and not flags & os.O_TRUNC:
+            # Changed since we last told the kernel its size: the kernel may still trust the
+            # old one for a while, so this open bypasses it (and the page cache) altogether.
+            h.direct = True
+            i.last_open_vers = None
         fh = self._new_handle(h)
         return self._fileinfo(fh, h, qid)
 
@@ -699,6 +709,23 @@ class TreeFS(pyfuse3.Operations):
         if h is not None and h.writable:
             self._forget_stat(h.inode)
         await self._release_handle(fh)
+        if h is not None and h.writable and self.nursery is not None:
+            # Learn the written file's new stat now, off the kernel's path, so the stat
+            # that usually follows a write (ls -l, make) is answered from the cache.
+            self.nursery.start_soon(self._restat, h.inode)
+
+    async def _restat(self, inode: Inode) -> None:
+        with trio.move_on_after(self.options.timeout):
+            try:
+                if self.inodes.get(inode.ino) is inode and not inode.fresh(self.options.attr_cache):
+                    stat = await self.tree.stat(await self._node(inode))
+                    if self.inodes.get(inode.ino) is inode:
+                        inode.stat, inode.stat_time = stat, time.monotonic()
+                    elif inode.node is not None:  # forgotten meanwhile: give its fid back
+                        node, inode.node = inode.node, None
+                        await self._clunk(node)
+            except Exception as e:
+                log.debug("restat: %s", e)
 
     # --- not in 9P2000 ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ round trip), and each directory caches the names it has seen.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,10 +51,15 @@ class Inode:
 class InodeTable:
     """Inodes by number and by qid.path."""
 
+    IDLE_MAX = 20000  # forgotten inodes kept for their cached stat, at most
+
     def __init__(self) -> None:
         self.by_ino: dict[int, Inode] = {}
         self.by_path: dict[int, int] = {}
         self._next = ROOT_INODE + 1
+        # Inodes the kernel forgot while their stat was still fresh, oldest first: a lookup
+        # after the kernel dropped its caches is answered from here without a round trip.
+        self.idle: OrderedDict[int, Inode] = OrderedDict()
 
     def root(self, stat: Stat, node: Any) -> Inode:
         inode = Inode(ROOT_INODE, stat.qid.path, ROOT_INODE, "", stat, time.monotonic(), node, lookups=1)
@@ -91,9 +97,34 @@ class InodeTable:
     def forget_name(self, parent: Inode, name: str) -> None:
         parent.children.pop(name, None)
 
+    def retire(self, inode: Inode, ttl: float) -> Any:
+        """The kernel forgot `inode`: keep it (without a node) while its stat is fresh.
+
+        Gives back the node to clunk, if any, and drops what has gone stale or overflows.
+        """
+        node, inode.node = inode.node, None
+        if inode.fresh(ttl):
+            self.idle[inode.ino] = inode
+            self.idle.move_to_end(inode.ino)
+        else:
+            self.drop(inode)
+        while self.idle:
+            ino, oldest = next(iter(self.idle.items()))
+            if len(self.idle) <= self.IDLE_MAX and oldest.fresh(ttl):
+                break
+            del self.idle[ino]
+            if oldest.lookups <= 0 and oldest.open_handles == 0:
+                self.drop(oldest)
+        return node
+
+    def revive(self, inode: Inode) -> None:
+        """The kernel knows `inode` again."""
+        self.idle.pop(inode.ino, None)
+
     def drop(self, inode: Inode) -> Any:
         """Remove an inode the kernel no longer knows; give back its node to clunk."""
         self.by_ino.pop(inode.ino, None)
+        self.idle.pop(inode.ino, None)
         if self.by_path.get(inode.qid_path) == inode.ino:
             del self.by_path[inode.qid_path]
         parent = self.by_ino.get(inode.parent)
