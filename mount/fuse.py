@@ -554,6 +554,8 @@ class TreeFS(pyfuse3.Operations):
             h.direct = True
             i.last_open_vers = None
         fh = self._new_handle(h)
+        if not stream and mode == OREAD and stat.length > 0 and self.nursery is not None:
+            self._start_window(h, 0)  # most opens for reading read from the start: ask now
         return self._fileinfo(fh, h, qid)
 
     @_fuse_op
