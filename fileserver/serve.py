@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import trio
 
 from ninep import Limits, Server, Tree
+from ninep.auth import Authenticator
 from ninep.transport import parse_address
 
 from .local import LocalTree
@@ -29,10 +30,17 @@ DEFAULT_LISTEN = "tcp!127.0.0.1!5640"
 log = logging.getLogger("ninefs.serve")
 
 
-async def serve_tree(tree: Tree, listen: str, *, limits: Limits = Limits(), trace: bool = False) -> None:
+async def serve_tree(
+    tree: Tree,
+    listen: str,
+    *,
+    limits: Limits = Limits(),
+    trace: bool = False,
+    auth: Authenticator | None = None,
+) -> None:
     """Serve `tree` on `listen` until SIGINT/SIGTERM or cancellation."""
     tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
-    server = Server(tree, limits=limits, trace=tracer)
+    server = Server(tree, limits=limits, trace=tracer, auth=auth)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(server.serve, listen)
@@ -54,10 +62,14 @@ async def _just(tree: Tree) -> AsyncIterator[Tree]:
 
 
 async def _serve_opened(
-    opener: AbstractAsyncContextManager[Tree], listen: str, limits: Limits, trace: bool
+    opener: AbstractAsyncContextManager[Tree],
+    listen: str,
+    limits: Limits,
+    trace: bool,
+    auth: Authenticator | None,
 ) -> None:
     async with opener as tree:
-        await serve_tree(tree, listen, limits=limits, trace=trace)
+        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth)
 
 
 def _run(args: argparse.Namespace, machine: Opener | None) -> int:
@@ -71,16 +83,24 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
     except ValueError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 2
-    if not addr.is_loopback:
+    auth = None
+    if args.authorized_keys:
+        try:
+            auth = Authenticator.from_file(args.authorized_keys)
+        except (OSError, ValueError) as e:
+            print(f"ninefs serve: {e}", file=sys.stderr)
+            return 2
+        log.info("authentication required: %d keys from %s", len(auth.authorized), args.authorized_keys)
+    if not addr.is_loopback and auth is None:
         if args.allow_exec or args.allow_control:
             # Until connections are authenticated, running programs is for this machine only.
             print(
                 f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
-                "without authentication only loopback addresses may have them",
+                "without --authorized-keys only loopback addresses may have them",
                 file=sys.stderr,
             )
             return 2
-        log.warning("listening on %s: anyone who can reach it can use the tree (no auth yet)", addr)
+        log.warning("listening on %s without --authorized-keys: anyone who can reach it can use it", addr)
     if (args.allow_exec or args.allow_control) and not args.machine:
         print("ninefs serve: --allow-exec and --allow-control go with --machine", file=sys.stderr)
         return 2
@@ -98,7 +118,7 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         return 1
     log.info("exporting %s%s", what, " read-only" if args.ro else "")
     try:
-        trio.run(_serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace)
+        trio.run(_serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth)
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -118,6 +138,9 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
     p.add_argument("--machine", action="store_true", help="export the machine: /fs, /proc, /dev (and /cmd)")
     p.add_argument("--allow-exec", action="store_true", help="with --machine: add /cmd, running programs")
     p.add_argument("--allow-control", action="store_true", help="with --machine: signals through /proc/N/ctl")
+    p.add_argument(
+        "--authorized-keys", default=None, metavar="PATH", help="require a key listed here (ninefs key gen)"
+    )
     p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
     p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")
     p.add_argument("--verbose", "-v", action="store_true")

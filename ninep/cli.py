@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import getpass
+import socket
 import stat as st_mod
 import sys
 import time
@@ -16,6 +18,7 @@ from functools import partial
 
 import trio
 
+from .auth import DEFAULT_KEY, generate_key
 from .constants import DMAPPEND, DMDIR, DMEXCL
 from .errors import NinePError
 from .files import Client, connect
@@ -124,7 +127,7 @@ async def _mv(fs: Client, args: argparse.Namespace) -> None:
 async def _session(
     args: argparse.Namespace, body: Callable[[Client, argparse.Namespace], Awaitable[None]]
 ) -> None:
-    async with connect(args.addr, uname=args.uname, aname=args.aname) as fs:
+    async with connect(args.addr, uname=args.uname, aname=args.aname, key=args.key) as fs:
         await body(fs, args)
 
 
@@ -155,9 +158,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--aname", "-A", default="", help="tree to attach (default: the server's main tree)")
+    p.add_argument(
+        "--key", "-k", default=None, help=f"private key, when the server asks (default {DEFAULT_KEY})"
+    )
+
+
+def _key_gen(args: argparse.Namespace) -> int:
+    comment = args.comment or f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        line = generate_key(args.out, comment)
+    except FileExistsError:
+        print(f"ninefs key gen: {args.out}: already exists (remove it, or give --out)", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"ninefs key gen: {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"private key: {args.out} (mode 0600)\npublic key:  {args.out}.pub")
+    print("for a server's --authorized-keys file (the last word is the user it maps to):")
+    print(line.rsplit(" ", 1)[0] + " " + getpass.getuser())
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("key", help="keys for authenticated connections")
+    key_sub = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
+    g = key_sub.add_parser("gen", help="make an Ed25519 key pair")
+    g.add_argument("--out", "-o", default=DEFAULT_KEY, help=f"private key file (default {DEFAULT_KEY})")
+    g.add_argument("--comment", "-C", default=None, help="comment in the .pub line (default user@host)")
+    g.set_defaults(run=_key_gen)
+
     p = sub.add_parser("ls", help="list directories on a 9P server")
     _common(p)
     p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")

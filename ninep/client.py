@@ -60,6 +60,7 @@ __all__ = ["Connection", "FidPool", "TagPool", "single_error"]
 
 log = logging.getLogger("ninefs.client")
 R = TypeVar("R", bound=Message)
+KeySpec = Any  # an Ed25519PrivateKey, a path to one, or None (see ninep.auth.resolve_key)
 
 FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
 
@@ -309,6 +310,39 @@ class Connection:
 
     async def auth(self, afid: int, uname: str, aname: str) -> Qid:
         return (await self.rpc(Tauth(0, afid, uname, aname), Rauth)).aqid
+
+    async def authenticate(self, uname: str, aname: str, key: KeySpec = None) -> int:
+        """Run the auth exchange (ninep/auth.py) if the server wants it; the afid, or NOFID.
+
+        `key` is a private key, a path to one, or None for $NINEFS_KEY or the default key
+        file when it exists. The caller clunks the afid after Tattach.
+        """
+        from . import auth
+
+        afid = self.fids.get()
+        try:
+            await self.auth(afid, uname, aname)
+        except NinePError:
+            # Like Plan 9's clients: a server that refuses Tauth (for any reason) is tried
+            # without; if it does want authentication, Tattach will say so.
+            self.fids.put(afid)
+            return NOFID
+        try:
+            private = auth.resolve_key(key)
+            if private is None:
+                raise NinePError("authentication required: no key (make one with `ninefs key gen`)")
+            challenge = await self.read(afid, 0, 256)
+            await self.write(afid, 0, auth.client_response(private, challenge, uname, aname))
+            await self.read(afid, 0, 256)  # "ok USER", or the server's reason as Rerror
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.clunk(afid)
+                except NinePError:
+                    pass
+            self.fids.put(afid)
+            raise
+        return afid
 
     async def attach(self, fid: int, uname: str | None = None, aname: str = "", afid: int = NOFID) -> Qid:
         uname = uname if uname is not None else getpass.getuser()

@@ -24,6 +24,7 @@ from .constants import (
     DEFAULT_MSIZE,
     DMDIR,
     MAXWELEM,
+    NOFID,
     ORDWR,
     OREAD,
     OTRUNC,
@@ -56,15 +57,20 @@ async def connect(
     uname: str | None = None,
     aname: str = "",
     msize: int = DEFAULT_MSIZE,
+    key: Any = None,
 ) -> AsyncIterator[Client]:
-    """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body."""
+    """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body.
+
+    When the server asks for authentication, `key` (a private key or a path; default
+    $NINEFS_KEY or ~/.config/ninefs/id_ed25519) proves who we are (ninep/auth.py).
+    """
     stream = await dial(address)
     with single_error():
         async with trio.open_nursery() as nursery:
             conn = Connection(stream, msize=msize)
             try:
                 await conn.start(nursery)
-                client = await Client.attach(conn, uname=uname, aname=aname)
+                client = await Client.attach(conn, uname=uname, aname=aname, key=key)
                 try:
                     yield client
                 finally:
@@ -86,14 +92,25 @@ class Client:
         self.aname = aname
 
     @classmethod
-    async def attach(cls, conn: Connection, *, uname: str | None = None, aname: str = "") -> Client:
+    async def attach(
+        cls, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
+    ) -> Client:
         uname = uname if uname is not None else getpass.getuser()
+        afid = await conn.authenticate(uname, aname, key)
         fid = conn.fids.get()
         try:
-            qid = await conn.attach(fid, uname, aname)
+            qid = await conn.attach(fid, uname, aname, afid)
         except BaseException:
             conn.fids.put(fid)
             raise
+        finally:
+            if afid != NOFID:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await conn.clunk(afid)
+                    except NinePError:
+                        pass
+                conn.fids.put(afid)
         return cls(conn, fid, qid, uname, aname)
 
     async def close(self) -> None:

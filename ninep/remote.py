@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from .client import Connection, single_error
 from .codec import decode_stats
-from .constants import DEFAULT_MSIZE, MAXWELEM
+from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID
 from .errors import NinePError
 from .messages import Qid, Stat
 from .transport import Address, dial
@@ -33,15 +34,24 @@ class RemoteNode:
 class RemoteTree(Tree):
     """The tree a 9P server exports, through `conn`. `aname` is used when attach gives none."""
 
-    def __init__(self, conn: Connection, *, uname: str | None = None, aname: str = "") -> None:
+    def __init__(
+        self, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
+    ) -> None:
         self.conn = conn
         self.uname = uname
         self.aname = aname
+        self.key = key
 
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, address: str | Address, *, uname: str | None = None, aname: str = "", msize: int = DEFAULT_MSIZE
+        cls,
+        address: str | Address,
+        *,
+        uname: str | None = None,
+        aname: str = "",
+        msize: int = DEFAULT_MSIZE,
+        key: Any = None,
     ) -> AsyncIterator[RemoteTree]:
         stream = await dial(address)
         with single_error():
@@ -49,7 +59,7 @@ class RemoteTree(Tree):
                 conn = Connection(stream, msize=msize)
                 try:
                     await conn.start(nursery)
-                    yield cls(conn, uname=uname, aname=aname)
+                    yield cls(conn, uname=uname, aname=aname, key=key)
                 finally:
                     await conn.aclose()
                     nursery.cancel_scope.cancel()
@@ -58,12 +68,17 @@ class RemoteTree(Tree):
         self.conn.fids.put(fid)
 
     async def attach(self, uname: str, aname: str) -> RemoteNode:
+        uname, aname = self.uname or uname, aname or self.aname
+        afid = await self.conn.authenticate(uname, aname, self.key)
         fid = self.conn.fids.get()
         try:
-            qid = await self.conn.attach(fid, self.uname or uname, aname or self.aname)
+            qid = await self.conn.attach(fid, uname, aname, afid)
         except BaseException:
             self._release(fid)
             raise
+        finally:
+            if afid != NOFID:
+                await self._clunk_fid(afid)
         return RemoteNode(fid, qid)
 
     async def walk(self, node: RemoteNode, names: Sequence[str]) -> tuple[list[Qid], RemoteNode | None]:

@@ -18,9 +18,11 @@ from typing import Any
 import trio
 
 from . import codec
+from .auth import Authenticator, AuthSession
 from .codec import CodecError
 from .constants import (
     DEFAULT_MSIZE,
+    DMAUTH,
     IOHDRSZ,
     MAXWELEM,
     MIN_MSIZE,
@@ -39,6 +41,7 @@ from .errors import NinePError, ename_from_oserror
 from .messages import (
     Message,
     Rattach,
+    Rauth,
     Rclunk,
     Rcreate,
     Rerror,
@@ -51,6 +54,7 @@ from .messages import (
     Rwalk,
     Rwrite,
     Rwstat,
+    Stat,
     Tattach,
     Tauth,
     Tclunk,
@@ -100,6 +104,7 @@ class _Fid:
     dir_entries: list[bytes] = field(default_factory=list)
     dir_index: int = 0
     dir_offset: int = 0
+    auth: AuthSession | None = None  # an afid (attach(5)): reads and writes run the exchange
 
 
 @dataclass(slots=True)
@@ -112,8 +117,16 @@ class _Request:
 class Server:
     """Serves `tree` over 9P2000. `serve(address)` runs until cancelled."""
 
-    def __init__(self, tree: Tree, *, limits: Limits = Limits(), trace: Trace | None = None) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        limits: Limits = Limits(),
+        trace: Trace | None = None,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.tree = tree
+        self.auth = auth  # None: no authentication; else every attach must prove a key
         self.limits = limits
         self.trace = trace
         self.connections = 0
@@ -378,6 +391,8 @@ class _Connection:
             log.warning("%s: gave up releasing fids after %ss", self.peer, self.limits.clunk_timeout)
 
     async def _release(self, f: _Fid) -> None:
+        if f.auth is not None:
+            return
         if f.omode is not None and f.omode & ORCLOSE:
             await self.tree.remove(f.node)
         else:
@@ -400,13 +415,21 @@ class _Connection:
         await self.send(Rversion(m.tag, msize, version))
 
     async def auth(self, m: Tauth) -> Message:
-        raise _Error("authentication not required")
+        if self.server.auth is None:
+            raise _Error("authentication not required")
+        self._new_fid_check(m.afid)
+        session = self.server.auth.start(m.uname, m.aname)
+        self.fids[m.afid] = _Fid(None, m.uname, omode=ORDWR, auth=session)
+        return Rauth(m.tag, session.qid)
 
-    def _fid(self, fid: int) -> _Fid:
+    def _fid(self, fid: int, *, auth_ok: bool = False) -> _Fid:
         try:
-            return self.fids[fid]
+            f = self.fids[fid]
         except KeyError:
             raise _Error("fid unknown or out of range") from None
+        if f.auth is not None and not auth_ok:
+            raise _Error("bad use of fid: an authentication fid")
+        return f
 
     def _new_fid_check(self, fid: int) -> None:
         if fid == NOFID:
@@ -418,11 +441,22 @@ class _Connection:
 
     async def attach(self, m: Tattach) -> Message:
         self._new_fid_check(m.fid)
-        if m.afid != NOFID:
-            raise _Error("authentication not required")
-        node = await self.tree.attach(m.uname, m.aname)
+        uname = m.uname
+        if self.server.auth is None:
+            if m.afid != NOFID:
+                raise _Error("authentication not required")
+        else:
+            if m.afid == NOFID:
+                raise _Error("authentication required: Tauth first (ninefs key gen; --key)")
+            session = self._fid(m.afid, auth_ok=True).auth
+            if session is None or session.user is None:
+                raise _Error("authentication failed: afid not authenticated")
+            if (session.uname, session.aname) != (m.uname, m.aname):
+                raise _Error("authentication failed: afid was for another uname or aname")
+            uname = session.user
+        node = await self.tree.attach(uname, m.aname)
         self._new_fid_check(m.fid)  # another request may have taken it meanwhile
-        self.fids[m.fid] = _Fid(node, m.uname, is_dir=node.qid.is_dir)
+        self.fids[m.fid] = _Fid(node, uname, is_dir=node.qid.is_dir)
         return Rattach(m.tag, node.qid)
 
     async def walk(self, m: Twalk) -> Message:
@@ -496,7 +530,9 @@ class _Connection:
         return Rcreate(m.tag, qid, self._iounit(iounit))
 
     async def read(self, m: Tread) -> Message:
-        f = self._fid(m.fid)
+        f = self._fid(m.fid, auth_ok=True)
+        if f.auth is not None:
+            return Rread(m.tag, f.auth.read(m.count))
         if f.omode is None:
             raise _Error("file not open")
         if f.omode & OACCMODE == OWRITE:
@@ -527,7 +563,10 @@ class _Connection:
         return b"".join(out)
 
     async def write(self, m: Twrite) -> Message:
-        f = self._fid(m.fid)
+        f = self._fid(m.fid, auth_ok=True)
+        if f.auth is not None:
+            assert self.server.auth is not None
+            return Rwrite(m.tag, self.server.auth.write(f.auth, bytes(m.data)))
         if f.omode is None:
             raise _Error("file not open")
         if f.is_dir:
@@ -551,7 +590,12 @@ class _Connection:
         return Rremove(m.tag)
 
     async def stat(self, m: Tstat) -> Message:
-        return Rstat(m.tag, await self.tree.stat(self._fid(m.fid).node))
+        f = self._fid(m.fid, auth_ok=True)
+        if f.auth is not None:
+            return Rstat(
+                m.tag, Stat(qid=f.auth.qid, mode=DMAUTH | 0o600, name="#a", uid=f.uname, gid=f.uname)
+            )
+        return Rstat(m.tag, await self.tree.stat(f.node))
 
     async def wstat(self, m: Twstat) -> Message:
         await self.tree.wstat(self._fid(m.fid).node, m.stat)

@@ -1,0 +1,132 @@
+"""Authentication over Tauth with Ed25519 keys (ninep/auth.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+import trio
+
+import ninep
+from fileserver.ram import RamTree
+from ninep.auth import Authenticator, client_response, generate_key, load_private_key
+from ninep.errors import NinePError
+
+from .servers import ninefs_command, raw_connection
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """Two key pairs: glenda's (authorized) and mallory's (not)."""
+    generate_key(str(tmp_path / "glenda"), "glenda@test")
+    generate_key(str(tmp_path / "mallory"), "mallory@test")
+    pub = (tmp_path / "glenda.pub").read_text().split()
+    (tmp_path / "authorized").write_text(f"# who may attach\n{pub[0]} {pub[1]} glenda\n")
+    return tmp_path
+
+
+@pytest.fixture
+async def guarded(keys):
+    """A RAM tree that requires glenda's key."""
+    server = ninep.Server(RamTree(), auth=Authenticator.from_file(str(keys / "authorized")))
+    async with trio.open_nursery() as nursery:
+        addrs = await nursery.start(server.serve, "tcp!127.0.0.1!0")
+        yield str(addrs[0])
+        nursery.cancel_scope.cancel()
+
+
+def test_private_key_is_written_mode_0600(keys):
+    assert os.stat(keys / "glenda").st_mode & 0o777 == 0o600
+    assert (keys / "glenda.pub").read_text().startswith("ninefs-ed25519 ")
+
+
+async def test_attach_without_authentication_is_refused(guarded):
+    async with raw_connection(guarded) as c:
+        with pytest.raises(NinePError, match="authentication required"):
+            await c.attach(0, "glenda")
+
+
+async def test_the_right_key_is_accepted_and_mapped_to_its_user(guarded, keys):
+    async with ninep.connect(guarded, uname="glenda", key=str(keys / "glenda")) as fs:
+        await fs.write_bytes("mine", b"x")
+        assert (await fs.stat("mine")).uid == "glenda"
+
+
+async def test_a_key_that_is_not_authorized_is_refused(guarded, keys):
+    with pytest.raises(PermissionError, match="key not authorized"):
+        async with ninep.connect(guarded, uname="glenda", key=str(keys / "mallory")):
+            pass
+
+
+async def test_a_key_cannot_attach_as_another_user(guarded, keys):
+    with pytest.raises(PermissionError, match="key is glenda's, not root's"):
+        async with ninep.connect(guarded, uname="root", key=str(keys / "glenda")):
+            pass
+
+
+async def test_a_signature_is_good_for_one_session_only(guarded, keys):
+    key = load_private_key(str(keys / "glenda"))
+    async with raw_connection(guarded) as c:
+        await c.auth(1, "glenda", "")
+        answer = client_response(key, await c.read(1, 0, 256), "glenda", "")
+        await c.write(1, 0, answer)
+        assert (await c.read(1, 0, 256)).startswith(b"ok glenda")
+        await c.auth(2, "glenda", "")
+        await c.read(2, 0, 256)  # a fresh challenge
+        with pytest.raises(PermissionError, match="authentication failed"):
+            await c.write(2, 0, answer)  # replaying the old answer
+        with pytest.raises(NinePError, match="not authenticated"):
+            await c.attach(3, "glenda", "", 2)
+        await c.attach(3, "glenda", "", 1)
+
+
+async def test_an_afid_is_no_file(guarded):
+    async with raw_connection(guarded) as c:
+        await c.auth(1, "glenda", "")
+        with pytest.raises(NinePError, match="authentication fid"):
+            await c.walk(1, 2, [])
+        assert (await c.stat(1)).qid.type & ninep.QTAUTH
+
+
+def test_the_command_line_with_keys(keys):
+    proc = subprocess.Popen(
+        ninefs_command("serve", "--authorized-keys", str(keys / "authorized"), "--listen", "tcp!127.0.0.1!0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        address = proc.stdout.readline().split()[-1]
+        env = dict(os.environ, NINEFS_KEY="/nonexistent")
+        r = subprocess.run(
+            ninefs_command("ls", "-u", "glenda", address, "/"), capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 1 and "authentication required: no key" in r.stderr
+        r = subprocess.run(
+            ninefs_command("write", "-u", "glenda", "-k", str(keys / "glenda"), address, "/hello"),
+            input="hi",
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(
+            ninefs_command("cat", "-u", "glenda", "-k", str(keys / "mallory"), address, "/hello"),
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 1 and "key not authorized" in r.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_exec_on_a_public_address_needs_authorized_keys(keys):
+    r = subprocess.run(
+        ninefs_command("serve", "--machine", "--allow-exec", "--listen", "tcp!0.0.0.0!0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "--authorized-keys" in r.stderr
