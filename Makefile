@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config
 PYTEST_ARGS ?=
 
-.PHONY: all demo test test-fast bench lint format fuzz system-deps clean
+.PHONY: all demo test test-fast bench bench-mount lint format fuzz system-deps clean
 
 all: test
 
@@ -42,6 +42,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_9p.py
+
+bench-mount: $(STAMP)
+	$(PY) benchmarks/bench_mount.py
+
+fuzz: $(STAMP)
+	NINEFS_FUZZ_EXAMPLES=$${NINEFS_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_fuzz.py -p no:randomly
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -132,12 +132,19 @@ class _Call:
 
 
 class Connection:
-    """A 9P2000 session over `stream`. Use `async with Connection.open(stream) as c:`."""
+    """A 9P2000 session over `stream`: `await conn.start(nursery)`, then the 9P calls."""
 
     def __init__(
-        self, stream: trio.abc.Stream, *, msize: int = DEFAULT_MSIZE, outstanding: int = 128
+        self,
+        stream: trio.abc.Stream,
+        *,
+        msize: int = DEFAULT_MSIZE,
+        outstanding: int = 128,
+        timeout: float | None = None,
     ) -> None:
         self.stream = stream
+        # A deadline for every call (None: none; a read of a cmd(3) file may wait for hours).
+        self.timeout = timeout
         # Servers limit requests in flight per connection (ours: 256); stay below instead of
         # collecting "too many outstanding requests" errors when many tasks share a connection.
         self._slots = trio.Semaphore(outstanding)
@@ -247,7 +254,13 @@ class Connection:
         except trio.WouldBlock:
             await slots.acquire()
         try:
-            return await self._rpc(msg, want)
+            if self.timeout is None:
+                return await self._rpc(msg, want)
+            try:
+                with trio.fail_after(self.timeout):
+                    return await self._rpc(msg, want)
+            except trio.TooSlowError:
+                raise TimedOut(f"timed out: no answer to {type(msg).__name__} in {self.timeout} s") from None
         finally:
             slots.release()
 

@@ -58,16 +58,18 @@ async def connect(
     aname: str = "",
     msize: int = DEFAULT_MSIZE,
     key: Any = None,
+    timeout: float | None = None,
 ) -> AsyncIterator[Client]:
     """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body.
 
     When the server asks for authentication, `key` (a private key or a path; default
     $NINEFS_KEY or ~/.config/ninefs/id_ed25519) proves who we are (ninep/auth.py).
+    `timeout` is a deadline for every call (TimeoutError); TCP keepalive notices a dead peer.
     """
     stream = await dial(address)
     with single_error():
         async with trio.open_nursery() as nursery:
-            conn = Connection(stream, msize=msize)
+            conn = Connection(stream, msize=msize, timeout=timeout)
             try:
                 await conn.start(nursery)
                 client = await Client.attach(conn, uname=uname, aname=aname, key=key)

@@ -69,7 +69,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import Address, FrameReader, listener_address, listeners
+from .transport import Address, FrameReader, keepalive, listener_address, listeners
 from .tree import Tree, check_name
 
 __all__ = ["Limits", "Server"]
@@ -173,6 +173,7 @@ class Server:
             return
         if isinstance(stream.socket.getsockname(), tuple):
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+            keepalive(stream)  # a client that vanished without a FIN is noticed, its fids released
         await self.handle_stream(stream, peer)
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "?") -> None:

@@ -179,7 +179,19 @@ async def dial(address: str | Address) -> trio.abc.Stream:
         return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=addr.port)))
     stream = await trio.open_tcp_stream(addr.host, addr.port)
     stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+    keepalive(stream)
     return stream
+
+
+def keepalive(stream: trio.SocketStream, idle: int = 30, interval: int = 10, count: int = 3) -> None:
+    """Let the kernel probe a quiet peer: a dead one breaks the connection (and every call
+    waiting on it) after about idle + interval * count seconds instead of never."""
+    sock = stream.socket
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        opt = getattr(trio.socket, name, None)
+        if opt is not None:
+            sock.setsockopt(trio.socket.IPPROTO_TCP, opt, value)
 
 
 async def listeners(address: str | Address) -> list[trio.SocketListener]:

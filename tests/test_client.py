@@ -274,3 +274,16 @@ async def test_more_concurrent_calls_than_the_server_allows_in_flight_all_succee
         for _ in range(1000):
             nursery.start_soon(one)
     assert results == [1] * 1000
+
+
+async def test_a_call_with_no_answer_times_out_when_asked():
+    from .test_server import SlowTree
+
+    tree = SlowTree()
+    async with serving(tree) as address, ninep.connect(address, timeout=0.5) as fs:
+        await fs.write_bytes("slow", b"x")
+        with pytest.raises(TimeoutError, match="timed out"):
+            await fs.read_bytes("slow")
+        assert tree.cancelled >= 1  # the server was told (Tflush) and stopped waiting
+        tree.release.set()
+        assert await fs.read_bytes("slow") == b"x"
