@@ -47,7 +47,7 @@ bench-mount: $(STAMP)
 	$(PY) benchmarks/bench_mount.py
 
 fuzz: $(STAMP)
-	NINEFS_FUZZ_EXAMPLES=$${NINEFS_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_fuzz.py -p no:randomly
+	NINEFS_FUZZ_EXAMPLES=$${NINEFS_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_fuzz.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
