@@ -37,10 +37,11 @@ async def serve_tree(
     limits: Limits = Limits(),
     trace: bool = False,
     auth: Authenticator | None = None,
+    host_key: str | None = None,
 ) -> None:
     """Serve `tree` on `listen` until SIGINT/SIGTERM or cancellation."""
     tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
-    server = Server(tree, limits=limits, trace=tracer, auth=auth)
+    server = Server(tree, limits=limits, trace=tracer, auth=auth, host_key=host_key)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(server.serve, listen)
@@ -67,9 +68,10 @@ async def _serve_opened(
     limits: Limits,
     trace: bool,
     auth: Authenticator | None,
+    host_key: str | None,
 ) -> None:
     async with opener as tree:
-        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth)
+        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth, host_key=host_key)
 
 
 def _run(args: argparse.Namespace, machine: Opener | None) -> int:
@@ -118,7 +120,9 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         return 1
     log.info("exporting %s%s", what, " read-only" if args.ro else "")
     try:
-        trio.run(_serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth)
+        trio.run(
+            _serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth, args.host_key
+        )
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -140,6 +144,9 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
     p.add_argument("--allow-control", action="store_true", help="with --machine: signals through /proc/N/ctl")
     p.add_argument(
         "--authorized-keys", default=None, metavar="PATH", help="require a key listed here (ninefs key gen)"
+    )
+    p.add_argument(
+        "--host-key", default=None, metavar="PATH", help="key for tls! addresses (default: made on first use)"
     )
     p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
     p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")

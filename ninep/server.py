@@ -11,6 +11,7 @@ Rerror or closed, and never disturbs another.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import Address, FrameReader, keepalive, listener_address, listeners
+from .transport import Address, FrameReader, keepalive, listener_address, listeners, parse_address
 from .tree import Tree, check_name
 
 __all__ = ["Limits", "Server"]
@@ -124,9 +125,12 @@ class Server:
         limits: Limits = Limits(),
         trace: Trace | None = None,
         auth: Authenticator | None = None,
+        host_key: str | None = None,
     ) -> None:
         self.tree = tree
         self.auth = auth  # None: no authentication; else every attach must prove a key
+        self.host_key = host_key  # for tls! addresses: the key the TLS certificate is made from
+        self.tls: ssl.SSLContext | None = None
         self.limits = limits
         self.trace = trace
         self.connections = 0
@@ -139,16 +143,22 @@ class Server:
         task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on `address` and serve every connection; started() gives the bound addresses."""
-        lsn = await listeners(address)
-        await self.serve_listeners(lsn, task_status=task_status)
+        addr = parse_address(address, listening=True) if isinstance(address, str) else address
+        if addr.network == "tls" and self.tls is None:
+            from .tls import server_context
+
+            self.tls = server_context(self.host_key) if self.host_key else server_context()
+        lsn = await listeners(addr)
+        await self.serve_listeners(lsn, task_status=task_status, network=addr.network)
 
     async def serve_listeners(
         self,
         lsn: list[trio.SocketListener],
         *,
         task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+        network: str = "tcp",
     ) -> None:
-        self.addresses = [listener_address(x) for x in lsn]
+        self.addresses = [listener_address(x, network) for x in lsn]
         async with trio.open_nursery() as nursery:
             for x in lsn:
                 nursery.start_soon(self._accept_loop, x, nursery)
@@ -174,7 +184,17 @@ class Server:
         if isinstance(stream.socket.getsockname(), tuple):
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
             keepalive(stream)  # a client that vanished without a FIN is noticed, its fids released
-        await self.handle_stream(stream, peer)
+        conn: trio.abc.Stream = stream
+        if self.tls is not None:
+            conn = trio.SSLStream(stream, self.tls, server_side=True)
+            try:
+                with trio.fail_after(10):
+                    await conn.do_handshake()
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                log.warning("%s: TLS handshake failed: %s", peer, e or "timed out")
+                await stream.aclose()
+                return
+        await self.handle_stream(conn, peer)
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "?") -> None:
         """Serve one connection until it closes; usable with any trio stream."""

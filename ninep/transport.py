@@ -113,7 +113,7 @@ class Address:
             return f"unix!{self.path}"
         if self.network == "fd":
             return f"fd!{self.port}"
-        return f"tcp!{self.host}!{self.port}"
+        return f"{self.network}!{self.host}!{self.port}"
 
     @property
     def is_loopback(self) -> bool:
@@ -140,11 +140,11 @@ def parse_address(text: str, *, listening: bool = False) -> Address:
             if len(parts) != 2 or not parts[1].isdigit():
                 raise ValueError(f"bad fd address {text!r}: want fd!N")
             return Address("fd", port=int(parts[1]))
-        if net in ("tcp", "net", "tcp4", "tcp6"):
+        if net in ("tcp", "net", "tcp4", "tcp6", "tls"):
             if len(parts) not in (2, 3) or not parts[1]:
-                raise ValueError(f"bad address {text!r}: want tcp!host!port")
+                raise ValueError(f"bad address {text!r}: want {net}!host!port")
             port = _port(parts[2], text) if len(parts) == 3 else DEFAULT_PORT
-            return Address("tcp", host=parts[1], port=port)
+            return Address("tls" if net == "tls" else "tcp", host=parts[1], port=port)
         raise ValueError(f"unknown network {net!r} in {text!r} (tcp or unix)")
     if text.startswith("/") or text.startswith("./"):
         return Address("unix", path=text)
@@ -180,6 +180,14 @@ async def dial(address: str | Address) -> trio.abc.Stream:
     stream = await trio.open_tcp_stream(addr.host, addr.port)
     stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
     keepalive(stream)
+    if addr.network == "tls":
+        from .tls import client_wrap
+
+        try:
+            return await client_wrap(stream, f"{addr.host}!{addr.port}")
+        except BaseException:
+            await stream.aclose()
+            raise
     return stream
 
 
@@ -230,10 +238,10 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-def listener_address(listener: trio.SocketListener) -> Address:
+def listener_address(listener: trio.SocketListener, network: str = "tcp") -> Address:
     """The address a listener actually bound (the port, when 0 was asked)."""
     sock = listener.socket
     if sock.family == trio.socket.AF_UNIX:
         return Address("unix", path=sock.getsockname())
     host, port = sock.getsockname()[:2]
-    return Address("tcp", host=host, port=port)
+    return Address(network, host=host, port=port)

@@ -130,3 +130,50 @@ def test_exec_on_a_public_address_needs_authorized_keys(keys):
         timeout=30,
     )
     assert r.returncode == 2 and "--authorized-keys" in r.stderr
+
+
+# --- TLS with a pinned server key --------------------------------------------------------------
+
+
+async def test_tls_carries_9p_and_pins_the_server_key(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("NINEFS_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
+    server = ninep.Server(RamTree(), host_key=str(tmp_path / "host1"))
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(server.serve, "tls!127.0.0.1!0")
+        async with ninep.connect(str(address)) as fs:
+            await fs.write_bytes("secret", b"over TLS")
+        assert "new server" in capfd.readouterr().err  # trust on first use, said out loud
+        async with ninep.connect(str(address)) as fs:
+            assert await fs.read_bytes("secret") == b"over TLS"
+        assert "new server" not in capfd.readouterr().err
+        nursery.cancel_scope.cancel()
+    assert (tmp_path / "known_hosts").read_text().count("ninefs-ed25519") == 1
+
+
+async def test_a_changed_server_key_is_refused(tmp_path, monkeypatch):
+    from ninep.tls import HostKeyChanged
+
+    monkeypatch.setenv("NINEFS_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
+    first = ninep.Server(RamTree(), host_key=str(tmp_path / "host1"))
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(first.serve, "tls!127.0.0.1!0")
+        async with ninep.connect(str(address)):
+            pass
+        nursery.cancel_scope.cancel()
+    impostor = ninep.Server(RamTree(), host_key=str(tmp_path / "host2"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(impostor.serve, str(address))  # same host and port, another key
+        with pytest.raises(HostKeyChanged, match="changed!"):
+            async with ninep.connect(str(address)):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_plain_9p_to_a_tls_port_fails_cleanly(tmp_path):
+    server = ninep.Server(RamTree(), host_key=str(tmp_path / "host1"))
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(server.serve, "tls!127.0.0.1!0")
+        with pytest.raises(OSError):
+            async with ninep.connect(f"tcp!127.0.0.1!{address.port}"):
+                pass
+        nursery.cancel_scope.cancel()
