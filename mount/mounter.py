@@ -80,7 +80,9 @@ async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> 
     options = FuseOptions(
         timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache, read_only=args.ro
     )
-    async with RemoteTree.connect(args.addr, uname=args.uname, aname=args.aname, key=args.key) as tree:
+    async with RemoteTree.connect(
+        args.addr, uname=args.uname, aname=args.aname, key=args.key, reconnect=not args.no_reconnect
+    ) as tree:
         await mount_tree(
             tree,
             args.mountpoint,
@@ -152,6 +154,8 @@ def _background(args: argparse.Namespace) -> int:
         argv.append(f"--uname={args.uname}")
     if args.key:
         argv.append(f"--key={args.key}")
+    if args.no_reconnect:
+        argv.append("--no-reconnect")
     if args.ro:
         argv.append("--ro")
     argv += [args.addr, args.mountpoint]
@@ -197,6 +201,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--ro", action="store_true", help="mount read-only")
     p.add_argument("--key", "-k", default=None, help="private key, when the server asks for one")
+    p.add_argument(
+        "--no-reconnect", action="store_true", help="when the server goes away, fail instead of reconnecting"
+    )
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
     p.add_argument(
         "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)"

@@ -2,45 +2,82 @@
 
 This is what lets a namespace mount a remote machine, the FUSE adapter show
 one, and our own server re-export one (a 9P proxy): all of them take trees.
+
+Reconnecting (what sshfs users ask for most): when the connection breaks, the
+next operation dials again, re-attaches, and re-walks each node it touches by
+the path it was walked by (re-opening it in its mode, without OTRUNC), then
+retries the operation if repeating it is harmless (walk, open, read, stat,
+directory reads). A write, create, remove or wstat that was in flight is
+reported as an error, never silently dropped or repeated. `reconnect=False`
+turns all of this off.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from .client import Connection, single_error
 from .codec import decode_stats
-from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID
-from .errors import NinePError
+from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC
+from .errors import NinePError, ProtocolError
 from .messages import Qid, Stat
 from .transport import Address, dial
 from .tree import Tree
 
 __all__ = ["RemoteTree"]
 
+log = logging.getLogger("ninefs.remote")
+T = TypeVar("T")
+REDIAL_FOR = 30.0  # how long to keep trying to reach a server that went away
+
 
 @dataclass(eq=False, slots=True)
 class RemoteNode:
     fid: int
     qid: Qid
+    uname: str
+    aname: str
+    path: tuple[str, ...]  # the names walked from the attach root: how to find it again
+    conn: Connection  # the connection `fid` belongs to
     iounit: int = 0
+    omode: int | None = None
+
+
+def _walked(path: tuple[str, ...], names: Sequence[str]) -> tuple[str, ...]:
+    out = list(path)
+    for n in names:
+        if n == "..":
+            if out:
+                out.pop()
+        elif n != ".":
+            out.append(n)
+    return tuple(out)
 
 
 class RemoteTree(Tree):
-    """The tree a 9P server exports, through `conn`. `aname` is used when attach gives none."""
+    """The tree a 9P server exports. `aname` is used when attach gives none."""
 
     def __init__(
-        self, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
+        self,
+        conn: Connection,
+        *,
+        uname: str | None = None,
+        aname: str = "",
+        key: Any = None,
+        redial: Callable[[], Awaitable[Connection]] | None = None,
     ) -> None:
         self.conn = conn
         self.uname = uname
         self.aname = aname
         self.key = key
+        self._redial = redial  # None: no reconnecting
+        self._lock = trio.Lock()
 
     @classmethod
     @asynccontextmanager
@@ -52,114 +89,236 @@ class RemoteTree(Tree):
         aname: str = "",
         msize: int = DEFAULT_MSIZE,
         key: Any = None,
+        reconnect: bool = True,
     ) -> AsyncIterator[RemoteTree]:
-        stream = await dial(address)
         with single_error():
             async with trio.open_nursery() as nursery:
-                conn = Connection(stream, msize=msize)
+
+                async def new_connection() -> Connection:
+                    conn = Connection(await dial(address), msize=msize)
+                    try:
+                        await conn.start(nursery)
+                    except BaseException:
+                        await conn.aclose()
+                        raise
+                    return conn
+
+                tree = cls(await new_connection(), uname=uname, aname=aname, key=key)
+                if reconnect:
+                    tree._redial = new_connection
                 try:
-                    await conn.start(nursery)
-                    yield cls(conn, uname=uname, aname=aname, key=key)
+                    yield tree
                 finally:
-                    await conn.aclose()
+                    await tree.conn.aclose()
                     nursery.cancel_scope.cancel()
 
-    def _release(self, fid: int) -> None:
-        self.conn.fids.put(fid)
+    # --- connections ------------------------------------------------------------------
 
-    async def attach(self, uname: str, aname: str) -> RemoteNode:
-        uname, aname = self.uname or uname, aname or self.aname
-        afid = await self.conn.authenticate(uname, aname, self.key)
-        fid = self.conn.fids.get()
+    async def _reconnect(self, broken: Connection) -> None:
+        """Replace a broken connection (once, however many callers noticed)."""
+        async with self._lock:
+            if self.conn is not broken:
+                return  # somebody else already did
+            assert self._redial is not None
+            log.warning("connection lost; reconnecting")
+            with trio.move_on_after(REDIAL_FOR):
+                delay = 0.1
+                while True:
+                    try:
+                        self.conn = await self._redial()
+                        log.warning("reconnected")
+                        return
+                    except OSError as e:
+                        log.info("reconnect failed: %s", e)
+                        await trio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+            raise ProtocolError(f"connection lost and not re-established in {REDIAL_FOR} s")
+
+    async def _fresh(self, node: RemoteNode) -> int:
+        """The node's fid on the current connection, finding the file again if needed."""
+        if node.conn is self.conn:
+            return node.fid
+        conn = self.conn
+        fid, _ = await self._attach_fid(conn, node.uname, node.aname)
         try:
-            qid = await self.conn.attach(fid, uname, aname, afid)
+            names = list(node.path)
+            while names:
+                step, names = names[:MAXWELEM], names[MAXWELEM:]
+                if len(await conn.walk(fid, fid, step)) != len(step):
+                    raise NinePError("file does not exist: gone since the connection was lost")
+            if node.omode is not None:
+                await conn.open(fid, node.omode & ~(OTRUNC | ORCLOSE))
         except BaseException:
-            self._release(fid)
+            await self._clunk_on(conn, fid)
+            raise
+        node.fid, node.conn = fid, conn
+        return fid
+
+    async def _call(
+        self, node: RemoteNode, op: Callable[[Connection, int], Awaitable[T]], *, repeatable: bool
+    ) -> T:
+        for attempt in (0, 1):
+            conn = self.conn
+            try:
+                fid = await self._fresh(node)
+                return await op(conn, fid)
+            except ProtocolError:
+                if self._redial is None or attempt:
+                    raise
+                await self._reconnect(conn)
+                if not repeatable:
+                    raise NinePError(
+                        "i/o error: connection lost during the operation (reconnected; it may or may not "
+                        "have happened)"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def _attach_fid(self, conn: Connection, uname: str, aname: str) -> tuple[int, Qid]:
+        afid = await conn.authenticate(uname, aname, self.key)
+        fid = conn.fids.get()
+        try:
+            qid = await conn.attach(fid, uname, aname, afid)
+        except BaseException:
+            conn.fids.put(fid)
             raise
         finally:
             if afid != NOFID:
-                await self._clunk_fid(afid)
-        return RemoteNode(fid, qid)
+                await self._clunk_on(conn, afid)
+        return fid, qid
 
-    async def walk(self, node: RemoteNode, names: Sequence[str]) -> tuple[list[Qid], RemoteNode | None]:
-        newfid = self.conn.fids.get()
-        qids: list[Qid] = []
-        start = node.fid
-        rest = list(names)
-        try:
-            while True:  # walk(5): 16 names per Twalk; later steps walk newfid in place
-                step, rest = rest[:MAXWELEM], rest[MAXWELEM:]
-                got = await self.conn.walk(start, newfid, step)
-                qids.extend(got)
-                if len(got) < len(step):
-                    if start == newfid:
-                        await self._clunk_fid(newfid)
-                    else:
-                        self._release(newfid)
-                    return qids, None
-                start = newfid
-                if not rest:
-                    break
-        except NinePError:
-            if start == newfid:
-                await self._clunk_fid(newfid)
-                return qids, None
-            self._release(newfid)
-            raise
-        except BaseException:
-            await self._clunk_fid(newfid)  # the server may or may not have made it
-            raise
-        return qids, RemoteNode(newfid, qids[-1] if qids else node.qid)
-
-    async def _clunk_fid(self, fid: int) -> None:
+    async def _clunk_on(self, conn: Connection, fid: int) -> None:
         try:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self.conn.clunk(fid)
+                await conn.clunk(fid)
         except NinePError:
             pass
         finally:
-            self._release(fid)
+            conn.fids.put(fid)
+
+    # --- the tree interface ----------------------------------------------------------------
+
+    async def attach(self, uname: str, aname: str) -> RemoteNode:
+        uname, aname = self.uname or uname, aname or self.aname
+        for attempt in (0, 1):
+            conn = self.conn
+            try:
+                fid, qid = await self._attach_fid(conn, uname, aname)
+                return RemoteNode(fid, qid, uname, aname, (), conn)
+            except ProtocolError:
+                if self._redial is None or attempt:
+                    raise
+                await self._reconnect(conn)
+        raise AssertionError("unreachable")
+
+    async def walk(self, node: RemoteNode, names: Sequence[str]) -> tuple[list[Qid], RemoteNode | None]:
+        async def op(conn: Connection, start: int) -> tuple[list[Qid], RemoteNode | None]:
+            newfid = conn.fids.get()
+            qids: list[Qid] = []
+            rest = list(names)
+            try:
+                while True:  # walk(5): 16 names per Twalk; later steps walk newfid in place
+                    step, rest = rest[:MAXWELEM], rest[MAXWELEM:]
+                    got = await conn.walk(start, newfid, step)
+                    qids.extend(got)
+                    if len(got) < len(step):
+                        if start == newfid:
+                            await self._clunk_on(conn, newfid)
+                        else:
+                            conn.fids.put(newfid)
+                        return qids, None
+                    start = newfid
+                    if not rest:
+                        break
+            except ProtocolError:
+                raise  # the fid numbers of a dead connection do not matter any more
+            except NinePError:
+                if start == newfid:
+                    await self._clunk_on(conn, newfid)
+                    return qids, None
+                conn.fids.put(newfid)
+                raise
+            except BaseException:
+                await self._clunk_on(conn, newfid)  # the server may or may not have made it
+                raise
+            qid = qids[-1] if qids else node.qid
+            return qids, RemoteNode(newfid, qid, node.uname, node.aname, _walked(node.path, names), conn)
+
+        return await self._call(node, op, repeatable=True)
 
     async def open(self, node: RemoteNode, mode: int) -> tuple[Qid, int]:
-        node.qid, node.iounit = await self.conn.open(node.fid, mode)
+        async def op(conn: Connection, fid: int) -> tuple[Qid, int]:
+            return await conn.open(fid, mode)
+
+        node.qid, node.iounit = await self._call(node, op, repeatable=not mode & (OTRUNC | ORCLOSE))
+        node.omode = mode
         return node.qid, node.iounit
 
     async def create(self, node: RemoteNode, name: str, perm: int, mode: int) -> tuple[Qid, int]:
-        node.qid, node.iounit = await self.conn.create(node.fid, name, perm, mode)
+        async def op(conn: Connection, fid: int) -> tuple[Qid, int]:
+            return await conn.create(fid, name, perm, mode)
+
+        node.qid, node.iounit = await self._call(node, op, repeatable=False)
+        node.path = (*node.path, name)
+        node.omode = mode
         return node.qid, node.iounit
 
     async def read(self, node: RemoteNode, offset: int, count: int) -> bytes:
-        return await self.conn.read_view(node.fid, offset, min(count, node.iounit or self.conn.iounit))
+        async def op(conn: Connection, fid: int) -> bytes:
+            return await conn.read_view(fid, offset, min(count, node.iounit or conn.iounit))
+
+        return await self._call(node, op, repeatable=True)
 
     async def readdir(self, node: RemoteNode) -> list[Stat]:
-        out: list[Stat] = []
-        offset = 0
-        while data := await self.conn.read(node.fid, offset, self.conn.iounit):
-            out.extend(decode_stats(data))
-            offset += len(data)
-        return out
+        async def op(conn: Connection, fid: int) -> list[Stat]:
+            out: list[Stat] = []
+            offset = 0
+            while data := await conn.read(fid, offset, conn.iounit):
+                out.extend(decode_stats(data))
+                offset += len(data)
+            return out
+
+        return await self._call(node, op, repeatable=True)
 
     async def write(self, node: RemoteNode, offset: int, data: bytes) -> int:
-        unit = node.iounit or self.conn.iounit
-        done = 0
-        while done < len(data) or not data:
-            n = await self.conn.write(node.fid, offset + done, data[done : done + unit])
-            done += n
-            if n == 0:
-                break
-        return done
+        async def op(conn: Connection, fid: int) -> int:
+            unit = node.iounit or conn.iounit
+            done = 0
+            while done < len(data) or not data:
+                n = await conn.write(fid, offset + done, data[done : done + unit])
+                done += n
+                if n == 0:
+                    break
+            return done
+
+        return await self._call(node, op, repeatable=False)
 
     async def stat(self, node: RemoteNode) -> Stat:
-        return await self.conn.stat(node.fid)
+        async def op(conn: Connection, fid: int) -> Stat:
+            return await conn.stat(fid)
+
+        return await self._call(node, op, repeatable=True)
 
     async def wstat(self, node: RemoteNode, stat: Stat) -> None:
-        await self.conn.wstat(node.fid, stat)
+        async def op(conn: Connection, fid: int) -> None:
+            await conn.wstat(fid, stat)
+
+        await self._call(node, op, repeatable=False)
+        if stat.name and node.path:
+            node.path = (*node.path[:-1], stat.name)
 
     async def remove(self, node: RemoteNode) -> None:
+        if node.conn is not self.conn:
+            await self._fresh(node)
+        conn = node.conn
         try:
-            await self.conn.remove(node.fid)
+            await conn.remove(node.fid)
+        except ProtocolError:
+            raise NinePError(
+                "i/o error: connection lost during remove; it may or may not have happened"
+            ) from None
         finally:
-            self._release(node.fid)
+            conn.fids.put(node.fid)
 
     async def clunk(self, node: RemoteNode) -> None:
-        await self._clunk_fid(node.fid)
+        if node.conn is self.conn and not node.conn.closed:
+            await self._clunk_on(node.conn, node.fid)

@@ -273,3 +273,37 @@ def test_exec_is_refused_on_a_non_loopback_address():
         timeout=30,
     )
     assert r.returncode == 2 and "only loopback" in r.stderr
+
+
+def test_the_mount_reconnects_after_the_server_restarts(tmp_path):
+    export, mp = tmp_path / "e", tmp_path / "mnt"
+    export.mkdir()
+    mp.mkdir()
+    (export / "before.txt").write_text("written before\n")
+    with server_process(str(export)) as (address, proc), mounted(address, str(mp), "--timeout=20"):
+        assert ok(f"cat {mp}/before.txt") == "written before\n"
+        ok(f"mkdir {mp}/d && echo kept > {mp}/d/kept.txt")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with server_process(str(export), listen=address):  # the same address, a new process
+            assert ok(f"cat {mp}/d/kept.txt") == "kept\n"
+            ok(f"echo after > {mp}/after.txt")
+            assert (export / "after.txt").read_text() == "after\n"
+            assert sorted(os.listdir(mp)) == ["after.txt", "before.txt", "d"]
+
+
+def test_no_reconnect_fails_instead(tmp_path):
+    export, mp = tmp_path / "e", tmp_path / "mnt"
+    export.mkdir()
+    mp.mkdir()
+    (export / "f").write_text("x\n")
+    with (
+        server_process(str(export)) as (address, proc),
+        mounted(address, str(mp), "--no-reconnect", "--timeout=5"),
+    ):
+        assert ok(f"cat {mp}/f") == "x\n"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with server_process(str(export), listen=address):
+            r = sh(f"cat {mp}/f")
+            assert r.returncode != 0
