@@ -46,12 +46,13 @@ from ninep.errors import Exists, IsADirectory, NinePError, NotFound, PermissionD
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
-from .owners import group_name, user_name
+from .owners import group_name, host_user_may, owns, user_name
 
 __all__ = ["LocalTree"]
 
 _XATTR = "user.ninefs.dm"
 _EXTRA_BITS = DMAPPEND | DMEXCL
+_WANTS = {1: "enter", 2: "write", 4: "read", 5: "read", 6: "read and write", 3: "write", 7: "use"}
 
 
 def _group_id(name: str) -> int:
@@ -81,13 +82,16 @@ class LocalTree(Tree):
     # device and go to a thread, and a null wstat (fsync) does too.
     never_blocks = frozenset({"attach", "walk", "open", "create", "clunk", "remove", "stat"})
 
-    def __init__(self, root: str, *, read_only: bool = False) -> None:
+    def __init__(self, root: str, *, read_only: bool = False, check_users: bool = False) -> None:
         real = os.path.realpath(root)
         if not os.path.isdir(real):
             raise NotADirectoryError(f"{root}: not a directory")
         self.root = real
         self._prefix = real if real.endswith(os.sep) else real + os.sep  # "/" exports everything
         self.read_only = read_only
+        # With authenticated users (serve --authorized-keys), each attach acts as a host user:
+        # mode bits are checked for that user, as the kernel would if that user did it.
+        self.check_users = check_users
         self._exclusive: set[tuple[int, int]] = set()  # (dev, ino) of DMEXCL files open now
         # Every node alive, so a rename can move the others that name the file or lie below
         # it: a fid names a file, not a path (intro(5)).
@@ -151,6 +155,13 @@ class LocalTree(Tree):
             muid=user,
         )
 
+    def _may(self, node: _Node, real: str, want: int, s: os.stat_result | None = None) -> None:
+        """Refuse unless the attached user may `want` (4 read, 2 write, 1 exec) on `real`."""
+        if not self.check_users:
+            return
+        if not host_user_may(node.uname, s or os.stat(real), want):
+            raise PermissionDenied(f"permission denied: {node.uname} may not {_WANTS[want]} this")
+
     def _writable(self) -> None:
         if self.read_only:
             raise NinePError("read-only file system")
@@ -191,6 +202,8 @@ class LocalTree(Tree):
             self._writable()
         s = os.stat(real)
         extra = self._extra_bits(real)
+        want = {OREAD: 4, OWRITE: 2, ORDWR: 6, OEXEC: 1}[acc] | (2 if mode & OTRUNC else 0)
+        self._may(node, real, want, s)
         if st_mod.S_ISDIR(s.st_mode):
             if not os.access(real, os.R_OK | os.X_OK):
                 raise PermissionDenied("permission denied")
@@ -230,7 +243,9 @@ class LocalTree(Tree):
         self._writable()
         check_name(name)
         dreal = self._node_real(node)
-        dmode = os.stat(dreal).st_mode
+        dstat = os.stat(dreal)
+        self._may(node, dreal, 2, dstat)
+        dmode = dstat.st_mode
         names = (*node.names, name)
         path = os.path.join(dreal, name)
         if os.path.lexists(path):
@@ -323,6 +338,13 @@ class LocalTree(Tree):
         self._writable()
         s = os.stat(real)
         is_dir = st_mod.S_ISDIR(s.st_mode)
+        if self.check_users:
+            if name_set:
+                self._may(node, os.path.dirname(real), 2)
+            if length_set:
+                self._may(node, real, 2, s)
+            if (mode_set or mtime_set or gid_set) and not owns(node.uname, s):
+                raise PermissionDenied(f"permission denied: {node.uname} does not own this")
         # Check everything before changing anything: all changes or none (stat(5)).
         new_path = None
         if name_set:
@@ -366,6 +388,7 @@ class LocalTree(Tree):
             if not node.names:
                 raise PermissionDenied("permission denied: cannot remove the root")
             real = self._node_real(node)
+            self._may(node, os.path.dirname(real), 2)
             if os.path.isdir(real):
                 os.rmdir(real)
             else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 from functools import lru_cache
 
-__all__ = ["group_name", "user_name"]
+__all__ = ["group_name", "host_user_may", "owns", "user_name"]
 
 
 @lru_cache(maxsize=1024)
@@ -23,3 +24,36 @@ def group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+@lru_cache(maxsize=256)
+def _ids(uname: str) -> tuple[int, frozenset[int]] | None:
+    """A host user's uid and all its group ids; None for a name the host does not know."""
+    try:
+        pw = pwd.getpwnam(uname)
+    except KeyError:
+        return None
+    return pw.pw_uid, frozenset(os.getgrouplist(uname, pw.pw_gid))
+
+
+def owns(uname: str, st: os.stat_result) -> bool:
+    ids = _ids(uname)
+    return ids is not None and (ids[0] == 0 or ids[0] == st.st_uid)
+
+
+def host_user_may(uname: str, st: os.stat_result, want: int) -> bool:
+    """The kernel's check (owner, group, other bits; root may do anything) for `uname`.
+
+    A name unknown to the host is "other". `want` is 4 read, 2 write, 1 execute/search.
+    """
+    ids = _ids(uname)
+    if ids is not None and ids[0] == 0:
+        return True
+    mode = st.st_mode
+    if ids is not None and ids[0] == st.st_uid:
+        have = (mode >> 6) & 7
+    elif ids is not None and st.st_gid in ids[1]:
+        have = (mode >> 3) & 7
+    else:
+        have = mode & 7
+    return have & want == want

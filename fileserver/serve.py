@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
             opener = machine(args)
             what = f"this machine (/fs = {args.dir or '~'}{', /cmd' if args.allow_exec else ''})"
         else:
-            opener = _just(LocalTree(args.dir, read_only=args.ro) if args.dir else RamTree(read_only=args.ro))
+            local = LocalTree(args.dir, read_only=args.ro, check_users=auth is not None) if args.dir else None
+            opener = _just(local or RamTree(read_only=args.ro))
             what = args.dir or "a RAM tree"
     except OSError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)

@@ -177,3 +177,31 @@ async def test_plain_9p_to_a_tls_port_fails_cleanly(tmp_path):
             async with ninep.connect(f"tcp!127.0.0.1!{address.port}"):
                 pass
         nursery.cancel_scope.cancel()
+
+
+async def test_an_authenticated_user_gets_the_hosts_permission_checks(keys, tmp_path):
+    from fileserver.local import LocalTree
+
+    pub = (keys / "glenda.pub").read_text().split()
+    (keys / "as-nobody").write_text(f"{pub[0]} {pub[1]} nobody\n")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "roots.txt").write_text("root's file, 0644\n")
+    os.chmod(export / "roots.txt", 0o644)
+    (export / "open").mkdir()
+    os.chmod(export / "open", 0o777)
+    tree = LocalTree(str(export), check_users=True)
+    server = ninep.Server(tree, auth=Authenticator.from_file(str(keys / "as-nobody")))
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(server.serve, "tcp!127.0.0.1!0")
+        async with ninep.connect(str(address), uname="nobody", key=str(keys / "glenda")) as fs:
+            assert await fs.read_text("roots.txt") == "root's file, 0644\n"  # other may read
+            with pytest.raises(PermissionError, match="nobody may not write"):
+                await fs.write_bytes("roots.txt", b"vandalism")
+            with pytest.raises(PermissionError):
+                await fs.remove("roots.txt")  # the export's root is 0755, root's
+            with pytest.raises(PermissionError, match="does not own"):
+                await fs.chmod("roots.txt", 0o666)
+            await fs.write_bytes("open/mine.txt", b"nobody may write here")  # a 0777 directory
+        nursery.cancel_scope.cancel()
+    assert (export / "roots.txt").read_text() == "root's file, 0644\n"
