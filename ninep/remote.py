@@ -34,7 +34,7 @@ __all__ = ["RemoteTree"]
 
 log = logging.getLogger("ninefs.remote")
 T = TypeVar("T")
-REDIAL_FOR = 30.0  # how long to keep trying to reach a server that went away
+REDIAL_TIMEOUT = 5.0  # how long one attempt to reach a server that went away may take
 
 
 @dataclass(eq=False, slots=True)
@@ -115,24 +115,21 @@ class RemoteTree(Tree):
     # --- connections ------------------------------------------------------------------
 
     async def _reconnect(self, broken: Connection) -> None:
-        """Replace a broken connection (once, however many callers noticed)."""
+        """Replace a broken connection: one quick try per operation that finds it broken.
+
+        While the server is down every operation fails at once ("connection lost") rather
+        than hanging; the first one after it is back finds a new connection.
+        """
         async with self._lock:
             if self.conn is not broken:
                 return  # somebody else already did
             assert self._redial is not None
-            log.warning("connection lost; reconnecting")
-            with trio.move_on_after(REDIAL_FOR):
-                delay = 0.1
-                while True:
-                    try:
-                        self.conn = await self._redial()
-                        log.warning("reconnected")
-                        return
-                    except OSError as e:
-                        log.info("reconnect failed: %s", e)
-                        await trio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-            raise ProtocolError(f"connection lost and not re-established in {REDIAL_FOR} s")
+            try:
+                with trio.fail_after(REDIAL_TIMEOUT):
+                    self.conn = await self._redial()
+            except (OSError, trio.TooSlowError) as e:
+                raise ProtocolError(f"connection lost; reconnecting failed: {e or 'timed out'}") from None
+            log.warning("reconnected")
 
     async def _fresh(self, node: RemoteNode) -> int:
         """The node's fid on the current connection, finding the file again if needed."""
