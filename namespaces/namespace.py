@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntFlag
 from typing import Any
 
@@ -387,37 +387,14 @@ class Namespace(Tree):
                     st = await m.tree.stat(m.node)
                 except (NinePError, OSError):
                     continue  # a dead server hides its mount point's entry, not the directory
-                seen[name] = Stat(
-                    type=st.type,
-                    dev=st.dev,
-                    qid=self._qid(m, st.qid),
-                    mode=st.mode,
-                    atime=st.atime,
-                    mtime=st.mtime,
-                    length=st.length,
-                    name=name,
-                    uid=st.uid,
-                    gid=st.gid,
-                    muid=st.muid,
-                )
+                seen[name] = self._fix(m, st, name)
             elif name not in seen:
                 seen[name] = self._synthetic_stat(path)
         return list(seen.values())
 
-    def _fix(self, m: Member, st: Stat) -> Stat:
-        return Stat(
-            type=st.type,
-            dev=st.dev,
-            qid=self._qid(m, st.qid),
-            mode=st.mode,
-            atime=st.atime,
-            mtime=st.mtime,
-            length=st.length,
-            name=st.name,
-            uid=st.uid,
-            gid=st.gid,
-            muid=st.muid,
-        )
+    def _fix(self, m: Member, st: Stat, name: str | None = None) -> Stat:
+        """A member's entry as the namespace shows it: its qid made unique, maybe renamed."""
+        return replace(st, qid=self._qid(m, st.qid), name=name or st.name)
 
     def _synthetic_stat(self, path: tuple[str, ...]) -> Stat:
         return Stat(
@@ -437,14 +414,8 @@ class Namespace(Tree):
         if not node.members:
             return self._synthetic_stat(node.path)
         m = node.members[0]
-        st = self._fix(m, await m.tree.stat(m.node))
-        if node.path and st.name != node.path[-1]:
-            # A mount point is known by the name it is mounted on.
-            st = Stat(
-                st.type, st.dev, st.qid, st.mode, st.atime, st.mtime, st.length,
-                node.path[-1], st.uid, st.gid, st.muid,
-            )  # fmt: skip
-        return st
+        # A mount point is known by the name it is mounted on.
+        return self._fix(m, await m.tree.stat(m.node), node.path[-1] if node.path else None)
 
     async def wstat(self, node: NsNode, stat: Stat) -> None:
         if node.mount_point and stat.name and stat.name != node.path[-1]:

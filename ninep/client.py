@@ -357,6 +357,25 @@ class Connection:
             raise
         return afid
 
+    async def attach_as(self, uname: str, aname: str, key: KeySpec = None) -> tuple[int, Qid]:
+        """Authenticate if the server wants it, attach a new fid, let the afid go: (fid, qid)."""
+        afid = await self.authenticate(uname, aname, key)
+        fid = self.fids.get()
+        try:
+            qid = await self.attach(fid, uname, aname, afid)
+        except BaseException:
+            self.fids.put(fid)
+            raise
+        finally:
+            if afid != NOFID:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self.clunk(afid)
+                    except NinePError:
+                        pass
+                self.fids.put(afid)
+        return fid, qid
+
     async def attach(self, fid: int, uname: str | None = None, aname: str = "", afid: int = NOFID) -> Qid:
         uname = uname if uname is not None else getpass.getuser()
         return (await self.rpc(Tattach(0, fid, afid, uname, aname), Rattach)).qid

@@ -24,7 +24,6 @@ from .constants import (
     DEFAULT_MSIZE,
     DMDIR,
     MAXWELEM,
-    NOFID,
     ORDWR,
     OREAD,
     OTRUNC,
@@ -98,21 +97,7 @@ class Client:
         cls, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
     ) -> Client:
         uname = uname if uname is not None else getpass.getuser()
-        afid = await conn.authenticate(uname, aname, key)
-        fid = conn.fids.get()
-        try:
-            qid = await conn.attach(fid, uname, aname, afid)
-        except BaseException:
-            conn.fids.put(fid)
-            raise
-        finally:
-            if afid != NOFID:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await conn.clunk(afid)
-                    except NinePError:
-                        pass
-                conn.fids.put(afid)
+        fid, qid = await conn.attach_as(uname, aname, key)
         return cls(conn, fid, qid, uname, aname)
 
     async def close(self) -> None:

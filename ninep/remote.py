@@ -24,7 +24,7 @@ import trio
 
 from .client import Connection, single_error
 from .codec import decode_stats
-from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC
+from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
 from .errors import NinePError, ProtocolError
 from .messages import Qid, Stat
 from .transport import Address, dial
@@ -171,17 +171,7 @@ class RemoteTree(Tree):
         raise AssertionError("unreachable")
 
     async def _attach_fid(self, conn: Connection, uname: str, aname: str) -> tuple[int, Qid]:
-        afid = await conn.authenticate(uname, aname, self.key)
-        fid = conn.fids.get()
-        try:
-            qid = await conn.attach(fid, uname, aname, afid)
-        except BaseException:
-            conn.fids.put(fid)
-            raise
-        finally:
-            if afid != NOFID:
-                await self._clunk_on(conn, afid)
-        return fid, qid
+        return await conn.attach_as(uname, aname, self.key)
 
     async def _clunk_on(self, conn: Connection, fid: int) -> None:
         try:
