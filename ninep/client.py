@@ -231,14 +231,15 @@ class Connection:
             call.event.set()
 
     async def _send(self, msg: Message) -> None:
-        data = codec.encode(msg)
+        parts = codec.encode_parts(msg)
         lock = self._send_lock
         try:
             lock.acquire_nowait()  # uncontended: no extra pass through the scheduler
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            await self.stream.send_all(data)
+            for part in parts:  # a big write's data goes out as it is, uncopied
+                await self.stream.send_all(part)
         finally:
             lock.release()
 

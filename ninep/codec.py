@@ -51,6 +51,7 @@ __all__ = [
     "decode_stat",
     "decode_stats",
     "encode",
+    "encode_parts",
     "encode_stat",
     "frame_tag",
 ]
@@ -161,6 +162,23 @@ _ENCODERS: dict[type, tuple[int, Callable[..., bytes]]] = {
     Twstat: (MsgType.Twstat, lambda m: _U32.pack(m.fid) + _wstat_body(m.stat)),
     Rwstat: (MsgType.Rwstat, lambda m: b""),
 }
+
+
+BIG = 1 << 16  # data at least this long is sent beside its header, not copied after it
+
+
+def encode_parts(msg: Message) -> tuple[bytes, ...]:
+    """The frame as pieces to send one after another: for an Rread or Twrite with big
+    data, its header and the data itself (no copy of the data); otherwise one piece."""
+    t = type(msg)
+    if t is Rread and len(msg.data) >= BIG:  # type: ignore[attr-defined]
+        data = msg.data  # type: ignore[attr-defined]
+        return HEADER.pack(11 + len(data), MsgType.Rread, msg.tag) + _U32.pack(len(data)), data
+    if t is Twrite and len(msg.data) >= BIG:  # type: ignore[attr-defined]
+        m: Twrite = msg  # type: ignore[assignment]
+        n = len(m.data)
+        return HEADER.pack(23 + n, MsgType.Twrite, m.tag) + _IO.pack(m.fid, m.offset, n), m.data
+    return (encode(msg),)
 
 
 def encode(msg: Message) -> bytes:

@@ -366,10 +366,10 @@ class _Connection:
         task runs again.
         """
         try:
-            data = codec.encode(msg)
+            parts = codec.encode_parts(msg)
         except CodecError as e:  # a tree gave us something unencodable: still answer
             log.warning("%s: cannot encode %s: %s", self.peer, type(msg).__name__, e)
-            data = codec.encode(Rerror(msg.tag, f"i/o error: {e}"))
+            parts = (codec.encode(Rerror(msg.tag, f"i/o error: {e}")),)
         if self.trace is not None:
             self.trace(f"{self.peer} <- {_short(msg)}")
         lock = self.send_lock
@@ -380,7 +380,8 @@ class _Connection:
         try:
             if sent is not None:
                 sent()
-            await self.stream.send_all(data)
+            for part in parts:  # a big read's data goes out as it is, uncopied
+                await self.stream.send_all(part)
         finally:
             lock.release()
 

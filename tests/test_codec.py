@@ -193,3 +193,8 @@ def test_encoding_a_string_longer_than_65535_bytes_is_an_error():
 def test_encoding_an_out_of_range_field_is_an_error():
     with pytest.raises(CodecError):
         codec.encode(Tclunk(1, 1 << 40))
+
+
+@given(messages | st.builds(Rread, u16, st.binary(min_size=70000, max_size=70010)))
+def test_frames_sent_in_parts_are_the_same_frame(msg):
+    assert b"".join(bytes(p) for p in codec.encode_parts(msg)) == codec.encode(msg)
