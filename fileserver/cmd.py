@@ -13,7 +13,8 @@ Inferno's `#C`, it is a root with a `clone` file and one directory per session:
 ctl requests (one per write, words split like a shell's with `shlex`):
 `dir PATH` sets the working directory for a later exec; `exec CMD ARGS…`
 starts the command (no shell is involved: run `sh -c '…'` for one); `kill`
-sends SIGKILL to the command's process group; `term` (before exec) makes n/term
+sends SIGKILL to the command's process group; `signal NAME` sends it that signal
+(INT, TERM, HUP, ...); `term` (before exec) makes n/term
 a pipe whose other end the command inherits, and runs the command through the
 tree's `term_wrapper` (ninefs: in a namespace of its own where 9P spoken on that
 pipe is mounted at /mnt/term). Anything else is an Rerror
@@ -80,6 +81,8 @@ from ninep.constants import DMAPPEND, DMDIR, OACCMODE, OEXEC, ORDWR, OWRITE, QTA
 from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, is_null_wstat
+
+from .proc import parse_signal
 
 __all__ = ["CmdTree", "open_cmd_tree"]
 
@@ -289,6 +292,14 @@ class CmdTree(Tree):
             if s.proc is None:
                 raise NinePError("kill: no command started")
             _kill_group(s.proc)
+        elif verb == "signal":  # cpu(1) passes the caller's Ctrl-C (and TERM, HUP) this way
+            if len(args) != 1:
+                raise NinePError("bad ctl request: usage: signal NAME")
+            if s.proc is None:
+                raise NinePError("signal: no command started")
+            sig = parse_signal(args[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(s.proc.pid, sig)
         else:
             raise NinePError(f"unknown ctl request {verb!r}")
 

@@ -16,8 +16,10 @@ files at /mnt/term.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
 from functools import partial
 
@@ -117,10 +119,19 @@ async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str |
                 return  # the command stopped reading
             await conn.write(data, 0, b"")  # end of file for the command
 
+        async def pass_signals() -> None:
+            # Ctrl-C, TERM and HUP here go to the remote command's process group.
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    name = signal.Signals(signum).name.removeprefix("SIG")
+                    with contextlib.suppress(ninep.NinePError):
+                        await conn.write(ctl, 0, f"signal {name}".encode())
+
         server = ninep.Server(ns)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
             nursery.start_soon(pump_in)
+            nursery.start_soon(pass_signals)
             async with trio.open_nursery() as outputs:
                 outputs.start_soon(pump_out, data, stdout)
                 outputs.start_soon(pump_out, err, stderr)

@@ -79,3 +79,33 @@ def test_a_server_without_exec_says_so(tmp_path):
 def test_a_missing_program_is_exit_127_with_a_message(machine):
     r = cpu(machine, "--", "no-such-program-here")
     assert r.returncode == 127 and "no-such-program-here" in r.stderr
+
+
+def test_a_signal_to_cpu_reaches_the_remote_command(machine, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        ninefs_command(
+            "cpu",
+            machine,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert "got TERM" in out
+        assert proc.returncode == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -283,3 +283,30 @@ def test_machines_in_a_namespace_read_like_files(tmp_path):
                    "cat /n/alpha/dev/ncpu; wc -w < /n/beta/dev/load; ls /n/beta")  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [str(len(os.sched_getaffinity(0))), "3", "dev", "fs", "proc"]
+
+
+def test_sigterm_to_ns_run_reaches_the_command_and_its_status_comes_back(cluster):
+    import signal
+
+    proc = subprocess.Popen(
+        ninefs_command(
+            "ns",
+            "run",
+            "-n",
+            cluster["nsfile"],
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
