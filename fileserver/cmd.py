@@ -68,12 +68,15 @@ import os
 import shlex
 import signal
 import socket
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import trio
 
@@ -147,6 +150,11 @@ class _Session:
     stdin_lock: trio.Lock = field(default_factory=trio.Lock)
     stdout_lock: trio.Lock = field(default_factory=trio.Lock)
     stderr_lock: trio.Lock = field(default_factory=trio.Lock)
+    stdin: Any = None  # the command's stdin, stdout and stderr streams once it runs:
+    stdout: Any = None  # pipes, or (after `pty`) all three the master side of a terminal
+    stderr: Any = None
+    pty: bool = False  # run the command on a pseudo-terminal (cpu(1) from a terminal)
+    winsize: tuple[int, int] | None = None  # rows, columns of that terminal
     term: trio.SocketStream | None = None  # our end of the term pipe, after `term`
     term_peer: socket.socket | None = None  # the command's end, until exec hands it over
     term_read_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -216,7 +224,7 @@ class CmdTree(Tree):
         self._stop_drain(s)
         if s.proc is not None:
             _kill_group(s.proc)
-            for stream in (s.proc.stdin, s.proc.stdout, s.proc.stderr):
+            for stream in (s.stdin, s.stdout, s.stderr):
                 _close_stream(stream)
         _close_stream(s.term)
         if s.term_peer is not None:
@@ -292,6 +300,18 @@ class CmdTree(Tree):
             if s.proc is None:
                 raise NinePError("kill: no command started")
             _kill_group(s.proc)
+        elif verb == "pty":  # a terminal instead of pipes: stdout and stderr both come on data
+            if args:
+                raise NinePError("bad ctl request: usage: pty")
+            if s.proc is not None or s.starting:
+                raise NinePError("pty: command already started")
+            s.pty = True
+        elif verb == "winsize":
+            if len(args) != 2 or not all(a.isdigit() for a in args):
+                raise NinePError("bad ctl request: usage: winsize ROWS COLS")
+            s.winsize = (int(args[0]), int(args[1]))
+            if s.pty and s.stdout is not None:
+                _set_winsize(s.stdout.fileno(), s.winsize)
         elif verb == "signal":  # cpu(1) passes the caller's Ctrl-C (and TERM, HUP) this way
             if len(args) != 1:
                 raise NinePError("bad ctl request: usage: signal NAME")
@@ -311,32 +331,47 @@ class CmdTree(Tree):
         if s.term_peer is not None and self._term_wrapper is not None:
             pass_fds = (s.term_peer.fileno(),)
             argv = self._term_wrapper(s.term_peer.fileno(), argv)
+        master = slave = -1
+        io: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        if s.pty:
+            master, slave = os.openpty()
+            if s.winsize:
+                _set_winsize(master, s.winsize)
+            # The terminal becomes the command's controlling terminal in its new session.
+            io = {"stdin": slave, "stdout": slave, "stderr": slave, "preexec_fn": _take_terminal}
         try:
             proc = await trio.lowlevel.open_process(
                 argv,
                 pass_fds=pass_fds,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
                 cwd=s.dir,
                 start_new_session=True,  # its own process group, so kill reaches its children
+                **io,
             )
         except OSError as e:
             s.starting = False
+            if master >= 0:
+                os.close(master)
+                os.close(slave)
             raise NinePError(f"exec {argv[0]}: {e.strerror or e}") from None
+        if s.pty:
+            os.close(slave)
+            s.stdin = s.stdout = trio.lowlevel.FdStream(master)
+        else:
+            s.stdin, s.stdout, s.stderr = proc.stdin, proc.stdout, proc.stderr
         if s.term_peer is not None:  # the command has its end now
             s.term_peer.close()
             s.term_peer = None
         s.proc = proc
         self._all.add(s)
         self._nursery.start_soon(self._reap, s, proc)
-        for stream in (proc.stdout, proc.stderr):
-            _grow_pipe(stream)
+        if not s.pty:
+            for stream in (proc.stdout, proc.stderr):
+                _grow_pipe(stream)
         if s.stderr_readers == 0:
             self._start_drain(s)
         if s.closed:  # every fid went away while the command was starting
             _kill_group(proc)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
+            for stream in (s.stdin, s.stdout, s.stderr):
                 _close_stream(stream)
             raise NinePError("i/o error: session closed")
         s.started.set()
@@ -352,7 +387,7 @@ class CmdTree(Tree):
     def _start_drain(self, s: _Session) -> None:
         # cmd(3): "If the stderr file is not opened, the error output will be discarded",
         # so a command that writes much to stderr cannot block on a pipe nobody reads.
-        if s.drain is None and s.proc is not None and not s.closed:
+        if s.drain is None and s.stderr is not None and not s.closed:
             s.drain = trio.CancelScope()
             self._nursery.start_soon(self._drain_stderr, s, s.drain)
 
@@ -362,8 +397,8 @@ class CmdTree(Tree):
             s.drain = None
 
     async def _drain_stderr(self, s: _Session, scope: trio.CancelScope) -> None:
-        assert s.proc is not None and s.proc.stderr is not None
-        stream = s.proc.stderr
+        stream = s.stderr
+        assert stream is not None
         with scope:
             async with s.stderr_lock:
                 try:
@@ -375,22 +410,29 @@ class CmdTree(Tree):
             s.drain = None
 
     async def _receive(self, s: _Session, kind: _Kind, count: int) -> bytes:
-        proc = await self._started(s)
-        stream, lock = (proc.stdout, s.stdout_lock) if kind is _Kind.DATA else (proc.stderr, s.stderr_lock)
-        assert stream is not None
+        await self._started(s)
+        stream, lock = (s.stdout, s.stdout_lock) if kind is _Kind.DATA else (s.stderr, s.stderr_lock)
+        if stream is None:
+            return b""  # stderr of a command on a terminal: it all comes on data
         async with lock:
             try:
                 return await stream.receive_some(count) if count else b""
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
+            except trio.BrokenResourceError:
+                if s.pty:
+                    return b""  # the terminal hung up (EIO): the command is done with it
+                raise NinePError("i/o error: session closed") from None
+            except trio.ClosedResourceError:
                 raise NinePError("i/o error: session closed") from None
 
     async def _send(self, s: _Session, data: bytes) -> int:
-        stdin = (await self._started(s)).stdin
+        await self._started(s)
+        stdin = s.stdin
         assert stdin is not None
         async with s.stdin_lock:
             try:
                 if not data:  # a zero-length write is end of file for the command
-                    _close_stream(stdin)
+                    if not s.pty:  # (on a terminal, ^D is the user's to type)
+                        _close_stream(stdin)
                 else:
                     await stdin.send_all(data)
             except trio.ClosedResourceError:
@@ -561,8 +603,8 @@ class CmdTree(Tree):
             return
         if node.counted and node.kind is _Kind.DATA:
             s.writers -= 1
-            if s.writers == 0 and s.proc is not None:
-                _close_stream(s.proc.stdin)  # cmd(3): closing data for writing is EOF on stdin
+            if s.writers == 0 and s.proc is not None and not s.pty:
+                _close_stream(s.stdin)  # cmd(3): closing data for writing is EOF on stdin
         elif node.counted and node.kind is _Kind.STDERR:
             s.stderr_readers -= 1
             if s.stderr_readers == 0:
@@ -591,6 +633,16 @@ def _kill_group(proc: trio.Process) -> None:
     # the pid space wrapped around meanwhile could the number name someone else's group.)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _set_winsize(fd: int, winsize: tuple[int, int]) -> None:
+    rows, cols = winsize
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make stdin (the terminal) the controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _close_stream(stream: object) -> None:

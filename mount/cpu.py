@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import shlex
 import signal
+import stat
+import struct
 import sys
+import termios
+import tty
+from collections.abc import Iterator
 from functools import partial
 
 import trio
@@ -83,8 +89,39 @@ def _exit_code(status: str) -> int:
     return 1
 
 
-async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str | None = None) -> int:
-    """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status."""
+def _winsize(fd: int) -> tuple[int, int]:
+    rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+    return rows, cols
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[None]:
+    """Keys go to the remote terminal as typed (^C, ^D, arrows); restored however we leave."""
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+
+def _stdin_stream() -> trio.abc.ReceiveStream | None:
+    """stdin as a cancellable stream (a terminal, pipe or socket), or None for anything
+    epoll cannot wait on (files, /dev/null): those never block for long."""
+    mode = os.fstat(0).st_mode
+    if os.isatty(0) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return trio.lowlevel.FdStream(os.dup(0))
+    return None
+
+
+async def run_cpu(
+    address: str, command: list[str], ns: Namespace, *, cwd: str | None = None, interactive: bool = False
+) -> int:
+    """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status.
+
+    `interactive`: the command gets a terminal on the remote side, sized like ours, and our
+    terminal is put in raw mode so every key (^C included) reaches it.
+    """
     async with ninep.connect(address) as fs:
         conn = fs.conn
         try:
@@ -99,6 +136,10 @@ async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str |
         data = await _open(fs, f"/cmd/{n}/data", ORDWR)
         err = await _open(fs, f"/cmd/{n}/stderr", OREAD)
         wait = await _open(fs, f"/cmd/{n}/wait", OREAD)
+        if interactive:
+            await conn.write(ctl, 0, b"pty")
+            rows, cols = _winsize(1)
+            await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
         if cwd is not None:  # --cwd: the caller's directory, as the remote command sees it
             command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", f"/mnt/term{cwd}", *command]
         await conn.write(ctl, 0, f"exec {shlex.join(command)}".encode())
@@ -111,13 +152,29 @@ async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str |
                 await out.flush()
 
         async def pump_in() -> None:
-            stdin = trio.wrap_file(sys.stdin.buffer)
+            stream = _stdin_stream()
+            if stream is None:  # a regular file never blocks for long: read it in a thread
+                stdin = trio.wrap_file(sys.stdin.buffer)
+                read = stdin.read1
+            else:
+                read = stream.receive_some
             try:
-                while chunk := await stdin.read1(CHUNK):
+                while chunk := await read(CHUNK):
                     await conn.write(data, 0, chunk)
             except ninep.NinePError:
                 return  # the command stopped reading
+            finally:
+                if stream is not None:
+                    await stream.aclose()
+                    os.set_blocking(0, True)  # FdStream made the shared file description non-blocking
             await conn.write(data, 0, b"")  # end of file for the command
+
+        async def pass_winch() -> None:
+            with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+                async for _ in signals:
+                    rows, cols = _winsize(1)
+                    with contextlib.suppress(ninep.NinePError):
+                        await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
 
         async def pass_signals() -> None:
             # Ctrl-C, TERM and HUP here go to the remote command's process group.
@@ -132,10 +189,13 @@ async def run_cpu(address: str, command: list[str], ns: Namespace, *, cwd: str |
             nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
             nursery.start_soon(pump_in)
             nursery.start_soon(pass_signals)
-            async with trio.open_nursery() as outputs:
-                outputs.start_soon(pump_out, data, stdout)
-                outputs.start_soon(pump_out, err, stderr)
-                status = (await conn.read(wait, 0, 256)).decode()
+            if interactive:
+                nursery.start_soon(pass_winch)
+            with _raw_terminal(0) if interactive else contextlib.nullcontext():
+                async with trio.open_nursery() as outputs:
+                    outputs.start_soon(pump_out, data, stdout)
+                    outputs.start_soon(pump_out, err, stderr)
+                    status = (await conn.read(wait, 0, 256)).decode()
             nursery.cancel_scope.cancel()
         return _exit_code(status)
 
@@ -147,7 +207,10 @@ async def _main(args: argparse.Namespace, command: list[str]) -> int:
         except NamespaceFileError as e:
             print(f"ninefs cpu: {e}", file=sys.stderr)
             return 2
-        return await run_cpu(args.addr, command, ns, cwd=os.getcwd() if args.cwd else None)
+        interactive = args.tty if args.tty is not None else (sys.stdin.isatty() and sys.stdout.isatty())
+        return await run_cpu(
+            args.addr, command, ns, cwd=os.getcwd() if args.cwd else None, interactive=interactive
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -162,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             extra.parse_args(late, namespace=args)
     else:
         command = rest
-    command = command or ["/bin/sh"]
+    command = command or ["/bin/sh", "-i"]
     try:
         return trio.run(partial(_main, args, command))
     except NamespaceFileError as e:
@@ -178,6 +241,14 @@ def _options(p: argparse.ArgumentParser) -> None:
     add_namespace_options(p)
     p.add_argument("--cwd", action="store_true", help="run in /mnt/term + this directory")
     p.add_argument("--uname", "-u", default=None)
+    p.add_argument(
+        "-t",
+        dest="tty",
+        action="store_true",
+        default=None,
+        help="a remote terminal (default: if ours is one)",
+    )
+    p.add_argument("-T", dest="tty", action="store_false", help="no remote terminal")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
