@@ -10,6 +10,7 @@ any tree, mounted for the life of one `await`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
@@ -41,6 +42,7 @@ async def mount_tree(
     options: FuseOptions = FuseOptions(),
     fsname: str = "ninefs",
     ready: Callable[[], None] | None = None,
+    unmount_on_signals: bool = True,
 ) -> None:
     """Mount `tree` on `mountpoint` and serve the kernel until unmounted or signalled."""
     import pyfuse3
@@ -56,8 +58,16 @@ async def mount_tree(
             await ops.start(nursery)
             pyfuse3.init(ops, mountpoint, fuse_options)
             try:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    nursery.start_soon(_terminate_on_signal, signals)
+                # SIGTERM/SIGINT/SIGHUP unmount (ninefs mount); `ns run` and `cpu` pass False:
+                # there a ^C belongs to the command, which still needs its files.
+                receiver = (
+                    trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                    if unmount_on_signals
+                    else contextlib.nullcontext()
+                )
+                with receiver as signals:
+                    if signals is not None:
+                        nursery.start_soon(_terminate_on_signal, signals)
                     if ready is not None:
                         ready()
                     await pyfuse3.main()

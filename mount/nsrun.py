@@ -26,7 +26,6 @@ import os
 import signal
 import sys
 import tempfile
-from functools import partial
 
 import trio
 
@@ -90,11 +89,18 @@ async def _run_in_namespace(ops: list[Op], command: list[str], work: str, option
             return 2
         async with trio.open_nursery() as nursery:
             ready = trio.Event()
-            nursery.start_soon(
-                partial(
-                    mount_tree, ns, mnt, uname=uname, options=options, fsname="ninefs-ns", ready=ready.set
-                )
-            )
+            served = trio.Event()
+
+            async def serve_fuse() -> None:
+                try:
+                    await mount_tree(
+                        ns, mnt, uname=uname, options=options, fsname="ninefs-ns",
+                        ready=ready.set, unmount_on_signals=False,
+                    )  # fmt: skip
+                finally:
+                    served.set()
+
+            nursery.start_soon(serve_fuse)
             with trio.fail_after(30):
                 await ready.wait()
             created: list[str] = []
@@ -118,28 +124,36 @@ async def _run_in_namespace(ops: list[Op], command: list[str], work: str, option
                 await trio.to_thread.run_sync(_remove_created, created)
                 import pyfuse3
 
-                pyfuse3.terminate()
+                if not served.is_set():  # terminate() on a session already closed would crash
+                    pyfuse3.terminate()
 
 
 async def _run_command(command: list[str], cwd: str | None) -> int:
-    try:
-        proc = await trio.lowlevel.open_process(command, cwd=cwd or os.getcwd())
-    except OSError as e:
-        print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
-        return 127 if isinstance(e, FileNotFoundError) else 126
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
+    # A ^C from the terminal reaches the command and us at once; we ignore it (see _run)
+    # and must never be interrupted while we serve the command's files.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        try:
+            proc = await trio.lowlevel.open_process(
+                command, cwd=cwd or os.getcwd(), preexec_fn=_default_sigint
+            )
+        except OSError as e:
+            print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
+            return 127 if isinstance(e, FileNotFoundError) else 126
         async with trio.open_nursery() as nursery:
 
             async def forward() -> None:
                 async for signum in signals:
-                    if signum != signal.SIGINT:  # the terminal already sent Ctrl-C to the child
-                        proc.send_signal(signum)
+                    proc.send_signal(signum)
 
             nursery.start_soon(forward)
             await proc.wait()
             nursery.cancel_scope.cancel()
     code = proc.returncode
     return 128 - code if code < 0 else code
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # in the child: ^C is the command's again
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -154,6 +168,9 @@ def _run(args: argparse.Namespace) -> int:
     except NamespaceFileError as e:
         print(f"ninefs ns run: {e}", file=sys.stderr)
         return 2
+    # Ctrl-C at the terminal is for the command: this process only serves its namespace
+    # (a KeyboardInterrupt while FUSE is mounted would tear it down under the command).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.geteuid() != 0:
         print("ninefs ns run: needs root (it makes a mount namespace and FUSE mounts)", file=sys.stderr)
         return 1

@@ -180,7 +180,7 @@ def test_ctrl_c_at_a_terminal_interrupts_the_remote_command(machine):
             if not sent and b"ready" in out:
                 os.write(master, b"\x03")  # Ctrl-C, as typed
                 sent = True
-        assert proc.wait(timeout=30) == 3
+        assert proc.wait(timeout=30) == 3, out
     finally:
         if proc.poll() is None:
             proc.kill()
