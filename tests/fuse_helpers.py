@@ -45,3 +45,45 @@ def mounted(address: str, mountpoint: str, *args: str) -> Iterator[str]:
 def sh(command: str, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """A shell command as a person would run it; output as text."""
     return subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def on_terminal(
+    argv: list[str], wait_for: bytes, keys: bytes, *, size: tuple[int, int] | None = None
+) -> tuple[int, bytes]:
+    """Run `argv` as a person at a terminal would: on a new pseudo-terminal as its
+    controlling terminal; once `wait_for` appears in the output, type `keys`.
+    Gives the exit status and everything the terminal showed."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = os.openpty()
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
+    os.close(slave)
+    out = b""
+    try:
+        deadline, typed = time.monotonic() + 30, False
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    out += os.read(master, 4096)
+                except OSError:  # the terminal hung up
+                    break
+            if not typed and wait_for in out:
+                os.write(master, keys)
+                typed = True
+        return proc.wait(timeout=30), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
 import ninep.sync
 
-from .fuse_helpers import needs_fuse
+from .fuse_helpers import needs_fuse, on_terminal
 from .servers import ninefs_command, server_process
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -113,77 +112,16 @@ def test_a_signal_to_cpu_reaches_the_remote_command(machine, tmp_path):
 
 
 def test_from_a_terminal_the_remote_command_gets_a_terminal_of_the_same_size(machine):
-    import fcntl
-    import select
-    import struct
-    import termios
-    import time
-
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-    proc = subprocess.Popen(
-        ninefs_command("cpu", machine, "--", "sh", "-c", "tty; stty size; read line; echo got $line; exit 5"),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-    )
-    os.close(slave)
-    out = b""
-    try:
-        deadline = time.monotonic() + 30
-        sent = False
-        while proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    out += os.read(master, 4096)
-                except OSError:
-                    break
-            if not sent and b"33 101" in out:
-                os.write(master, b"typed\r")
-                sent = True
-        assert proc.wait(timeout=30) == 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    script = "tty; stty size; read line; echo got $line; exit 5"
+    argv = ninefs_command("cpu", machine, "--", "sh", "-c", script)
+    status, out = on_terminal(argv, b"33 101", b"typed\r", size=(33, 101))
+    assert status == 5, out
     text = out.decode(errors="replace")
     assert "/dev/pts/" in text and "33 101" in text and "got typed" in text
 
 
 def test_ctrl_c_at_a_terminal_interrupts_the_remote_command(machine):
-    import select
-    import time
-
-    master, slave = os.openpty()
     script = "trap 'echo interrupted; exit 3' INT; echo ready; while :; do sleep 0.1; done"
-    proc = subprocess.Popen(
-        ninefs_command("cpu", machine, "--", "sh", "-c", script),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-    )
-    os.close(slave)
-    out = b""
-    try:
-        deadline = time.monotonic() + 30
-        sent = False
-        while proc.poll() is None and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    out += os.read(master, 4096)
-                except OSError:
-                    break
-            if not sent and b"ready" in out:
-                os.write(master, b"\x03")  # Ctrl-C, as typed
-                sent = True
-        assert proc.wait(timeout=30) == 3, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    status, out = on_terminal(ninefs_command("cpu", machine, "--", "sh", "-c", script), b"ready", b"\x03")
+    assert status == 3, out
     assert b"interrupted" in out

@@ -13,7 +13,7 @@ import pytest
 
 import ninep.sync
 
-from .fuse_helpers import needs_fuse
+from .fuse_helpers import needs_fuse, on_terminal
 from .servers import ninefs_command, server_process
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -313,39 +313,8 @@ def test_sigterm_to_ns_run_reaches_the_command_and_its_status_comes_back(cluster
 
 
 def test_ctrl_c_at_a_terminal_is_the_commands_and_the_namespace_stays(cluster):
-    import select
-
-    master, slave = os.openpty()
     script = "trap 'echo interrupted' INT; echo ready; sleep 1; cat /n/alpha/readme; exit 4"
-
-    def controlling_terminal():
-        import fcntl
-        import termios
-
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    proc = subprocess.Popen(
-        ninefs_command("ns", "run", "-n", cluster["nsfile"], "--", "sh", "-c", script),
-        stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal,
-    )  # fmt: skip
-    os.close(slave)
-    out = b""
-    try:
-        deadline, sent = time.monotonic() + 30, False
-        while proc.poll() is None and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    out += os.read(master, 4096)
-                except OSError:
-                    break
-            if not sent and b"ready" in out:
-                os.write(master, b"\x03")
-                sent = True
-        assert proc.wait(timeout=30) == 4, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+    argv = ninefs_command("ns", "run", "-n", cluster["nsfile"], "--", "sh", "-c", script)
+    status, out = on_terminal(argv, b"ready", b"\x03")
+    assert status == 4, out
     assert b"interrupted" in out and b"I am alpha" in out
