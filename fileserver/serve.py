@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,6 +20,7 @@ import trio
 
 from ninep import Limits, Server, Tree
 from ninep.auth import Authenticator
+from ninep.tls import server_context_from_files
 from ninep.transport import parse_address
 
 from .local import LocalTree
@@ -38,10 +40,12 @@ async def serve_tree(
     trace: bool = False,
     auth: Authenticator | None = None,
     host_key: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve `tree` on `listen` until SIGINT/SIGTERM or cancellation."""
     tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
     server = Server(tree, limits=limits, trace=tracer, auth=auth, host_key=host_key)
+    server.tls = tls  # certificate files given: used instead of one made from the host key
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(server.serve, listen)
@@ -69,9 +73,10 @@ async def _serve_opened(
     trace: bool,
     auth: Authenticator | None,
     host_key: str | None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     async with opener as tree:
-        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth, host_key=host_key)
+        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth, host_key=host_key, tls=tls)
 
 
 def _run(args: argparse.Namespace, machine: Opener | None) -> int:
@@ -121,8 +126,16 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         return 1
     log.info("exporting %s%s", what, " read-only" if args.ro else "")
     try:
+        tls = None
+        if args.tls_cert or args.tls_key:
+            if not (args.tls_cert and args.tls_key and addr.network == "tls"):
+                print(
+                    "ninefs serve: --tls-cert and --tls-key go together, with a tls! address", file=sys.stderr
+                )
+                return 2
+            tls = server_context_from_files(args.tls_cert, args.tls_key)
         trio.run(
-            _serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth, args.host_key
+            _serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth, args.host_key, tls
         )
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
@@ -149,6 +162,8 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
     p.add_argument(
         "--host-key", default=None, metavar="PATH", help="key for tls! addresses (default: made on first use)"
     )
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="for tls!: a certificate file instead")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
     p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")
     p.add_argument("--verbose", "-v", action="store_true")

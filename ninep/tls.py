@@ -25,7 +25,14 @@ from cryptography.x509.oid import NameOID
 from .auth import KEY_TYPE, load_private_key
 from .errors import NinePError
 
-__all__ = ["DEFAULT_HOST_KEY", "KNOWN_HOSTS", "HostKeyChanged", "client_wrap", "server_context"]
+__all__ = [
+    "DEFAULT_HOST_KEY",
+    "KNOWN_HOSTS",
+    "HostKeyChanged",
+    "client_wrap",
+    "server_context",
+    "server_context_from_files",
+]
 
 CONFIG = os.path.join(os.path.expanduser("~"), ".config", "ninefs")
 DEFAULT_HOST_KEY = os.path.join(CONFIG, "host_ed25519")
@@ -42,6 +49,14 @@ def _host_key(path: str) -> Ed25519PrivateKey:
 
         generate_key(path, "ninefs host key")
     return load_private_key(path)
+
+
+def server_context_from_files(cert_path: str, key_path: str) -> ssl.SSLContext:
+    """A TLS 1.3 server context from a certificate and key given as PEM files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
 
 
 def server_context(host_key_path: str = DEFAULT_HOST_KEY) -> ssl.SSLContext:
@@ -86,12 +101,15 @@ def _client_context() -> ssl.SSLContext:
     return ctx
 
 
-def _key_of(der: bytes) -> str:
+def _key_of(der: bytes) -> tuple[str, str]:
+    """The (type, base64) that pins a certificate's key: the raw key for Ed25519 (our own
+    certificates), the SubjectPublicKeyInfo for any other (certificates given as files)."""
     key = x509.load_der_x509_certificate(der).public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise NinePError("i/o error: server certificate is not an Ed25519 key")
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
+    if isinstance(key, Ed25519PublicKey):
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return KEY_TYPE, base64.b64encode(raw).decode()
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "ninefs-spki", base64.b64encode(spki).decode()
 
 
 def fingerprint(b64: str) -> str:
@@ -100,8 +118,9 @@ def fingerprint(b64: str) -> str:
     return "SHA256:" + base64.b64encode(digest.finalize()).decode().rstrip("=")
 
 
-def check_pin(where: str, b64: str, known_hosts: str = KNOWN_HOSTS) -> None:
+def check_pin(where: str, key: tuple[str, str], known_hosts: str = KNOWN_HOSTS) -> None:
     """Trust on first use; refuse a key that differs from the pinned one."""
+    kind, b64 = key
     lines: list[str] = []
     if os.path.exists(known_hosts):
         with open(known_hosts) as f:
@@ -109,7 +128,7 @@ def check_pin(where: str, b64: str, known_hosts: str = KNOWN_HOSTS) -> None:
     for i, line in enumerate(lines, 1):
         words = line.split()
         if len(words) == 3 and words[0] == where:
-            if words[2] == b64:
+            if (words[1], words[2]) == (kind, b64):
                 return
             raise HostKeyChanged(
                 f"server key for {where} changed! it is now {fingerprint(b64)}; "
@@ -117,7 +136,7 @@ def check_pin(where: str, b64: str, known_hosts: str = KNOWN_HOSTS) -> None:
             )
     os.makedirs(os.path.dirname(os.path.abspath(known_hosts)), mode=0o700, exist_ok=True)
     with open(known_hosts, "a") as f:
-        f.write(f"{where} {KEY_TYPE} {b64}\n")
+        f.write(f"{where} {kind} {b64}\n")
     print(f"ninefs: new server {where}, key {fingerprint(b64)}, recorded in {known_hosts}", file=sys.stderr)
 
 

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import ninep
+import ninep.sync
 from fileserver.ram import RamTree
 from ninep.auth import Authenticator, client_response, generate_key, load_private_key
 from ninep.errors import NinePError
@@ -205,3 +206,42 @@ async def test_an_authenticated_user_gets_the_hosts_permission_checks(keys, tmp_
             await fs.write_bytes("open/mine.txt", b"nobody may write here")  # a 0777 directory
         nursery.cancel_scope.cancel()
     assert (export / "roots.txt").read_text() == "root's file, 0644\n"
+
+
+def test_tls_with_a_certificate_given_as_files(tmp_path, monkeypatch):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "files")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    monkeypatch.setenv("NINEFS_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
+    proc = subprocess.Popen(
+        ninefs_command("serve", "--listen", "tls!127.0.0.1!0", "--tls-cert", str(tmp_path / "cert.pem"),
+                       "--tls-key", str(tmp_path / "key.pem")),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        address = proc.stdout.readline().split()[-1]
+        with ninep.sync.connect(address) as fs:
+            fs.write_bytes("x", b"over a given certificate")
+            assert fs.read_bytes("x") == b"over a given certificate"
+        assert "ninefs-spki" in (tmp_path / "known_hosts").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
