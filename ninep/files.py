@@ -11,6 +11,7 @@ classes (`FileNotFoundError`, ...), carrying the server's 9P string.
 from __future__ import annotations
 
 import codecs
+import functools
 import getpass
 import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
@@ -30,7 +31,7 @@ from .constants import (
     OWRITE,
     QTAPPEND,
 )
-from .errors import Exists, NinePError, NotADirectory, NotFound, error_for
+from .errors import Exists, NinePError, NotADirectory, NotFound, ProtocolError, error_for
 from .messages import Qid, Stat
 from .transport import Address, dial
 
@@ -58,39 +59,105 @@ async def connect(
     msize: int = DEFAULT_MSIZE,
     key: Any = None,
     timeout: float | None = None,
+    reconnect: bool = True,
 ) -> AsyncIterator[Client]:
     """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body.
 
     When the server asks for authentication, `key` (a private key or a path; default
     $NINEFS_KEY or ~/.config/ninefs/id_ed25519) proves who we are (ninep/auth.py).
     `timeout` is a deadline for every call (TimeoutError); TCP keepalive notices a dead peer.
+    With `reconnect`, a lost connection is dialled again by the next call: calls that can
+    safely be repeated are; others report the loss; files opened before it must be reopened.
     """
-    stream = await dial(address)
     with single_error():
         async with trio.open_nursery() as nursery:
-            conn = Connection(stream, msize=msize, timeout=timeout)
+
+            async def new_connection() -> Connection:
+                conn = Connection(await dial(address), msize=msize, timeout=timeout)
+                try:
+                    await conn.start(nursery)
+                except BaseException:
+                    await conn.aclose()
+                    raise
+                return conn
+
+            conn = await new_connection()
             try:
-                await conn.start(nursery)
                 client = await Client.attach(conn, uname=uname, aname=aname, key=key)
+                client._redial = new_connection if reconnect else None
                 try:
                     yield client
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(CLUNK_TIMEOUT):
                         await client.close()
+                    conn = client.conn
             finally:
                 await conn.aclose()
                 nursery.cancel_scope.cancel()
 
 
+def _named(e: NinePError, path: str) -> NinePError:
+    """The error to raise for `path`; a lost connection stays a ProtocolError (see _again)."""
+    if isinstance(e, ProtocolError):
+        return e
+    return error_for(e.ename, path)
+
+
+def _again(repeatable: bool) -> Callable[[Any], Any]:
+    """For Client calls: after a lost connection, reconnect and repeat the call if that is
+    harmless; otherwise say the connection was lost (the call may or may not have happened)."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def call(self: Client, *args: Any, **kwargs: Any) -> Any:
+            conn = self.conn
+            try:
+                return await fn(self, *args, **kwargs)
+            except ProtocolError:
+                if self._redial is None:
+                    raise
+                await self._recover(conn)
+                if not repeatable:
+                    raise NinePError(
+                        f"i/o error: connection lost during {fn.__name__}; reconnected, "
+                        "but it may or may not have happened"
+                    ) from None
+                return await fn(self, *args, **kwargs)
+
+        return call
+
+    return wrap
+
+
 class Client:
     """A path-based view of one attach on a 9P connection; `conn` has the raw calls."""
 
-    def __init__(self, conn: Connection, root_fid: int, root_qid: Qid, uname: str, aname: str) -> None:
+    def __init__(
+        self, conn: Connection, root_fid: int, root_qid: Qid, uname: str, aname: str, key: Any = None
+    ) -> None:
         self.conn = conn
         self.root_fid = root_fid
         self.root_qid = root_qid
         self.uname = uname
         self.aname = aname
+        self.key = key
+        self._redial: Callable[[], Awaitable[Connection]] | None = None  # set by connect()
+        self._lock = trio.Lock()
+
+    async def _recover(self, broken: Connection) -> None:
+        """Dial again after `broken` failed (once, however many calls noticed)."""
+        async with self._lock:
+            if self.conn is not broken:
+                return
+            assert self._redial is not None
+            try:
+                with trio.fail_after(5):
+                    conn = await self._redial()
+                    fid, qid = await conn.attach_as(self.uname, self.aname, self.key)
+            except (OSError, trio.TooSlowError) as e:
+                raise ProtocolError(f"connection lost; reconnecting failed: {e or 'timed out'}") from None
+            await broken.aclose()
+            self.conn, self.root_fid, self.root_qid = conn, fid, qid
 
     @classmethod
     async def attach(
@@ -98,7 +165,7 @@ class Client:
     ) -> Client:
         uname = uname if uname is not None else getpass.getuser()
         fid, qid = await conn.attach_as(uname, aname, key)
-        return cls(conn, fid, qid, uname, aname)
+        return cls(conn, fid, qid, uname, aname, key)
 
     async def close(self) -> None:
         if not self.conn.closed:
@@ -131,7 +198,7 @@ class Client:
                 except NinePError as e:
                     if not first:
                         await self._clunk_quiet(fid)
-                    raise error_for(e.ename, _join(path)) from None
+                    raise _named(e, _join(path)) from None
                 except trio.Cancelled:
                     # The walk may have created the fid before the flush: clunk blindly.
                     await self._clunk_quiet(fid)
@@ -173,13 +240,15 @@ class Client:
             try:
                 return await op(fid)
             except NinePError as e:
-                raise error_for(e.ename, _join(path)) from None
+                raise _named(e, _join(path)) from None
 
     # --- metadata -----------------------------------------------------------------------
 
+    @_again(repeatable=True)
     async def stat(self, path: str) -> Stat:
         return await self._call(path, self.conn.stat)
 
+    @_again(repeatable=True)
     async def exists(self, path: str) -> bool:
         try:
             async with self.fid(path):
@@ -187,21 +256,26 @@ class Client:
         except FileNotFoundError:
             return False
 
+    @_again(repeatable=False)
     async def wstat(self, path: str, **fields: Any) -> None:
         """Change the given stat fields (name, length, mode, mtime, gid) all at once."""
         st = Stat.dont_touch(**fields)
         await self._call(path, lambda fid: self.conn.wstat(fid, st))
 
+    @_again(repeatable=False)
     async def chmod(self, path: str, perm: int) -> None:
         st = await self.stat(path)
         await self.wstat(path, mode=(st.mode & ~0o777) | (perm & 0o777))
 
+    @_again(repeatable=False)
     async def truncate(self, path: str, length: int) -> None:
         await self.wstat(path, length=length)
 
+    @_again(repeatable=False)
     async def utime(self, path: str, mtime: int) -> None:
         await self.wstat(path, mtime=mtime)
 
+    @_again(repeatable=False)
     async def rename(self, src: str, dst: str) -> None:
         """Rename within one directory (wstat(5) can do no more); else OSError EXDEV."""
         src_dir, src_name = posixpath.split(_join(src))
@@ -212,11 +286,13 @@ class Client:
             raise NinePError("cross-device link: 9P renames only within a directory", _join(src))
         await self.wstat(src, name=dst_name)
 
+    @_again(repeatable=False)
     async def fsync(self, path: str) -> None:
         await self.wstat(path)  # stat(5): a wstat that touches nothing means "commit to disk"
 
     # --- directories ----------------------------------------------------------------------
 
+    @_again(repeatable=True)
     async def ls(self, path: str = "/") -> list[Stat]:
         """The entries of a directory, with their stat; a file lists as itself."""
         async with self.fid(path) as (fid, qid):
@@ -226,7 +302,7 @@ class Client:
                 await self.conn.open(fid, OREAD)
                 return await self._read_dir(fid)
             except NinePError as e:
-                raise error_for(e.ename, _join(path)) from None
+                raise _named(e, _join(path)) from None
 
     async def _read_dir(self, fid: int) -> list[Stat]:
         from .codec import decode_stats
@@ -240,6 +316,7 @@ class Client:
             out.extend(decode_stats(data))
             offset += len(data)
 
+    @_again(repeatable=True)
     async def listdir(self, path: str = "/") -> list[str]:
         return [st.name for st in await self.ls(path)]
 
@@ -254,6 +331,7 @@ class Client:
             yield d, dirs, files
             stack.extend(posixpath.join(d, n) for n in reversed(dirs))
 
+    @_again(repeatable=False)
     async def mkdir(
         self, path: str, perm: int = 0o777, *, parents: bool = False, exist_ok: bool = False
     ) -> None:
@@ -281,21 +359,23 @@ class Client:
             qid, iounit = await self.conn.create(fid, name, perm, mode)
         except NinePError as e:
             await self._clunk(fid)
-            raise error_for(e.ename, _join(path)) from None
+            raise _named(e, _join(path)) from None
         except BaseException:
             await self._clunk(fid)
             raise
         return fid, qid, iounit
 
+    @_again(repeatable=False)
     async def remove(self, path: str) -> None:
         fid, _ = await self.walk_fid(path)
         try:
             await self.conn.remove(fid)  # remove(5): the fid is clunked either way
         except NinePError as e:
-            raise error_for(e.ename, _join(path)) from None
+            raise _named(e, _join(path)) from None
         finally:
             self.conn.fids.put(fid)
 
+    @_again(repeatable=False)
     async def rmtree(self, path: str) -> None:
         entries = await self.ls(path)
         if (await self.stat(path)).is_dir:
@@ -347,7 +427,7 @@ class Client:
             qid, iounit = await self.conn.open(fid, mode)
         except NinePError as e:
             await self._clunk(fid)
-            raise error_for(e.ename, _join(path)) from None
+            raise _named(e, _join(path)) from None
         except BaseException:
             await self._clunk(fid)
             raise
@@ -365,6 +445,7 @@ class Client:
                 continue
         raise NinePError("i/o error: file keeps appearing and vanishing", _join(path))
 
+    @_again(repeatable=True)
     async def read_bytes(self, path: str) -> bytes:
         async with self.open(path, "rb") as f:
             return await f.read()
@@ -372,6 +453,7 @@ class Client:
     async def read_text(self, path: str) -> str:
         return (await self.read_bytes(path)).decode("utf-8")
 
+    @_again(repeatable=False)
     async def write_bytes(self, path: str, data: bytes, *, append: bool = False, perm: int = 0o666) -> int:
         """Write `data` to `path`, creating it, or truncating it unless `append`."""
         async with self.open(path, "ab" if append else "wb", perm=perm) as f:
@@ -399,7 +481,7 @@ class Client:
         try:
             return await self.conn.read_view(fid, offset, count)
         except NinePError as e:
-            raise error_for(e.ename, path) from None
+            raise _named(e, path) from None
 
     async def pwrite(
         self, fid: int, offset: int, data: bytes, iounit: int, path: str = "", *, ordered: bool = False
@@ -432,7 +514,7 @@ class Client:
         try:
             return await self.conn.write(fid, offset, data)
         except NinePError as e:
-            raise error_for(e.ename, path) from None
+            raise _named(e, path) from None
 
 
 async def _window(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
@@ -483,6 +565,7 @@ class File:
         self, client: Client, fid: int, qid: Qid, iounit: int, path: str, mode: int, binary: bool
     ) -> None:
         self.client = client
+        self.conn = client.conn  # the connection `fid` belongs to
         self.fid = fid
         self.qid = qid
         self.iounit = iounit
@@ -504,11 +587,16 @@ class File:
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
-            await self.client._clunk(self.fid)
+            if self.conn is self.client.conn:
+                await self.client._clunk(self.fid)
 
     def _check(self) -> None:
         if self.closed:
             raise ValueError(f"{self.path}: I/O operation on closed file")
+        if self.conn is not self.client.conn:
+            raise NinePError(
+                "i/o error: the connection was lost and made again; open the file again", self.path
+            )
 
     def tell(self) -> int:
         return self._pos
@@ -603,7 +691,7 @@ class File:
         try:
             await self.client.conn.wstat(self.fid, Stat.dont_touch(length=size))
         except NinePError as e:
-            raise error_for(e.ename, self.path) from None
+            raise _named(e, self.path) from None
         return size
 
     async def fsync(self) -> None:

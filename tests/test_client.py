@@ -287,3 +287,34 @@ async def test_a_call_with_no_answer_times_out_when_asked():
         assert tree.cancelled >= 1  # the server was told (Tflush) and stopped waiting
         tree.release.set()
         assert await fs.read_bytes("slow") == b"x"
+
+
+async def test_the_client_reconnects_after_the_server_restarts(tmp_path):
+    import signal
+
+    with server_process(str(tmp_path)) as (address, proc):
+        async with ninep.connect(address) as fs:
+            await fs.write_bytes("kept", b"on disk")
+            before = await fs.open("kept")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            with server_process(str(tmp_path), listen=address):
+                assert (await fs.stat("kept")).length == 7  # repeated on a new connection
+                assert await fs.read_bytes("kept") == b"on disk"
+                await fs.write_bytes("new", b"after")
+                assert (tmp_path / "new").read_bytes() == b"after"
+                with pytest.raises(OSError, match="open the file again"):
+                    await before.read()
+                await before.close()
+
+
+async def test_without_reconnect_a_lost_connection_stays_lost(tmp_path):
+    import signal
+
+    with server_process(str(tmp_path)) as (address, proc):
+        async with ninep.connect(address, reconnect=False) as fs:
+            await fs.write_bytes("f", b"x")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            with server_process(str(tmp_path), listen=address), pytest.raises(OSError, match="connection"):
+                await fs.stat("f")
