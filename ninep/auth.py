@@ -6,7 +6,8 @@ The exchange, for anyone writing another implementation (docs/auth.md has it too
 2. Client reads afid  ->  "ninefs-auth-v1 NONCE\\n", NONCE 64 hex digits (32 random bytes).
 3. Client writes afid  <-  "ninefs-ed25519 PUBKEY SIGNATURE\\n", both base64: the raw
    32-byte Ed25519 public key, and its signature over
-   b"ninefs-auth-v1\\0" + NONCE + b"\\0" + uname + b"\\0" + aname
+   b"ninefs-auth-v1\\0" + NONCE + b"\\0" + uname + b"\\0" + aname + b"\\0" + BINDING,
+   BINDING being SHA-256 of the server's TLS certificate (DER), or empty without TLS
    (the nonce is fresh per Tauth, so a signature is good for this session only).
 4. Client reads afid  ->  "ok USER\\n" when the key is in the server's authorized keys
    for USER (and USER is the uname asked for); otherwise Rerror "authentication failed".
@@ -51,8 +52,18 @@ KEY_TYPE = "ninefs-ed25519"
 DEFAULT_KEY = os.path.join(os.path.expanduser("~"), ".config", "ninefs", "id_ed25519")
 
 
-def _message(nonce: str, uname: str, aname: str) -> bytes:
-    return b"\0".join([PROTOCOL.encode(), nonce.encode(), uname.encode(), aname.encode()])
+def _message(nonce: str, uname: str, aname: str, binding: bytes = b"") -> bytes:
+    return b"\0".join([PROTOCOL.encode(), nonce.encode(), uname.encode(), aname.encode(), binding])
+
+
+def channel_binding(certificate_der: bytes | None) -> bytes:
+    """What ties a signature to this connection: SHA-256 of the server's TLS certificate
+    (so an answer relayed through a man in the middle fails); empty without TLS."""
+    if not certificate_der:
+        return b""
+    import hashlib
+
+    return hashlib.sha256(certificate_der).digest()
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -122,12 +133,14 @@ def load_authorized_keys(path: str) -> dict[bytes, str]:
     return keys
 
 
-def client_response(key: Ed25519PrivateKey, challenge: bytes, uname: str, aname: str) -> bytes:
+def client_response(
+    key: Ed25519PrivateKey, challenge: bytes, uname: str, aname: str, binding: bytes = b""
+) -> bytes:
     """What the client writes to the afid after reading the server's challenge."""
     words = challenge.decode(errors="replace").split()
     if len(words) != 2 or words[0] != PROTOCOL:
         raise NinePError(f"authentication failed: unknown auth protocol {challenge[:40]!r}")
-    signature = key.sign(_message(words[1], uname, aname))
+    signature = key.sign(_message(words[1], uname, aname, binding))
     pub = base64.b64encode(_raw_public(key.public_key())).decode()
     return f"{KEY_TYPE} {pub} {base64.b64encode(signature).decode()}\n".encode()
 
@@ -139,6 +152,7 @@ class AuthSession:
     uname: str
     aname: str
     qid: Qid
+    binding: bytes = b""  # channel_binding() of the connection the afid belongs to
     nonce: str = field(default_factory=lambda: secrets.token_hex(32))
     sent_challenge: bool = False
     user: str | None = None
@@ -164,9 +178,9 @@ class Authenticator:
     def from_file(cls, path: str) -> Authenticator:
         return cls(load_authorized_keys(path))
 
-    def start(self, uname: str, aname: str) -> AuthSession:
+    def start(self, uname: str, aname: str, binding: bytes = b"") -> AuthSession:
         self._paths += 1
-        return AuthSession(uname, aname, Qid(QTAUTH, 0, self._paths))
+        return AuthSession(uname, aname, Qid(QTAUTH, 0, self._paths), binding=binding)
 
     def write(self, session: AuthSession, data: bytes) -> int:
         if not session.sent_challenge:
@@ -183,7 +197,7 @@ class Authenticator:
             if user is None:
                 raise ValueError("key not authorized")
             Ed25519PublicKey.from_public_bytes(raw).verify(
-                signature, _message(session.nonce, session.uname, session.aname)
+                signature, _message(session.nonce, session.uname, session.aname, session.binding)
             )
             if user != session.uname:
                 raise ValueError(f"key is {user}'s, not {session.uname}'s")

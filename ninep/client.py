@@ -346,7 +346,10 @@ class Connection:
             if private is None:
                 raise NinePError("authentication required: no key (make one with `ninefs key gen`)")
             challenge = await self.read(afid, 0, 256)
-            await self.write(afid, 0, auth.client_response(private, challenge, uname, aname))
+            binding = auth.channel_binding(
+                self.stream.getpeercert(binary_form=True) if isinstance(self.stream, trio.SSLStream) else None
+            )
+            await self.write(afid, 0, auth.client_response(private, challenge, uname, aname, binding))
             await self.read(afid, 0, 256)  # "ok USER", or the server's reason as Rerror
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -440,7 +440,9 @@ class _Connection:
         if self.server.auth is None:
             raise _Error("authentication not required")
         self._new_fid_check(m.afid)
-        session = self.server.auth.start(m.uname, m.aname)
+        tls = isinstance(self.stream, trio.SSLStream)
+        binding = getattr(self.server.tls, "ninefs_binding", b"") if tls else b""
+        session = self.server.auth.start(m.uname, m.aname, binding)
         self.fids[m.afid] = _Fid(None, m.uname, omode=ORDWR, auth=session)
         return Rauth(m.tag, session.qid)
 

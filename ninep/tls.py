@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
-from .auth import KEY_TYPE, load_private_key
+from .auth import KEY_TYPE, channel_binding, load_private_key
 from .errors import NinePError
 
 __all__ = [
@@ -56,6 +56,9 @@ def server_context_from_files(cert_path: str, key_path: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert_path, key_path)
+    with open(cert_path, "rb") as f:
+        der = x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
+    ctx.ninefs_binding = channel_binding(der)  # type: ignore[attr-defined]
     return ctx
 
 
@@ -90,6 +93,8 @@ def server_context(host_key_path: str = DEFAULT_HOST_KEY) -> ssl.SSLContext:
                 )
             )
         ctx.load_cert_chain(cert_path, key_path)
+    # What authenticated clients sign with their answer (ninep/auth.py): this certificate.
+    ctx.ninefs_binding = channel_binding(cert.public_bytes(serialization.Encoding.DER))  # type: ignore[attr-defined]
     return ctx
 
 

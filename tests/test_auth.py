@@ -245,3 +245,27 @@ def test_tls_with_a_certificate_given_as_files(tmp_path, monkeypatch):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+async def test_authentication_over_tls_is_bound_to_the_servers_certificate(keys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NINEFS_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
+    server = ninep.Server(
+        RamTree(), auth=Authenticator.from_file(str(keys / "authorized")), host_key=str(tmp_path / "host")
+    )
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(server.serve, "tls!127.0.0.1!0")
+        async with ninep.connect(str(address), uname="glenda", key=str(keys / "glenda")) as fs:
+            await fs.write_bytes("f", b"authenticated and encrypted")
+        nursery.cancel_scope.cancel()
+
+
+def test_an_answer_signed_for_another_server_certificate_is_refused(keys):
+    # A man in the middle relays the challenge; the client signs with *his* certificate's
+    # binding; the real server, whose certificate differs, must refuse it.
+    auth = Authenticator.from_file(str(keys / "authorized"))
+    session = auth.start("glenda", "", binding=b"real server's certificate hash")
+    challenge = session.read(256)
+    key = load_private_key(str(keys / "glenda"))
+    relayed = client_response(key, challenge, "glenda", "", binding=b"the middleman's certificate hash")
+    with pytest.raises(NinePError, match="authentication failed"):
+        auth.write(session, relayed)
