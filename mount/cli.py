@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
             allow_control=a.allow_control,
             read_only=a.ro,
             term_wrapper=cpu.term_wrapper,
+            check_users=bool(a.authorized_keys),
         ),
     )
     ninep.cli.register(sub)

@@ -33,13 +33,18 @@ async def open_machine(
     allow_control: bool = False,
     read_only: bool = False,
     term_wrapper: TermWrapper | None = None,
+    check_users: bool = False,
 ) -> AsyncIterator[Namespace]:
     """The machine's namespace for the `async with` body; commands it ran are killed after."""
     dev = DevTree()
     try:
-        async with Namespace(uname=getpass.getuser()) as ns:
+        # check_users (authenticated servers): each user walks /fs as itself, with the
+        # host's permission checks for that user.
+        async with Namespace(uname=getpass.getuser(), per_user=check_users) as ns:
             await ns.mount(
-                LocalTree(fs_dir or os.path.expanduser("~"), read_only=read_only), "/fs", MREPL | MCREATE
+                LocalTree(fs_dir or os.path.expanduser("~"), read_only=read_only, check_users=check_users),
+                "/fs",
+                MREPL | MCREATE,
             )
             await ns.mount(ProcTree(allow_control=allow_control), "/proc")
             await ns.mount(dev, "/dev")

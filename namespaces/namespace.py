@@ -83,6 +83,7 @@ class Member:
     node: Any
     source: str  # the `new` of the bind, or the address/tree of the mount
     create: bool
+    aname: str | None = None  # for a mount: what to attach when a user of its own walks in
 
 
 @dataclass(eq=False, slots=True)
@@ -95,6 +96,7 @@ class NsNode:
     creatable: bool = True  # False: a union without an MCREATE member
     mount_point: bool = False
     open_members: list[Member] = field(default_factory=list)
+    user: str | None = None  # with per_user: the attached user, for whom mounts are attached
 
     @property
     def is_union(self) -> bool:
@@ -104,8 +106,11 @@ class NsNode:
 class Namespace(Tree):
     """A mount table that is a tree. Use `async with Namespace() as ns:` to own connections."""
 
-    def __init__(self, root: Tree | None = None, *, uname: str = "none") -> None:
+    def __init__(self, root: Tree | None = None, *, uname: str = "none", per_user: bool = False) -> None:
         self.uname = uname
+        # per_user: every attach sees mounted trees attached as its own user (authenticated
+        # servers: each user gets the host's permission checks), not as the namespace's.
+        self.per_user = per_user
         self.table: dict[tuple[str, ...], list[Member]] = {}
         self.trees: list[Tree] = []  # index+1 goes into qid.path; 0 is for synthetic dirs
         self._wide: dict[tuple[int, int], int] = {}
@@ -171,7 +176,7 @@ class Namespace(Tree):
                 raise RuntimeError("mount a server inside `async with Namespace() as ns:`")
             tree = await self._nursery.start(self._connect, tree)
         node = await tree.attach(self.uname, aname)
-        member = Member(tree, self._index(tree), node, source or repr(tree), bool(flags & MCREATE))
+        member = Member(tree, self._index(tree), node, source or repr(tree), bool(flags & MCREATE), aname)
         await self._add(split(old), member, flags)
 
     async def bind(self, new: str, old: str, flags: int = MREPL) -> None:
@@ -272,15 +277,20 @@ class Namespace(Tree):
                 seen.append(p[n])
         return seen
 
-    async def _mounted(self, path: tuple[str, ...]) -> NsNode:
-        members = self.table[path]
-        own = [Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in members]
+    async def _mounted(self, path: tuple[str, ...], user: str | None = None) -> NsNode:
+        own = []
+        for m in self.table[path]:
+            if user is not None and m.aname is not None and user != self.uname:
+                node = await m.tree.attach(user, m.aname)
+            else:
+                node = await _clone(m)
+            own.append(Member(m.tree, m.tree_index, node, m.source, m.create, m.aname))
         first = own[0]
         creatable = len(own) == 1 or any(m.create for m in own)
-        return NsNode(path, own, self._qid(first, first.node.qid), creatable, mount_point=True)
+        return NsNode(path, own, self._qid(first, first.node.qid), creatable, mount_point=True, user=user)
 
-    async def _resolve(self, path: tuple[str, ...]) -> NsNode:
-        node = await self._root()
+    async def _resolve(self, path: tuple[str, ...], user: str | None = None) -> NsNode:
+        node = await self._root(user)
         for i, name in enumerate(path):
             try:
                 nxt = await self.walk1(node, name)
@@ -291,30 +301,32 @@ class Namespace(Tree):
             node = nxt
         return node
 
-    async def _root(self) -> NsNode:
+    async def _root(self, user: str | None = None) -> NsNode:
         if () in self.table:
-            return await self._mounted(())
-        return NsNode((), [], self._synthetic_qid(()), creatable=False)
+            return await self._mounted((), user)
+        return NsNode((), [], self._synthetic_qid(()), creatable=False, user=user)
 
     # --- the tree interface ---------------------------------------------------------------------
 
     async def attach(self, uname: str, aname: str) -> NsNode:
-        return await self._resolve(split(aname))
+        return await self._resolve(split(aname), uname if self.per_user else None)
 
     async def clone(self, node: NsNode) -> NsNode:
-        members = [Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in node.members]
-        return NsNode(node.path, members, node.qid, node.creatable, node.mount_point)
+        members = [
+            Member(m.tree, m.tree_index, await _clone(m), m.source, m.create, m.aname) for m in node.members
+        ]
+        return NsNode(node.path, members, node.qid, node.creatable, node.mount_point, user=node.user)
 
     async def walk1(self, node: NsNode, name: str) -> NsNode:
         if not node.qid.type & QTDIR:
             raise NotADirectory("walk in non-directory")
         if name == "..":
-            return await self._resolve(node.path[:-1])  # the namespace's parent, not the server's
+            return await self._resolve(node.path[:-1], node.user)  # the namespace's parent
         if name == ".":
             return await self.clone(node)
         path = (*node.path, name)
         if path in self.table:
-            return await self._mounted(path)
+            return await self._mounted(path, node.user)
         for m in node.members:
             try:
                 _, child = await m.tree.walk(m.node, [name])
@@ -323,9 +335,9 @@ class Namespace(Tree):
             if child is None:
                 continue
             member = Member(m.tree, m.tree_index, child, m.source, m.create)
-            return NsNode(path, [member], self._qid(member, child.qid))
+            return NsNode(path, [member], self._qid(member, child.qid), user=node.user)
         if name in self._below(node.path):
-            return NsNode(path, [], self._synthetic_qid(path), creatable=False)
+            return NsNode(path, [], self._synthetic_qid(path), creatable=False, user=node.user)
         raise NotFound("file does not exist")
 
     async def open(self, node: NsNode, mode: int) -> tuple[Qid, int]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from .constants import DEFAULT_MSIZE
 from .files import Client, File
 from .files import connect as async_connect
 from .messages import Stat
@@ -137,10 +136,9 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
 
-def connect(
-    address: str | Address, *, uname: str | None = None, aname: str = "", msize: int = DEFAULT_MSIZE
-) -> SyncClient:
-    """Connect and attach; the blocking twin of `ninep.connect`."""
+def connect(address: str | Address, **options: Any) -> SyncClient:
+    """Connect and attach; the blocking twin of `ninep.connect`, with the same options
+    (uname, aname, msize, key, timeout, reconnect)."""
     loop = _Loop()
-    loop.start(lambda: async_connect(address, uname=uname, aname=aname, msize=msize))
+    loop.start(lambda: async_connect(address, **options))
     return SyncClient(loop)

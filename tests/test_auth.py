@@ -269,3 +269,28 @@ def test_an_answer_signed_for_another_server_certificate_is_refused(keys):
     relayed = client_response(key, challenge, "glenda", "", binding=b"the middleman's certificate hash")
     with pytest.raises(NinePError, match="authentication failed"):
         auth.write(session, relayed)
+
+
+def test_a_machine_export_checks_each_authenticated_user_too(keys, tmp_path):
+    pub = (keys / "glenda.pub").read_text().split()
+    (keys / "as-nobody").write_text(f"{pub[0]} {pub[1]} nobody\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "roots.txt").write_text("root's\n")
+    os.chmod(home / "roots.txt", 0o644)
+    proc = subprocess.Popen(
+        ninefs_command("serve", "--machine", str(home), "--authorized-keys", str(keys / "as-nobody"),
+                       "--listen", "tcp!127.0.0.1!0"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        address = proc.stdout.readline().split()[-1]
+        with ninep.sync.connect(address, uname="nobody", key=str(keys / "glenda")) as fs:
+            assert fs.read_bytes("/fs/roots.txt") == b"root's\n"
+            with pytest.raises(PermissionError, match="nobody may not write"):
+                fs.write_bytes("/fs/roots.txt", b"vandalism")
+            assert fs.read_bytes("/dev/ncpu").strip().isdigit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert (home / "roots.txt").read_text() == "root's\n"
