@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import pytest
 import trio
 
@@ -13,35 +17,31 @@ from ninep.tree import Tree
 from .servers import serving
 
 
-async def read(ns: Tree, path: str) -> bytes:
-    """Read a whole file through any tree, the way the server would."""
+@asynccontextmanager
+async def opened(ns: Tree, path: str) -> AsyncIterator[Any]:
+    """`path` walked from a fresh attach and opened for reading, the way the server would."""
     root = await ns.attach("u", "")
     try:
-        names = [n for n in path.split("/") if n]
-        _, node = await ns.walk(root, names)
+        _, node = await ns.walk(root, [n for n in path.split("/") if n])
         if node is None:
             raise FileNotFoundError(path)
         try:
             await ns.open(node, ninep.OREAD)
-            return await ns.read(node, 0, 1 << 20)
+            yield node
         finally:
             await ns.clunk(node)
     finally:
         await ns.clunk(root)
+
+
+async def read(ns: Tree, path: str) -> bytes:
+    async with opened(ns, path) as node:
+        return await ns.read(node, 0, 1 << 20)
 
 
 async def listdir(ns: Tree, path: str) -> list[str]:
-    root = await ns.attach("u", "")
-    try:
-        _, node = await ns.walk(root, [n for n in path.split("/") if n])
-        assert node is not None, path
-        try:
-            await ns.open(node, ninep.OREAD)
-            return [s.name for s in await ns.readdir(node)]
-        finally:
-            await ns.clunk(node)
-    finally:
-        await ns.clunk(root)
+    async with opened(ns, path) as node:
+        return [s.name for s in await ns.readdir(node)]
 
 
 async def filled(files: dict[str, bytes]) -> RamTree:
