@@ -158,6 +158,26 @@ class Connection:
         self._closed: BaseException | None = None
         self._nursery: trio.Nursery | None = None
 
+    @classmethod
+    async def dial(
+        cls,
+        address: Any,
+        nursery: trio.Nursery,
+        *,
+        msize: int = DEFAULT_MSIZE,
+        timeout: float | None = None,
+    ) -> Connection:
+        """Dial `address`, negotiate the version, and run the reader task in `nursery`."""
+        from .transport import dial
+
+        conn = cls(await dial(address), msize=msize, timeout=timeout)
+        try:
+            await conn.start(nursery)
+        except BaseException:
+            await conn.aclose()
+            raise
+        return conn
+
     @property
     def iounit(self) -> int:
         """The most data one Tread or Twrite can carry on this connection."""

@@ -33,7 +33,7 @@ from .constants import (
 )
 from .errors import Exists, NinePError, NotADirectory, NotFound, ProtocolError, error_for
 from .messages import Qid, Stat
-from .transport import Address, dial
+from .transport import Address
 
 __all__ = ["Client", "File", "connect", "split_path"]
 
@@ -73,13 +73,7 @@ async def connect(
         async with trio.open_nursery() as nursery:
 
             async def new_connection() -> Connection:
-                conn = Connection(await dial(address), msize=msize, timeout=timeout)
-                try:
-                    await conn.start(nursery)
-                except BaseException:
-                    await conn.aclose()
-                    raise
-                return conn
+                return await Connection.dial(address, nursery, msize=msize, timeout=timeout)
 
             conn = await new_connection()
             try:

@@ -27,7 +27,7 @@ from .codec import decode_stats
 from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
 from .errors import NinePError, ProtocolError
 from .messages import Qid, Stat
-from .transport import Address, dial
+from .transport import Address
 from .tree import Tree
 
 __all__ = ["RemoteTree"]
@@ -95,13 +95,7 @@ class RemoteTree(Tree):
             async with trio.open_nursery() as nursery:
 
                 async def new_connection() -> Connection:
-                    conn = Connection(await dial(address), msize=msize)
-                    try:
-                        await conn.start(nursery)
-                    except BaseException:
-                        await conn.aclose()
-                        raise
-                    return conn
+                    return await Connection.dial(address, nursery, msize=msize)
 
                 tree = cls(await new_connection(), uname=uname, aname=aname, key=key)
                 if reconnect:

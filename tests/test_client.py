@@ -181,9 +181,19 @@ async def test_cancelling_a_call_flushes_it_and_the_connection_goes_on():
     tree = SlowTree()
     async with serving(tree) as address, ninep.connect(address) as fs:
         await fs.write_bytes("slow", b"x")
-        with trio.move_on_after(0.2) as scope:
-            await fs.read_bytes("slow")
-        assert scope.cancelled_caught and tree.cancelled == 1
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def reader():
+                with scope:
+                    await fs.read_bytes("slow")
+
+            nursery.start_soon(reader)
+            await tree.reading.wait()  # the read is waiting on the server: now cancel it
+            scope.cancel()
+        with trio.fail_after(5):
+            while tree.cancelled != 1:  # the server was told (Tflush) and stopped waiting
+                await trio.sleep(0.01)
         tree.release.set()
         assert await fs.read_bytes("slow") == b"x"
 
@@ -280,7 +290,7 @@ async def test_a_call_with_no_answer_times_out_when_asked():
     from .test_server import SlowTree
 
     tree = SlowTree()
-    async with serving(tree) as address, ninep.connect(address, timeout=0.5) as fs:
+    async with serving(tree) as address, ninep.connect(address, timeout=2) as fs:
         await fs.write_bytes("slow", b"x")
         with pytest.raises(TimeoutError, match="timed out"):
             await fs.read_bytes("slow")

@@ -433,10 +433,12 @@ class SlowTree(RamTree):
     def __init__(self) -> None:
         super().__init__()
         self.release = trio.Event()
+        self.reading = trio.Event()  # set once a slow read is waiting
         self.cancelled = 0
 
     async def read(self, node, offset, count):
         if node.file.name == "slow":
+            self.reading.set()
             try:
                 await self.release.wait()
             except trio.Cancelled:
@@ -466,9 +468,17 @@ async def test_a_slow_read_does_not_block_a_stat(slow):
 
 async def test_flush_cancels_a_slow_read_and_it_is_never_answered(slow):
     tree, c = slow
-    with trio.move_on_after(0.2):  # the client sends Tflush when the call is cancelled
-        await c.read(1, 0, 10)
-    assert tree.cancelled == 1
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def reader():
+            with scope:  # the client sends Tflush when the call is cancelled
+                await c.read(1, 0, 10)
+
+        nursery.start_soon(reader)
+        await tree.reading.wait()
+        scope.cancel()
+    assert tree.cancelled == 1  # Rflush came only after the server stopped the read
     tree.release.set()
     assert (await c.stat(1)).name == "slow"  # the connection is in order afterwards
 
