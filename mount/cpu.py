@@ -28,6 +28,7 @@ import termios
 import tty
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -142,62 +143,79 @@ async def run_cpu(
             await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
         if cwd is not None:  # --cwd: the caller's directory, as the remote command sees it
             command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", f"/mnt/term{cwd}", *command]
-        await conn.write(ctl, 0, f"exec {shlex.join(command)}".encode())
-        stdout = trio.wrap_file(sys.stdout.buffer)
-        stderr = trio.wrap_file(sys.stderr.buffer)
+        # Listen for signals before the command exists, so none arrives while nobody listens.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            await conn.write(ctl, 0, f"exec {shlex.join(command)}".encode())
+            return await _session(conn, ctl, term, data, err, wait, ns, address, interactive, signals)
 
-        async def pump_out(fid: int, out: trio._file_io.AsyncIOWrapper) -> None:
-            while chunk := await conn.read(fid, 0, conn.iounit):
-                await out.write(chunk)
-                await out.flush()
 
-        async def pump_in() -> None:
-            stream = _stdin_stream()
-            if stream is None:  # a regular file never blocks for long: read it in a thread
-                stdin = trio.wrap_file(sys.stdin.buffer)
-                read = stdin.read1
-            else:
-                read = stream.receive_some
-            try:
-                while chunk := await read(CHUNK):
-                    await conn.write(data, 0, chunk)
-            except ninep.NinePError:
-                return  # the command stopped reading
-            finally:
-                if stream is not None:
-                    await stream.aclose()
-                    os.set_blocking(0, True)  # FdStream made the shared file description non-blocking
-            await conn.write(data, 0, b"")  # end of file for the command
+async def _session(
+    conn: ninep.Connection,
+    ctl: int,
+    term: int,
+    data: int,
+    err: int,
+    wait: int,
+    ns: Namespace,
+    address: str,
+    interactive: bool,
+    signals: Any,
+) -> int:
+    """Stream a started command's stdio, serve /mnt/term, pass signals; its exit status."""
+    stdout = trio.wrap_file(sys.stdout.buffer)
+    stderr = trio.wrap_file(sys.stderr.buffer)
 
-        async def pass_winch() -> None:
-            with trio.open_signal_receiver(signal.SIGWINCH) as signals:
-                async for _ in signals:
-                    rows, cols = _winsize(1)
-                    with contextlib.suppress(ninep.NinePError):
-                        await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
+    async def pump_out(fid: int, out: trio._file_io.AsyncIOWrapper) -> None:
+        while chunk := await conn.read(fid, 0, conn.iounit):
+            await out.write(chunk)
+            await out.flush()
 
-        async def pass_signals() -> None:
-            # Ctrl-C, TERM and HUP here go to the remote command's process group.
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name.removeprefix("SIG")
-                    with contextlib.suppress(ninep.NinePError):
-                        await conn.write(ctl, 0, f"signal {name}".encode())
+    async def pump_in() -> None:
+        stream = _stdin_stream()
+        if stream is None:  # a regular file never blocks for long: read it in a thread
+            stdin = trio.wrap_file(sys.stdin.buffer)
+            read = stdin.read1
+        else:
+            read = stream.receive_some
+        try:
+            while chunk := await read(CHUNK):
+                await conn.write(data, 0, chunk)
+        except ninep.NinePError:
+            return  # the command stopped reading
+        finally:
+            if stream is not None:
+                await stream.aclose()
+                os.set_blocking(0, True)  # FdStream made the shared file description non-blocking
+        await conn.write(data, 0, b"")  # end of file for the command
 
-        server = ninep.Server(ns)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
-            nursery.start_soon(pump_in)
-            nursery.start_soon(pass_signals)
-            if interactive:
-                nursery.start_soon(pass_winch)
-            with _raw_terminal(0) if interactive else contextlib.nullcontext():
-                async with trio.open_nursery() as outputs:
-                    outputs.start_soon(pump_out, data, stdout)
-                    outputs.start_soon(pump_out, err, stderr)
-                    status = (await conn.read(wait, 0, 256)).decode()
-            nursery.cancel_scope.cancel()
-        return _exit_code(status)
+    async def pass_winch() -> None:
+        with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+            async for _ in signals:
+                rows, cols = _winsize(1)
+                with contextlib.suppress(ninep.NinePError):
+                    await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
+
+    async def pass_signals() -> None:
+        # Ctrl-C, TERM and HUP here go to the remote command's process group.
+        async for signum in signals:
+            name = signal.Signals(signum).name.removeprefix("SIG")
+            with contextlib.suppress(ninep.NinePError):
+                await conn.write(ctl, 0, f"signal {name}".encode())
+
+    server = ninep.Server(ns)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
+        nursery.start_soon(pump_in)
+        nursery.start_soon(pass_signals)
+        if interactive:
+            nursery.start_soon(pass_winch)
+        with _raw_terminal(0) if interactive else contextlib.nullcontext():
+            async with trio.open_nursery() as outputs:
+                outputs.start_soon(pump_out, data, stdout)
+                outputs.start_soon(pump_out, err, stderr)
+                status = (await conn.read(wait, 0, 256)).decode()
+        nursery.cancel_scope.cancel()
+    return _exit_code(status)
 
 
 async def _main(args: argparse.Namespace, command: list[str]) -> int:
