@@ -81,6 +81,20 @@ class FrameReader:
             raise CodecError(f"frame size {size} is shorter than a 9P header")
         if size > self.msize:
             raise FrameTooLarge(f"frame of {size} bytes is larger than msize {self.msize}")
+        if len(buf) < size and size - len(buf) >= 65536 and isinstance(self.stream, trio.SocketStream):
+            # A big frame: let the kernel copy the rest straight into its final buffer.
+            frame = bytearray(size)
+            have = len(buf)
+            frame[:have] = buf
+            view = memoryview(frame)
+            sock = self.stream.socket
+            while have < size:
+                n = await sock.recv_into(view[have:])
+                if not n:
+                    raise CodecError("connection closed in the middle of a frame")
+                have += n
+            self._buf = b""
+            return frame  # type: ignore[return-value]  # bytes-like; decoded data are views of it
         if len(buf) < size:
             # Gather the rest as chunks and join once: big frames are copied one time, not per chunk.
             chunks = [buf]
