@@ -248,6 +248,8 @@ class TreeFS(pyfuse3.Operations):
 
     async def _drain_inode(self, inode: Inode) -> None:
         """Wait until write-behind on this inode is done, so a stat sees every write."""
+        if not inode.open_handles:
+            return  # the common case: nothing open, nothing to scan on this hot path
         for h in list(self.handles.values()):
             if h.inode is inode and h.in_flight:
                 await h.idle.wait()
@@ -385,7 +387,6 @@ class TreeFS(pyfuse3.Operations):
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
             h.entries = list(await self.tree.readdir(h.node))
-            h.inode.children_time = time.monotonic()
         for i in range(start_id, len(h.entries)):
             st = h.entries[i]
             inode, _ = self.inodes.learn(h.inode, st.name, st)

@@ -39,10 +39,7 @@ class Inode:
     open_handles: int = 0
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
-    children_time: float = 0.0
     lock: trio.Lock = field(default_factory=trio.Lock)
-    writes_in_flight: int = 0
-    writes_done: trio.Event = field(default_factory=trio.Event)
 
     def fresh(self, ttl: float) -> bool:
         return time.monotonic() - self.stat_time < ttl
