@@ -54,7 +54,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import FrameReader
+from .transport import FrameReader, send_frame
 
 __all__ = ["Connection", "FidPool", "TagPool", "single_error"]
 
@@ -251,17 +251,7 @@ class Connection:
             call.event.set()
 
     async def _send(self, msg: Message) -> None:
-        parts = codec.encode_parts(msg)
-        lock = self._send_lock
-        try:
-            lock.acquire_nowait()  # uncontended: no extra pass through the scheduler
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            for part in parts:  # a big write's data goes out as it is, uncopied
-                await self.stream.send_all(part)
-        finally:
-            lock.release()
+        await send_frame(self.stream, self._send_lock, codec.encode_parts(msg))
 
     # --- the RPC ----------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import Address, FrameReader, keepalive, listener_address, listeners, parse_address
+from .transport import Address, FrameReader, keepalive, listener_address, listeners, parse_address, send_frame
 from .tree import Tree, check_name
 
 __all__ = ["Limits", "Server"]
@@ -372,18 +372,7 @@ class _Connection:
             parts = (codec.encode(Rerror(msg.tag, f"i/o error: {e}")),)
         if self.trace is not None:
             self.trace(f"{self.peer} <- {_short(msg)}")
-        lock = self.send_lock
-        try:
-            lock.acquire_nowait()  # uncontended: no extra pass through the scheduler
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if sent is not None:
-                sent()
-            for part in parts:  # a big read's data goes out as it is, uncopied
-                await self.stream.send_all(part)
-        finally:
-            lock.release()
+        await send_frame(self.stream, self.send_lock, parts, sent)
 
     def _trace_in(self, msg: object) -> None:
         if self.trace is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -51,6 +52,30 @@ def tune_allocator() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value on 64-bit
     mallopt(m_trim_threshold, 256 << 20)
+
+
+async def send_frame(
+    stream: trio.abc.SendStream,
+    lock: trio.Lock,
+    parts: tuple[bytes, ...],
+    before: Callable[[], None] | None = None,
+) -> None:
+    """Send one frame's parts back to back under `lock`; `before` runs once it is our turn.
+
+    Big data go out as they are, uncopied (codec.encode_parts). An uncontended lock is
+    taken without a checkpoint: one pass through the scheduler less per message.
+    """
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        if before is not None:
+            before()
+        for part in parts:
+            await stream.send_all(part)
+    finally:
+        lock.release()
 
 
 class FrameTooLarge(CodecError):
