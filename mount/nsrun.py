@@ -134,7 +134,7 @@ async def _run_command(command: list[str], cwd: str | None) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         try:
             proc = await trio.lowlevel.open_process(
-                command, cwd=cwd or os.getcwd(), preexec_fn=_default_sigint
+                command, cwd=cwd or os.getcwd(), preexec_fn=_default_signals
             )
         except OSError as e:
             print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
@@ -152,8 +152,10 @@ async def _run_command(command: list[str], cwd: str | None) -> int:
     return 128 - code if code < 0 else code
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # in the child: ^C is the command's again
+def _default_signals() -> None:
+    # In the child: ^C, TERM and HUP act on the command as usual again.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -170,7 +172,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     # Ctrl-C at the terminal is for the command: this process only serves its namespace
     # (a KeyboardInterrupt while FUSE is mounted would tear it down under the command).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # TERM and HUP are passed on while the command runs; ignored otherwise, so one that
+    # arrives with the command's exit (a signal to the whole process group) cannot kill us
+    # half way through cleaning up, when trio hands back what its receiver did not read.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if os.geteuid() != 0:
         print("ninefs ns run: needs root (it makes a mount namespace and FUSE mounts)", file=sys.stderr)
         return 1
