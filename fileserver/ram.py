@@ -41,6 +41,8 @@ from ninep.errors import (
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, dir_perm, file_perm
 
+from .pieces import Pieces
+
 __all__ = ["RamTree"]
 
 _READ, _WRITE, _EXEC = 4, 2, 1
@@ -58,7 +60,7 @@ class _File:
     atime: int = 0
     mtime: int = 0
     muid: str = ""
-    data: bytearray = field(default_factory=bytearray)
+    data: Pieces = field(default_factory=Pieces)
     children: dict[str, _File] = field(default_factory=dict)
     removed: bool = False
     exclusive_open: bool = False
@@ -131,10 +133,7 @@ class RamTree(Tree):
         grow = size - len(f.data)
         if grow > 0 and self.used_bytes + grow > self.max_bytes:
             raise NinePError("no space left on device")
-        if grow > 0:
-            f.data.extend(bytes(grow))
-        else:
-            del f.data[size:]
+        f.data.truncate(size)
         self.used_bytes += grow
 
     def _touch(self, f: _File, uname: str) -> None:
@@ -244,7 +243,7 @@ class RamTree(Tree):
         f = node.file
         if f.is_dir:
             raise IsADirectory("is a directory")
-        return bytes(memoryview(f.data)[offset : offset + count])  # one copy, not two
+        return f.data.read(offset, count)  # type: ignore[return-value]  # often a view: no copy
 
     async def readdir(self, node: _Node) -> Sequence[Stat]:
         return [self._stat(c) for c in node.file.children.values()]
@@ -254,19 +253,11 @@ class RamTree(Tree):
         self._check_writable()
         if f.mode & DMAPPEND:  # open(5): append-only files ignore the offset
             offset = len(f.data)
-        end = offset + len(data)
-        size = len(f.data)
-        if offset >= size:  # appending (the common case): grow by the data itself
-            if end - size > 0 and self.used_bytes + end - size > self.max_bytes:
-                raise NinePError("no space left on device")
-            if offset > size:
-                f.data.extend(bytes(offset - size))
-            f.data += data
-            self.used_bytes += end - size
-        else:
-            if end > size:
-                self._resize(f, end)
-            f.data[offset:end] = data
+        grow = offset + len(data) - len(f.data) if data else 0
+        if grow > 0 and self.used_bytes + grow > self.max_bytes:
+            raise NinePError("no space left on device")
+        f.data.write(offset, data)
+        self.used_bytes += max(grow, 0)
         self._touch(f, node.uname)
         return len(data)
 
@@ -337,7 +328,7 @@ class RamTree(Tree):
                 self._touch(f.parent, node.uname)
             f.removed = True
             self.used_bytes -= len(f.data)
-            f.data = bytearray()
+            f.data = Pieces()
         finally:
             await self.clunk(node)
 
