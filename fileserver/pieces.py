@@ -14,11 +14,10 @@ into a list of tiny pieces.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Union
 
 __all__ = ["Pieces"]
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 BIG = 64 * 1024  # pieces at least this big are kept as given; smaller ones are copied and merged
 
 
@@ -30,7 +29,7 @@ def _owned(data: Buffer) -> bool:
 class Pieces:
     """Bytes addressed by offset; `read` may return a view, and views stay valid forever."""
 
-    __slots__ = ("_pieces", "_starts", "_size", "_tail")
+    __slots__ = ("_pieces", "_size", "_starts", "_tail")
 
     def __init__(self) -> None:
         self._pieces: list[Buffer] = []
