@@ -14,6 +14,7 @@ reported at the next write, flush (close) or fsync.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import grp
@@ -22,6 +23,7 @@ import os
 import pwd
 import stat as st_mod
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -50,6 +52,7 @@ T = TypeVar("T")
 
 WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
 READAHEAD = 1 << 20
+SPARES = 64  # directories that keep a walked fid ready for their next create
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class _Handle:
     idle: trio.Event = field(default_factory=trio.Event)
     windows: dict[int, _Window] = field(default_factory=dict)  # readahead, by window number
     next_off: int = 0  # where a sequential reader reads next
+    listed: float = 0.0  # when a directory handle read its entries
 
 
 @dataclass(eq=False, slots=True)
@@ -149,6 +153,7 @@ class TreeFS(pyfuse3.Operations):
         self.handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
+        self.spares: OrderedDict[int, Any] = OrderedDict()  # ino -> a fresh node of that directory
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -166,6 +171,8 @@ class TreeFS(pyfuse3.Operations):
             for h in list(self.handles.values()):
                 await self._clunk(h.node)
             self.handles.clear()
+            while self.spares:
+                await self._clunk(self.spares.popitem()[1])
             for inode in list(self.inodes.by_ino.values()):
                 node = self.inodes.drop(inode)
                 if node is not None:
@@ -232,9 +239,52 @@ class TreeFS(pyfuse3.Operations):
             return node
 
     async def _clone(self, inode: Inode) -> Any:
+        """A fresh node for `inode`, to open or create with: one walk either way."""
+        if inode.node is None and inode.ino != ROOT_INODE:
+            pnode = await self._node(self._inode(inode.parent))
+            _, node = await self.tree.walk(pnode, [inode.name])  # not kept: it will be opened
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return node
         node = await self._node(inode)
         _, clone = await self.tree.walk(node, [])
         return clone
+
+    async def _dir_clone(self, d: Inode) -> Any:
+        """A fresh node of directory `d` to create in; the next one is walked meanwhile.
+
+        Creating files one after another (cp -r, tar x, git) then costs one round trip
+        each instead of two: the clone for the next create is made while the kernel
+        is busy with this one.
+        """
+        spare = self.spares.pop(d.ino, None)
+        if spare is None:
+            spare = await self._clone(d)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._make_spare, d)
+        return spare
+
+    async def _make_spare(self, d: Inode) -> None:
+        try:
+            with trio.fail_after(self.options.timeout):
+                node = await self._clone(d)
+        except (Exception, trio.TooSlowError):
+            return  # the next create will clone for itself and report what is wrong
+        if d.ino in self.spares or self.inodes.get(d.ino) is not d:
+            await self._clunk(node)
+            return
+        self.spares[d.ino] = node
+        while len(self.spares) > SPARES:
+            _, old = self.spares.popitem(last=False)
+            self._clunk_later(old)
+
+    def _dir_changed(self, d: Inode) -> None:
+        """We changed `d`'s entries: its mtime is now, and the rest of its stat still holds.
+
+        Kept fresh, so the kernel's permission check on the next path through `d`
+        (we mount with default_permissions) is answered without a Tstat.
+        """
+        d.stat = dataclasses.replace(d.stat, mtime=int(time.time()))
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
@@ -267,6 +317,10 @@ class TreeFS(pyfuse3.Operations):
         else:
             ino = parent.children.get(n)
             inode = self.inodes.get(ino) if ino is not None else None
+            if ino is None and time.monotonic() - parent.listed < self.options.attr_cache:
+                # We listed this directory (or made it) and saw every change we made since:
+                # a name we do not know is not there, as far as the attribute cache goes.
+                return self._negative()
             if inode is None or not inode.fresh(self.options.attr_cache):
                 pnode = await self._node(parent)
                 try:
@@ -386,6 +440,7 @@ class TreeFS(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
+            h.listed = time.monotonic()
             h.entries = list(await self.tree.readdir(h.node))
         for i in range(start_id, len(h.entries)):
             st = h.entries[i]
@@ -394,12 +449,14 @@ class TreeFS(pyfuse3.Operations):
                 break
             inode.lookups += 1
             self.inodes.revive(inode)
+        else:
+            h.inode.listed = h.listed  # every name is learned: lookup may answer "no such file"
 
     @_fuse_op
     async def releasedir(self, fh: int) -> None:
         await self._release_handle(fh)
 
-    async def _release_handle(self, fh: int) -> None:
+    async def _release_handle(self, fh: int, *, restat: bool = False) -> None:
         h = self.handles.pop(fh, None)
         if h is None:
             return
@@ -407,7 +464,10 @@ class TreeFS(pyfuse3.Operations):
             await self._drain(h)
         finally:
             h.inode.open_handles -= 1
-            self._clunk_later(h.node)
+            if restat and self.nursery is not None:
+                self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node)
+            else:
+                self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
                 node = self.inodes.retire(h.inode, self.options.attr_cache)
                 if node is not None:
@@ -418,14 +478,16 @@ class TreeFS(pyfuse3.Operations):
         self._writable()
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
-        node = await self._clone(parent)
+        node = await self._dir_clone(parent)
         try:
             qid, _ = await self.tree.create(node, n, DMDIR | (mode & 0o777), OREAD)
         finally:
             self._clunk_later(node)
-        return self._created(
+        attr = self._created(
             parent, n, self._new_stat(parent, n, qid, dir_perm(mode & 0o777, parent.stat.mode))
         )
+        self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
+        return attr
 
     def _new_stat(self, parent: Inode, name: str, qid: Qid, mode: int) -> Stat:
         """The stat a conforming server gives a file we just created (open(5)), without asking."""
@@ -443,7 +505,7 @@ class TreeFS(pyfuse3.Operations):
         )
 
     def _created(self, parent: Inode, name: str, stat: Stat) -> pyfuse3.EntryAttributes:
-        self._forget_stat(parent)
+        self._dir_changed(parent)
         inode, _ = self.inodes.learn(parent, name, stat)
         inode.lookups += 1
         self.inodes.revive(inode)
@@ -459,7 +521,7 @@ class TreeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         await self.tree.remove(node)
         self.inodes.forget_name(parent, n)
-        self._forget_stat(parent)
+        self._dir_changed(parent)
 
     @_fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -514,7 +576,9 @@ class TreeFS(pyfuse3.Operations):
         if moved is not None:
             moved.name = new
             parent.children[new] = moved.ino
-        self._forget_stat(parent)
+        else:
+            parent.listed = 0.0  # `new` exists now, and we know no inode for it
+        self._dir_changed(parent)
 
     # --- files -------------------------------------------------------------------------------------
 
@@ -534,7 +598,10 @@ class TreeFS(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             mode |= OTRUNC
         await self._drain_inode(i)
-        node = await self._clone(i)
+        if i.node is not None and not i.stat.mode & DMDIR and not i.lock.locked():
+            node, i.node = i.node, None  # a file's walked node is only for opening: save a clone
+        else:
+            node = await self._clone(i)
         try:
             qid, iounit = await self.tree.open(node, mode)
             unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
@@ -568,9 +635,19 @@ class TreeFS(pyfuse3.Operations):
         n = os.fsdecode(name)
         acc = flags & os.O_ACCMODE
         omode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
-        node = await self._clone(parent)
+        node = await self._dir_clone(parent)
         try:
             qid, iounit = await self.tree.create(node, n, mode & 0o777, omode)
+        except FileExistsError:
+            self._clunk_later(node)
+            parent.listed = 0.0  # someone else made it: our picture of the directory is old
+            if flags & os.O_EXCL:
+                raise
+            # open(2) without O_EXCL opens what is there (it appeared after the kernel looked).
+            attr = await self.lookup(parent_inode, name, ctx)
+            if not attr.st_ino:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
         except BaseException:
             self._clunk_later(node)
             raise
@@ -603,7 +680,12 @@ class TreeFS(pyfuse3.Operations):
             parts.append(piece)
             want -= len(piece)
             if len(data) < READAHEAD:
-                break  # end of file inside this window
+                # The window ended short: most likely the end of the file. If the kernel
+                # wants more (the file grew, or the tree's reads are smaller than they
+                # seemed), the rest is read as it is now.
+                if want:
+                    parts.append(await self.tree.read(h.node, off + size - want, want))
+                break
         else:
             if last + 1 not in h.windows:
                 self._start_window(h, last + 1)
@@ -635,6 +717,8 @@ class TreeFS(pyfuse3.Operations):
                         break
                     parts.append(data)
                     got += len(data)
+                    if len(data) < min(READAHEAD - got + len(data), h.iounit or READAHEAD):
+                        break  # a short read: the end of the file (no second Tread to learn it)
                 w.data = b"".join(parts)
         except Exception as e:  # handed to the reader that waits for this window
             w.error = e
@@ -711,24 +795,23 @@ class TreeFS(pyfuse3.Operations):
         h = self.handles.get(fh)
         if h is not None and h.writable:
             self._forget_stat(h.inode)
-        await self._release_handle(fh)
-        if h is not None and h.writable and self.nursery is not None:
-            # Learn the written file's new stat now, off the kernel's path, so the stat
-            # that usually follows a write (ls -l, make) is answered from the cache.
-            self.nursery.start_soon(self._restat, h.inode)
+        await self._release_handle(fh, restat=h is not None and h.writable)
 
-    async def _restat(self, inode: Inode) -> None:
-        with trio.move_on_after(self.options.timeout):
-            try:
+    async def _restat_and_clunk(self, inode: Inode, node: Any) -> None:
+        """Learn a written file's new stat through its handle's node, then clunk that.
+
+        Off the kernel's path, so the stat that usually follows a write (ls -l, make)
+        is answered from the cache, and without a walk of its own.
+        """
+        try:
+            with trio.move_on_after(self.options.timeout):
+                stat = await self.tree.stat(node)
                 if self.inodes.get(inode.ino) is inode and not inode.fresh(self.options.attr_cache):
-                    stat = await self.tree.stat(await self._node(inode))
-                    if self.inodes.get(inode.ino) is inode:
-                        inode.stat, inode.stat_time = stat, time.monotonic()
-                    elif inode.node is not None:  # forgotten meanwhile: give its fid back
-                        node, inode.node = inode.node, None
-                        await self._clunk(node)
-            except Exception as e:
-                log.debug("restat: %s", e)
+                    inode.stat, inode.stat_time = stat, time.monotonic()
+        except Exception as e:
+            log.debug("restat: %s", e)
+        finally:
+            await self._clunk(node)
 
     # --- not in 9P2000 ---------------------------------------------------------------------------------
 

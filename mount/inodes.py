@@ -39,6 +39,7 @@ class Inode:
     open_handles: int = 0
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
+    listed: float = 0.0  # when `children` was last known to be the whole directory
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     def fresh(self, ttl: float) -> bool:

@@ -307,3 +307,28 @@ def test_no_reconnect_fails_instead(tmp_path):
         with server_process(str(export), listen=address):
             r = sh(f"cat {mp}/f")
             assert r.returncode != 0
+
+
+def test_open_for_append_finds_a_file_made_elsewhere_after_a_listing(mnt):
+    export, mp = mnt
+    ok(f"ls {mp}/src")  # the mount now knows every name in src
+    (export / "src" / "late.txt").write_text("made on the server\n")
+    time.sleep(1.2)  # past the kernel's own cache
+    assert ok(f"ls {mp}/src").count("late.txt") == 1  # a listing always asks the server
+    (export / "src" / "later.txt").write_text("first\n")
+    ok(f"echo appended >> {mp}/src/later.txt")  # O_CREAT: opens what is there, no EEXIST
+    assert (export / "src" / "later.txt").read_text() == "first\nappended\n"
+
+
+def test_reads_are_whole_when_the_server_answers_in_small_pieces(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    data = os.urandom(300_000)
+    (export / "big.bin").write_bytes(data)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with server_process(str(export), "--msize", "8192") as (address, _), mounted(address, str(mp)):
+        assert hashlib.sha256((mp / "big.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+        with open(mp / "big.bin", "rb") as f:
+            f.seek(123_457)
+            assert f.read(70_000) == data[123_457:193_457]
