@@ -24,7 +24,8 @@ import pwd
 import stat as st_mod
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ T = TypeVar("T")
 
 WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
 READAHEAD = 1 << 20
+HELD_FIDS = 1024  # walked nodes kept by inodes the kernel knows (_hold)
 SPARES = 64  # directories that keep a walked fid ready for their next create
 
 
@@ -153,7 +155,10 @@ class TreeFS(pyfuse3.Operations):
         self.handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
-        self.spares: OrderedDict[int, Any] = OrderedDict()  # ino -> a fresh node of that directory
+        self.spares: OrderedDict[int, Any] = OrderedDict()
+        self.held: OrderedDict[int, Inode] = (
+            OrderedDict()
+        )  # inodes that may hold a node, oldest first  # ino -> a fresh node of that directory
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -231,23 +236,58 @@ class TreeFS(pyfuse3.Operations):
             if inode.node is not None:
                 return inode.node
             parent = self._inode(inode.parent)
-            pnode = await self._node(parent)
-            _qids, node = await self.tree.walk(pnode, [inode.name])
+            with self._pinned(parent):
+                _qids, node = await self.tree.walk(await self._node(parent), [inode.name])
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             inode.node = node
+            self._hold(inode)
             return node
+
+    @contextmanager
+    def _pinned(self, inode: Inode) -> Iterator[None]:
+        """While in use, `inode`'s node is not given back to the server to save fids."""
+        inode.pins += 1
+        try:
+            yield
+        finally:
+            inode.pins -= 1
+
+    def _hold(self, inode: Inode) -> None:
+        """`inode` keeps a walked node now: count it against HELD_FIDS, the oldest unused go.
+
+        A server allows a connection only so many fids (ours 4096), and the kernel may
+        know far more inodes than that (find, du, a big tar); a node given back is
+        walked again from its directory when it is needed.
+        """
+        if inode.ino == ROOT_INODE:
+            return
+        held = self.held
+        held[inode.ino] = inode
+        held.move_to_end(inode.ino)
+        for _ in range(len(held)):
+            if len(held) <= HELD_FIDS:
+                break
+            ino, old = held.popitem(last=False)
+            if old.node is None:
+                continue  # opened, forgotten or dropped meanwhile
+            if old.pins or old.lock.locked():
+                held[ino] = old  # in use right now: it waits its turn again
+                continue
+            node, old.node = old.node, None
+            self._clunk_later(node)
 
     async def _clone(self, inode: Inode) -> Any:
         """A fresh node for `inode`, to open or create with: one walk either way."""
         if inode.node is None and inode.ino != ROOT_INODE:
-            pnode = await self._node(self._inode(inode.parent))
-            _, node = await self.tree.walk(pnode, [inode.name])  # not kept: it will be opened
+            parent = self._inode(inode.parent)
+            with self._pinned(parent):  # the walked node is not kept: it will be opened
+                _, node = await self.tree.walk(await self._node(parent), [inode.name])
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return node
-        node = await self._node(inode)
-        _, clone = await self.tree.walk(node, [])
+        with self._pinned(inode):
+            _, clone = await self.tree.walk(await self._node(inode), [])
         return clone
 
     async def _dir_clone(self, d: Inode) -> Any:
@@ -289,7 +329,8 @@ class TreeFS(pyfuse3.Operations):
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
         if not inode.fresh(self.options.attr_cache):
-            inode.stat = await self.tree.stat(await self._node(inode))
+            with self._pinned(inode):
+                inode.stat = await self.tree.stat(await self._node(inode))
             inode.stat_time = time.monotonic()
         return inode.stat
 
@@ -322,9 +363,9 @@ class TreeFS(pyfuse3.Operations):
                 # a name we do not know is not there, as far as the attribute cache goes.
                 return self._negative()
             if inode is None or not inode.fresh(self.options.attr_cache):
-                pnode = await self._node(parent)
                 try:
-                    _, node = await self.tree.walk(pnode, [n])
+                    with self._pinned(parent):
+                        _, node = await self.tree.walk(await self._node(parent), [n])
                 except FileNotFoundError:
                     node = None
                 if node is None:
@@ -345,6 +386,8 @@ class TreeFS(pyfuse3.Operations):
                 inode, spare = self.inodes.learn(parent, n, stat, node)
                 if spare is not None:
                     self._clunk_later(spare)
+                else:
+                    self._hold(inode)
         inode.lookups += 1
         self.inodes.revive(inode)
         return self._attr(inode)
@@ -392,9 +435,10 @@ class TreeFS(pyfuse3.Operations):
             changes["gid"] = grp.getgrgid(attr.st_gid).gr_name if _has_gid(attr.st_gid) else str(attr.st_gid)
         if fields.update_uid and attr.st_uid != _cached_uid(i.stat.uid, self.uid):
             raise pyfuse3.FUSEError(errno.EPERM)  # 9P cannot change a file's owner
-        if changes:
-            await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
-        i.stat = await self.tree.stat(await self._node(i))
+        with self._pinned(i):
+            if changes:
+                await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
+            i.stat = await self.tree.stat(await self._node(i))
         i.stat_time = time.monotonic()
         return self._attr(i)
 
@@ -515,8 +559,8 @@ class TreeFS(pyfuse3.Operations):
         self._writable()
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
-        pnode = await self._node(parent)
-        _, node = await self.tree.walk(pnode, [n])
+        with self._pinned(parent):
+            _, node = await self.tree.walk(await self._node(parent), [n])
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         await self.tree.remove(node)
@@ -548,29 +592,30 @@ class TreeFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         parent = self._inode(parent_inode_old)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
-        pnode = await self._node(parent)
-        _, node = await self.tree.walk(pnode, [old])
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        try:
-            _, target = await self.tree.walk(pnode, [new])
-        except (NinePError, OSError):
-            target = None
-        try:
-            if target is not None:
-                if flags & pyfuse3.RENAME_NOREPLACE:
-                    await self._clunk(target)
-                    raise pyfuse3.FUSEError(errno.EEXIST)
-                # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
-                tstat = await self.tree.stat(target)
-                if tstat.is_dir != (await self.tree.stat(node)).is_dir:
-                    await self._clunk(target)
-                    raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
-                await self.tree.remove(target)
-                self.inodes.forget_name(parent, new)
-            await self.tree.wstat(node, Stat.dont_touch(name=new))
-        finally:
-            await self._clunk(node)
+        with self._pinned(parent):
+            pnode = await self._node(parent)
+            _, node = await self.tree.walk(pnode, [old])
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            try:
+                _, target = await self.tree.walk(pnode, [new])
+            except (NinePError, OSError):
+                target = None
+            try:
+                if target is not None:
+                    if flags & pyfuse3.RENAME_NOREPLACE:
+                        await self._clunk(target)
+                        raise pyfuse3.FUSEError(errno.EEXIST)
+                    # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
+                    tstat = await self.tree.stat(target)
+                    if tstat.is_dir != (await self.tree.stat(node)).is_dir:
+                        await self._clunk(target)
+                        raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
+                    await self.tree.remove(target)
+                    self.inodes.forget_name(parent, new)
+                await self.tree.wstat(node, Stat.dont_touch(name=new))
+            finally:
+                await self._clunk(node)
         ino = parent.children.pop(old, None)
         moved = self.inodes.get(ino) if ino is not None else None
         if moved is not None:
@@ -598,7 +643,7 @@ class TreeFS(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             mode |= OTRUNC
         await self._drain_inode(i)
-        if i.node is not None and not i.stat.mode & DMDIR and not i.lock.locked():
+        if i.node is not None and not i.stat.mode & DMDIR and not i.pins and not i.lock.locked():
             node, i.node = i.node, None  # a file's walked node is only for opening: save a clone
         else:
             node = await self._clone(i)

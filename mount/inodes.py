@@ -36,6 +36,7 @@ class Inode:
     stat_time: float
     node: Any = None  # a walked, unopened node of the tree; None until needed
     lookups: int = 0
+    pins: int = 0  # operations using `node` right now: it is not given back meanwhile
     open_handles: int = 0
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories

@@ -332,3 +332,29 @@ def test_reads_are_whole_when_the_server_answers_in_small_pieces(tmp_path):
         with open(mp / "big.bin", "rb") as f:
             f.seek(123_457)
             assert f.read(70_000) == data[123_457:193_457]
+
+
+def test_more_files_than_the_server_allows_fids(tmp_path):
+    # Our server gives a connection 4096 fids; the kernel may know many more inodes.
+    export = tmp_path / "export"
+    (export / "many").mkdir(parents=True)
+    for i in range(4300):
+        (export / "many" / f"f{i}").write_text(str(i))
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with (
+        server_process(str(export)) as (address, _),
+        mounted(address, str(mp), "--attr-cache", "0"),
+    ):
+        program = (
+            "import os, sys\n"
+            "d = sys.argv[1]\n"
+            "sizes = [os.stat(f'{d}/f{i}').st_size for i in range(4300)]\n"
+            "texts = [open(f'{d}/f{i}').read() for i in range(0, 4300, 5)]\n"
+            "print(sum(sizes), len(texts))\n"
+        )
+        r = subprocess.run(
+            ["python3", "-c", program, str(mp / "many")], capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [str(sum(len(str(i)) for i in range(4300))), "860"]
