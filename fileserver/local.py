@@ -188,11 +188,24 @@ class LocalTree(Tree):
             names = node.names
         else:
             names = (*node.names, name)
-        real = self._real(names)
-        try:
-            s = os.stat(real)
-        except FileNotFoundError:
-            raise NotFound("file does not exist") from None
+        s = None
+        if name not in ("..", ".", "") and "/" not in name and "\0" not in name:
+            # The directory's own path is resolved and confined already: one lstat tells
+            # whether `name` adds a symlink to resolve. Only then is the whole path resolved
+            # (realpath costs an lstat per component, on every walk of every file).
+            real = os.path.join(self._node_real(node), name)
+            try:
+                s = os.lstat(real)
+            except FileNotFoundError:
+                raise NotFound("file does not exist") from None
+            if st_mod.S_ISLNK(s.st_mode):
+                s = None
+        if s is None:
+            real = self._real(names)
+            try:
+                s = os.stat(real)
+            except FileNotFoundError:
+                raise NotFound("file does not exist") from None
         return self._track(_Node(names, self._qid(s, self._extra_bits(real)), node.uname, real=real))
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
