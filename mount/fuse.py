@@ -85,6 +85,8 @@ class _Handle:
     idle: trio.Event = field(default_factory=trio.Event)
     windows: dict[int, _Window] = field(default_factory=dict)  # readahead, by window number
     next_off: int = 0  # where a sequential reader reads next
+    length: int = -1  # a read-only open: the file's length then (-1: not known)
+    writes_at_open: int = 0  # the inode's count of writes through this mount then
     listed: float = 0.0  # when a directory handle read its entries
 
 
@@ -95,6 +97,7 @@ class _Window:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes = b""
     error: BaseException | None = None
+    writes: int = 0  # the inode's count of writes through this mount when it was fetched
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -290,6 +293,21 @@ class TreeFS(pyfuse3.Operations):
             _, clone = await self.tree.walk(await self._node(inode), [])
         return clone
 
+    async def _walk_open(self, inode: Inode, mode: int, read: int = 0) -> Any:
+        """A fresh node for `inode`, opened (and `read` bytes read from its start): walk,
+        open and read go to the server together. (node, qid, iounit[, data])"""
+        names = [inode.name]
+        base = inode
+        if inode.node is not None or inode.ino == ROOT_INODE:
+            names = []  # a clone of the inode's own node
+        else:
+            base = self._inode(inode.parent)
+        with self._pinned(base):
+            start = await self._node(base)
+            if read:
+                return await self.tree.walk_open_read(start, names, mode, read)
+            return await self.tree.walk_open(start, names, mode)
+
     async def _dir_clone(self, d: Inode) -> Any:
         """A fresh node of directory `d` to create in; the next one is walked meanwhile.
 
@@ -364,25 +382,9 @@ class TreeFS(pyfuse3.Operations):
                 return self._negative()
             if inode is None or not inode.fresh(self.options.attr_cache):
                 try:
-                    with self._pinned(parent):
-                        _, node = await self.tree.walk(await self._node(parent), [n])
+                    node, stat = await self._walk_stat(parent, n, inode)
                 except FileNotFoundError:
-                    node = None
-                if node is None:
                     return self._negative()
-                cached = inode.stat if inode is not None else None
-                if (
-                    cached is not None
-                    and cached.qid.path == node.qid.path
-                    and cached.qid.vers == node.qid.vers
-                ):
-                    stat = cached  # qid.vers unchanged: the file is as we saw it, no Tstat needed
-                else:
-                    try:
-                        stat = await self.tree.stat(node)
-                    except BaseException:
-                        self._clunk_later(node)
-                        raise
                 inode, spare = self.inodes.learn(parent, n, stat, node)
                 if spare is not None:
                     self._clunk_later(spare)
@@ -391,6 +393,25 @@ class TreeFS(pyfuse3.Operations):
         inode.lookups += 1
         self.inodes.revive(inode)
         return self._attr(inode)
+
+    async def _walk_stat(self, parent: Inode, name: str, known: Inode | None) -> tuple[Any, Stat]:
+        """Walk to `name` and stat it: in one round trip where the tree can, else the stat
+        only when qid.vers says the file changed since we saw it."""
+        with self._pinned(parent):
+            pnode = await self._node(parent)
+            if self.tree.pipelines:
+                return await self.tree.walk_stat(pnode, [name])
+            _, node = await self.tree.walk(pnode, [name])
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        cached = known.stat if known is not None else None
+        if cached is not None and cached.qid.path == node.qid.path and cached.qid.vers == node.qid.vers:
+            return node, cached  # qid.vers unchanged: the file is as we saw it, no Tstat needed
+        try:
+            return node, await self.tree.stat(node)
+        except BaseException:
+            self._clunk_later(node)
+            raise
 
     def _negative(self) -> pyfuse3.EntryAttributes:
         """ "No such file", which the kernel may remember for the cache time (st_ino 0)."""
@@ -435,6 +456,8 @@ class TreeFS(pyfuse3.Operations):
             changes["gid"] = grp.getgrgid(attr.st_gid).gr_name if _has_gid(attr.st_gid) else str(attr.st_gid)
         if fields.update_uid and attr.st_uid != _cached_uid(i.stat.uid, self.uid):
             raise pyfuse3.FUSEError(errno.EPERM)  # 9P cannot change a file's owner
+        if "length" in changes:
+            i.writes += 1
         with self._pinned(i):
             if changes:
                 await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
@@ -464,12 +487,7 @@ class TreeFS(pyfuse3.Operations):
     @_fuse_op
     async def opendir(self, inode: int, ctx: Any) -> int:
         i = self._inode(inode)
-        node = await self._clone(i)
-        try:
-            await self.tree.open(node, OREAD)
-        except BaseException:
-            await self._clunk(node)
-            raise
+        node, _, _ = await self._walk_open(i, OREAD)
         return self._new_handle(_Handle(i, node, 0, False, False))
 
     def _new_handle(self, h: _Handle) -> int:
@@ -560,10 +578,7 @@ class TreeFS(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         with self._pinned(parent):
-            _, node = await self.tree.walk(await self._node(parent), [n])
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        await self.tree.remove(node)
+            await self.tree.walk_remove(await self._node(parent), [n])
         self.inodes.forget_name(parent, n)
         self._dir_changed(parent)
 
@@ -643,12 +658,20 @@ class TreeFS(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             mode |= OTRUNC
         await self._drain_inode(i)
+        first: bytes | None = None  # the start of the file, when it came with the open
         if i.node is not None and not i.stat.mode & DMDIR and not i.pins and not i.lock.locked():
             node, i.node = i.node, None  # a file's walked node is only for opening: save a clone
+            try:
+                qid, iounit = await self.tree.open(node, mode)
+            except BaseException:
+                self._clunk_later(node)
+                raise
+        elif mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR:
+            # A small file opened to be read: walk, open and read it in one round trip.
+            node, qid, iounit, first = await self._walk_open(i, mode, READAHEAD)
         else:
-            node = await self._clone(i)
+            node, qid, iounit = await self._walk_open(i, mode)
         try:
-            qid, iounit = await self.tree.open(node, mode)
             unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
             if unchanged and not mode & OTRUNC:
                 stat = i.stat  # unchanged since we last saw it: no Tstat
@@ -661,13 +684,18 @@ class TreeFS(pyfuse3.Operations):
         # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
         stream = stat.length == 0 and not flags & os.O_TRUNC and not stat.mode & DMAPPEND
         h = _Handle(i, node, iounit, mode != OREAD, stream)
+        if mode == OREAD:
+            h.length, h.writes_at_open = stat.length, i.writes
         if not unchanged and not flags & os.O_TRUNC:
             # Changed since we last told the kernel its size: the kernel may still trust the
             # old one for a while, so this open bypasses it (and the page cache) altogether.
             h.direct = True
             i.last_open_vers = None
         fh = self._new_handle(h)
-        if not stream and mode == OREAD and stat.length > 0 and self.nursery is not None:
+        if first is not None and len(first) >= stat.length:
+            w = h.windows[0] = _Window(data=first, writes=i.writes)  # the whole file, read with the open
+            w.done.set()
+        elif not stream and mode == OREAD and stat.length > 0 and self.nursery is not None:
             self._start_window(h, 0)  # most opens for reading read from the start: ask now
         return self._fileinfo(fh, h, qid)
 
@@ -719,16 +747,16 @@ class TreeFS(pyfuse3.Operations):
         parts: list[bytes] = []
         want = size
         for k in range(first, last + 1):
-            data = await self._window(h, k)
+            w = await self._window(h, k)
+            data = w.data
             start = off - k * READAHEAD if k == first else 0
             piece = data[start : start + want]
             parts.append(piece)
             want -= len(piece)
             if len(data) < READAHEAD:
-                # The window ended short: most likely the end of the file. If the kernel
-                # wants more (the file grew, or the tree's reads are smaller than they
-                # seemed), the rest is read as it is now.
-                if want:
+                # The window ended short: the end of the file as of its read, which is the
+                # end for this open (close-to-open, as NFS) unless this mount wrote it since.
+                if want and h.inode.writes != w.writes:
                     parts.append(await self.tree.read(h.node, off + size - want, want))
                 break
         else:
@@ -739,18 +767,20 @@ class TreeFS(pyfuse3.Operations):
         return b"".join(parts)
 
     def _start_window(self, h: _Handle, k: int) -> _Window:
-        w = h.windows[k] = _Window()
+        w = h.windows[k] = _Window(writes=h.inode.writes)
         assert self.nursery is not None
         self.nursery.start_soon(self._fetch_window, h, k, w)
         return w
 
-    async def _window(self, h: _Handle, k: int) -> bytes:
-        w = h.windows.get(k) or self._start_window(h, k)
+    async def _window(self, h: _Handle, k: int) -> _Window:
+        w = h.windows.get(k)
+        if w is None or w.writes != h.inode.writes:  # written through another handle since
+            w = self._start_window(h, k)
         await w.done.wait()
         if w.error is not None:
             h.windows.pop(k, None)
             raise w.error
-        return w.data
+        return w
 
     async def _fetch_window(self, h: _Handle, k: int, w: _Window) -> None:
         try:
@@ -762,8 +792,8 @@ class TreeFS(pyfuse3.Operations):
                         break
                     parts.append(data)
                     got += len(data)
-                    if len(data) < min(READAHEAD - got + len(data), h.iounit or READAHEAD):
-                        break  # a short read: the end of the file (no second Tread to learn it)
+                    if 0 <= h.length <= off + got and h.inode.writes == h.writes_at_open:
+                        break  # the length the open saw: no Tread just to hear "end of file"
                 w.data = b"".join(parts)
         except Exception as e:  # handed to the reader that waits for this window
             w.error = e
@@ -776,6 +806,7 @@ class TreeFS(pyfuse3.Operations):
         self._raise_pending(h)
         h.windows.clear()
         h.inode.stat_time = 0.0
+        h.inode.writes += 1
         if h.stream or self.nursery is None:
             n = await self.tree.write(h.node, off, bytes(buf))
             return n

@@ -37,6 +37,7 @@ class Inode:
     node: Any = None  # a walked, unopened node of the tree; None until needed
     lookups: int = 0
     pins: int = 0  # operations using `node` right now: it is not given back meanwhile
+    writes: int = 0  # writes and truncations through this mount: read-ahead older than that is stale
     open_handles: int = 0
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories

@@ -257,56 +257,90 @@ class Connection:
 
     async def rpc(self, msg: Message, want: type[R]) -> R:
         """Send `msg` (its tag is replaced) and wait for a reply of type `want`."""
+        (reply,) = await self.pipeline((msg, want))
+        if isinstance(reply, NinePError):
+            raise reply
+        return reply  # type: ignore[return-value]
+
+    async def pipeline(self, *requests: tuple[Message, type[Message]]) -> list[Message | NinePError]:
+        """Send `requests` back to back in one write, then wait for every reply.
+
+        Each result is the reply of the wanted type, or the NinePError it came back as
+        (returned, not raised). Requests that depend on each other (a walk, then an open
+        of the fid the walk makes) save their round trips this way, but intro(5) lets a
+        server handle them in any order: a caller retries, in order, a dependent
+        request that failed.
+        """
         if self._closed is not None:
             raise ProtocolError(str(self._closed))
         slots = self._slots
+        taken = 0
         try:
-            slots.acquire_nowait()  # the common case costs no pass through the scheduler
-        except trio.WouldBlock:
-            await slots.acquire()
-        try:
+            for _ in requests:
+                try:
+                    slots.acquire_nowait()  # the common case costs no pass through the scheduler
+                except trio.WouldBlock:
+                    await slots.acquire()
+                taken += 1
             if self.timeout is None:
-                return await self._rpc(msg, want)
+                return await self._exchange(requests)
             try:
                 with trio.fail_after(self.timeout):
-                    return await self._rpc(msg, want)
+                    return await self._exchange(requests)
             except trio.TooSlowError:
-                raise TimedOut(f"timed out: no answer to {type(msg).__name__} in {self.timeout} s") from None
+                what = "+".join(type(m).__name__ for m, _ in requests)
+                raise TimedOut(f"timed out: no answer to {what} in {self.timeout} s") from None
         finally:
-            slots.release()
+            for _ in range(taken):
+                slots.release()
 
-    async def _rpc(self, msg: Message, want: type[R]) -> R:
-        tag = self.tags.get()
-        msg = _with_tag(msg, tag)
-        call = _Call()
-        self._calls[tag] = call
+    async def _exchange(
+        self, requests: Sequence[tuple[Message, type[Message]]]
+    ) -> list[Message | NinePError]:
+        tags: list[int] = []
+        calls: list[_Call] = []
+        parts: list[bytes] = []
         try:
+            for msg, _ in requests:
+                tag = self.tags.get()
+                tags.append(tag)
+                calls.append(call := _Call())
+                self._calls[tag] = call
+                parts.extend(codec.encode_parts(_with_tag(msg, tag)))
             try:
-                await self._send(msg)
+                await send_frame(self.stream, self._send_lock, tuple(parts))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 self._fail(ProtocolError(f"connection closed: {e}"))
                 raise ProtocolError(f"connection closed: {e}") from None
-            await call.event.wait()
+            for call in calls:
+                await call.event.wait()
         except trio.Cancelled:
-            # flush(5): tell the server, and keep the tag until Rflush says it is free.
-            if not call.event.is_set() and self._closed is None:
-                with trio.CancelScope(shield=True):
-                    await self._flush(tag)
-            else:
-                self._release_tag(tag)
+            # flush(5): tell the server, and keep each tag until Rflush says it is free.
+            with trio.CancelScope(shield=True):
+                for tag, call in zip(tags, calls, strict=False):
+                    if not call.event.is_set() and self._closed is None:
+                        await self._flush(tag)
+                    else:
+                        self._release_tag(tag)
             raise
         except BaseException:
-            self._release_tag(tag)
+            for tag in tags:
+                self._release_tag(tag)
             raise
-        self._release_tag(tag)
-        reply = call.reply
-        if reply is None:
-            raise ProtocolError(str(self._closed or "connection closed"))
-        if isinstance(reply, want):
-            return reply
-        if isinstance(reply, Rerror):
-            raise error_for(reply.ename)
-        raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
+        for tag in tags:
+            self._release_tag(tag)
+        out: list[Message | NinePError] = []
+        for (_, want), call in zip(requests, calls, strict=True):
+            reply = call.reply
+            if reply is None:
+                raise ProtocolError(str(self._closed or "connection closed"))
+            if isinstance(reply, want):
+                out.append(reply)
+            elif isinstance(reply, Rerror):
+                out.append(error_for(reply.ename))
+            else:
+                raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
+        return out
 
     def _release_tag(self, tag: int) -> None:
         if self._calls.pop(tag, None) is not None:

@@ -25,8 +25,22 @@ import trio
 from .client import Connection, single_error
 from .codec import decode_stats
 from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
-from .errors import NinePError, ProtocolError
-from .messages import Qid, Stat
+from .errors import NinePError, NotFound, ProtocolError
+from .messages import (
+    Message,
+    Qid,
+    Ropen,
+    Rread,
+    Rremove,
+    Rstat,
+    Rwalk,
+    Stat,
+    Topen,
+    Tread,
+    Tremove,
+    Tstat,
+    Twalk,
+)
 from .transport import Address
 from .tree import Tree
 
@@ -62,6 +76,8 @@ def _walked(path: tuple[str, ...], names: Sequence[str]) -> tuple[str, ...]:
 
 class RemoteTree(Tree):
     """The tree a 9P server exports. `aname` is used when attach gives none."""
+
+    pipelines = True
 
     def __init__(
         self,
@@ -225,6 +241,106 @@ class RemoteTree(Tree):
             return qids, RemoteNode(newfid, qid, node.uname, node.aname, _walked(node.path, names), conn)
 
         return await self._call(node, op, repeatable=True)
+
+    # --- walk and then act, the messages sent together ----------------------------------
+
+    async def walk_open(
+        self, node: RemoteNode, names: Sequence[str], mode: int
+    ) -> tuple[RemoteNode, Qid, int]:
+        if len(names) > MAXWELEM:
+            return await super().walk_open(node, names, mode)
+        new, (opened,) = await self._walk_then(
+            node, names, lambda fid: [(Topen(0, fid, mode), Ropen)], repeatable=not mode & (OTRUNC | ORCLOSE)
+        )
+        assert isinstance(opened, Ropen)
+        new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
+        return new, opened.qid, opened.iounit
+
+    async def walk_open_read(
+        self, node: RemoteNode, names: Sequence[str], mode: int, count: int
+    ) -> tuple[RemoteNode, Qid, int, bytes]:
+        if len(names) > MAXWELEM:
+            return await super().walk_open_read(node, names, mode, count)
+        new, (opened, read) = await self._walk_then(
+            node,
+            names,
+            lambda fid: [
+                (Topen(0, fid, mode), Ropen),
+                (Tread(0, fid, 0, min(count, node.conn.iounit)), Rread),
+            ],
+            repeatable=not mode & (OTRUNC | ORCLOSE),
+        )
+        assert isinstance(opened, Ropen) and isinstance(read, Rread)
+        new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
+        return new, opened.qid, opened.iounit, read.data
+
+    async def walk_stat(self, node: RemoteNode, names: Sequence[str]) -> tuple[RemoteNode, Stat]:
+        if len(names) > MAXWELEM:
+            return await super().walk_stat(node, names)
+        new, (stat,) = await self._walk_then(
+            node, names, lambda fid: [(Tstat(0, fid), Rstat)], repeatable=True
+        )
+        assert isinstance(stat, Rstat)
+        return new, stat.stat
+
+    async def walk_remove(self, node: RemoteNode, names: Sequence[str]) -> None:
+        if len(names) > MAXWELEM:
+            return await super().walk_remove(node, names)
+        await self._walk_then(
+            node, names, lambda fid: [(Tremove(0, fid), Rremove)], repeatable=False, consumes=True
+        )
+
+    async def _walk_then(
+        self,
+        node: RemoteNode,
+        names: Sequence[str],
+        then: Callable[[int], list[tuple[Message, type[Message]]]],
+        *,
+        repeatable: bool,
+        consumes: bool = False,
+    ) -> tuple[RemoteNode, list[Message]]:
+        """Twalk to a new fid and the requests `then(newfid)`, in one write: one round trip.
+
+        intro(5) lets a server handle them in any order; one that runs a request before
+        the walk made its fid (or before the open it needs) refuses it, so each request
+        that failed is sent again, in order, once those before it are known to be done.
+        `consumes`: the request gives the fid up either way (Tremove), so its first
+        answer is the one that counts.
+        """
+
+        async def op(conn: Connection, start: int) -> tuple[RemoteNode, list[Message]]:
+            newfid = conn.fids.get()
+            requests = then(newfid)
+            try:
+                walked, *replies = await conn.pipeline(
+                    (Twalk(0, start, newfid, tuple(names)), Rwalk), *requests
+                )
+            except BaseException:
+                await self._clunk_on(conn, newfid)  # the server may or may not have made it
+                raise
+            if isinstance(walked, NinePError) or len(walked.qids) < len(names):
+                conn.fids.put(newfid)  # walk(5): no new fid, so the other requests failed too
+                raise walked if isinstance(walked, NinePError) else NotFound("file does not exist")
+            qid = walked.qids[-1] if walked.qids else node.qid
+            new = RemoteNode(newfid, qid, node.uname, node.aname, _walked(node.path, names), conn)
+            try:
+                for i, reply in enumerate(replies):
+                    if isinstance(reply, NinePError):
+                        (again,) = await conn.pipeline(requests[i])
+                        if isinstance(again, NinePError):
+                            raise reply if consumes else again
+                        replies[i] = again
+            except BaseException:
+                if consumes:
+                    conn.fids.put(newfid)
+                else:
+                    await self._clunk_on(conn, newfid)
+                raise
+            if consumes:
+                conn.fids.put(newfid)
+            return new, replies  # type: ignore[return-value]  # no errors left in it
+
+        return await self._call(node, op, repeatable=repeatable)
 
     async def open(self, node: RemoteNode, mode: int) -> tuple[Qid, int]:
         async def op(conn: Connection, fid: int) -> tuple[Qid, int]:

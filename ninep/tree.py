@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .constants import DMDIR, NOT_TOUCHED_U32, NOT_TOUCHED_U64
-from .errors import NinePError, NotADirectory
+from .errors import NinePError, NotADirectory, NotFound
 from .messages import Qid, Stat
 
 __all__ = ["Node", "Tree", "check_name", "dir_perm", "file_perm", "is_null_wstat"]
@@ -44,6 +44,8 @@ class Tree(ABC):
     # them without a task of their own, which roughly halves its cost per message. A tree
     # that waits on a network, a process or a lock in an operation must not list it.
     never_blocks: frozenset[str] = frozenset()
+    # walk_open, walk_stat and walk_remove take one round trip, not two (RemoteTree).
+    pipelines = False
 
     @abstractmethod
     async def attach(self, uname: str, aname: str) -> Any:
@@ -119,6 +121,52 @@ class Tree(ABC):
 
     async def clunk(self, node: Any) -> None:  # noqa: B027 - optional, like lib9p's destroyfid
         """Release the node (close what it holds). The default holds nothing."""
+
+    # --- walk and then act, in one go ----------------------------------------------
+    #
+    # What a FUSE mount does all the time: walk to a file and open, stat or remove it.
+    # Here each is the two calls; a tree whose calls each cost a round trip does both
+    # in one (RemoteTree: the two messages are sent together).
+
+    async def walk_open(self, node: Any, names: Sequence[str], mode: int) -> tuple[Any, Qid, int]:
+        """Walk `names` (none: a clone) to a new node and open it: (new node, qid, iounit)."""
+        new = await self._walk_all(node, names)
+        try:
+            qid, iounit = await self.open(new, mode)
+        except BaseException:
+            await self.clunk(new)
+            raise
+        return new, qid, iounit
+
+    async def walk_open_read(
+        self, node: Any, names: Sequence[str], mode: int, count: int
+    ) -> tuple[Any, Qid, int, bytes]:
+        """`walk_open`, then read at most `count` bytes from the start: (node, qid, iounit, data)."""
+        new, qid, iounit = await self.walk_open(node, names, mode)
+        try:
+            return new, qid, iounit, await self.read(new, 0, count)
+        except BaseException:
+            await self.clunk(new)
+            raise
+
+    async def walk_stat(self, node: Any, names: Sequence[str]) -> tuple[Any, Stat]:
+        """Walk `names` to a new node and stat it."""
+        new = await self._walk_all(node, names)
+        try:
+            return new, await self.stat(new)
+        except BaseException:
+            await self.clunk(new)
+            raise
+
+    async def walk_remove(self, node: Any, names: Sequence[str]) -> None:
+        """Walk `names` and remove what they name."""
+        await self.remove(await self._walk_all(node, names))
+
+    async def _walk_all(self, node: Any, names: Sequence[str]) -> Any:
+        _, new = await self.walk(node, names)
+        if new is None:
+            raise NotFound("file does not exist")
+        return new
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release what the whole tree holds (connections, processes)."""

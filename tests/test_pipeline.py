@@ -1,0 +1,90 @@
+"""A walk and what follows it sent in one write (RemoteTree.walk_open, walk_open_read,
+walk_stat, walk_remove): one round trip instead of two. intro(5) lets a server handle
+the requests in any order, so each case runs against a server that answers in order
+and against one whose walks finish after the requests sent behind them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+
+import ninep
+from fileserver.ram import RamTree
+from ninep.constants import OREAD, ORDWR
+from ninep.remote import RemoteTree
+
+from .servers import serving
+
+
+class LateWalks(RamTree):
+    """Answers every message at once but a walk, which takes a moment in a task of its
+    own: the open, read, stat or remove sent right behind it finds no fid yet."""
+
+    never_blocks = RamTree.never_blocks - {"walk"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.walks = 0
+
+    async def walk(self, node: Any, names: Sequence[str]) -> Any:
+        self.walks += 1
+        await trio.sleep(0.02)
+        return await super().walk(node, names)
+
+
+@pytest.fixture(params=["in order", "out of order"])
+def tree(request: pytest.FixtureRequest) -> RamTree:
+    return RamTree() if request.param == "in order" else LateWalks()
+
+
+async def test_walk_and_act_in_one_round_trip(tree: RamTree) -> None:
+    async with serving(tree) as address:
+        async with ninep.connect(address) as fs:
+            await fs.mkdir("d")
+            await fs.write_bytes("d/f", b"hello 9p\n")
+            await fs.write_bytes("d/gone", b"x")
+        async with RemoteTree.connect(address) as remote:
+            root = await remote.attach("", "")
+            node, qid, _, data = await remote.walk_open_read(root, ["d", "f"], OREAD, 1 << 20)
+            assert bytes(data) == b"hello 9p\n" and not qid.is_dir
+            await remote.clunk(node)
+
+            node, _, _ = await remote.walk_open(root, ["d", "f"], ORDWR)
+            assert await remote.write(node, 0, b"HELLO") == 5
+            await remote.clunk(node)
+
+            node, stat = await remote.walk_stat(root, ["d", "f"])
+            assert (stat.name, stat.length) == ("f", 9)
+            clone, _, _ = await remote.walk_open(node, [], OREAD)  # no names: a clone, opened
+            assert bytes(await remote.read(clone, 0, 100)) == b"HELLO 9p\n"
+            for n in (node, clone):
+                await remote.clunk(n)
+
+            await remote.walk_remove(root, ["d", "gone"])
+            for call in (
+                remote.walk_open(root, ["d", "gone"], OREAD),
+                remote.walk_open_read(root, ["d", "nothing", "here"], OREAD, 10),
+                remote.walk_stat(root, ["nothing"]),
+                remote.walk_remove(root, ["d", "gone"]),
+            ):
+                with pytest.raises(FileNotFoundError):
+                    await call
+            assert remote.conn.fids.get() <= 4  # no fid was lost on the way (root + a few reused)
+
+
+async def test_an_error_of_the_second_request_is_the_one_reported(tree: RamTree) -> None:
+    async with serving(tree) as address:
+        async with ninep.connect(address) as fs:
+            await fs.write_bytes("secret", b"s")
+            await fs.chmod("secret", 0o200)  # write only, even for its owner
+        async with RemoteTree.connect(address) as remote:
+            root = await remote.attach("", "")
+            with pytest.raises(PermissionError):
+                await remote.walk_open(root, ["secret"], OREAD)
+            with pytest.raises(PermissionError):
+                await remote.walk_open_read(root, ["secret"], OREAD, 10)
+    if isinstance(tree, LateWalks):
+        assert tree.walks >= 2  # the walks did come late: the retries were needed
