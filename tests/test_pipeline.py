@@ -13,7 +13,7 @@ import trio
 
 import ninep
 from fileserver.ram import RamTree
-from ninep.constants import OREAD, ORDWR
+from ninep.constants import ORDWR, OREAD
 from ninep.remote import RemoteTree
 
 from .servers import serving
