@@ -674,3 +674,46 @@ async def test_a_malformed_rerror_from_aio9p_fails_one_call_not_the_connection(a
             with pytest.raises(NotADirectoryError):
                 await fs.stat("hello.txt/below")
             assert await fs.read_bytes("hello.txt") == b"hello from aio9p\n"
+
+
+async def test_walk_and_act_in_one_round_trip_on_py9p(py9p_server, py9p_root):
+    # Twalk with Topen, Tread, Tstat or Tremove behind it in the same write (ninep/remote.py).
+    from ninep.constants import OREAD
+    from ninep.remote import RemoteTree
+
+    (py9p_root / "d").mkdir()
+    (py9p_root / "d" / "f.txt").write_bytes(b"read with its open\n")
+    (py9p_root / "d" / "old.txt").write_bytes(b"x")
+    with trio.fail_after(TIMEOUT):
+        async with RemoteTree.connect(py9p_server) as remote:
+            root = await remote.attach("", "")
+            node, _, _, data = await remote.walk_open_read(root, ["d", "f.txt"], OREAD, 1 << 20)
+            assert bytes(data) == b"read with its open\n"
+            await remote.clunk(node)
+            node, stat = await remote.walk_stat(root, ["d", "f.txt"])
+            assert (stat.name, stat.length) == ("f.txt", 19)
+            await remote.clunk(node)
+            await remote.walk_remove(root, ["d", "old.txt"])
+            assert not (py9p_root / "d" / "old.txt").exists()
+            with pytest.raises(FileNotFoundError):
+                await remote.walk_open(root, ["d", "old.txt"], OREAD)
+
+
+@pytest.mark.fuse
+def test_a_py9p_tree_mounted_works_with_shell_commands(py9p_server, py9p_root, tmp_path):
+    from .fuse_helpers import fuse_available, mounted, sh
+
+    if not fuse_available():
+        pytest.skip("needs /dev/fuse and pyfuse3")
+    (py9p_root / "notes.txt").write_text("from py9p\n")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(py9p_server, str(mp)):
+        r = sh(
+            f"cat {mp}/notes.txt && ls -l {mp} && echo new > {mp}/new.txt && cat {mp}/new.txt && rm {mp}/notes.txt"
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("from py9p\n") and r.stdout.endswith("new\n")
+        assert " notes.txt" in r.stdout
+    assert (py9p_root / "new.txt").read_text() == "new\n"
+    assert not (py9p_root / "notes.txt").exists()
