@@ -365,8 +365,23 @@ class TreeFS(pyfuse3.Operations):
 
     # --- lookup and attributes -----------------------------------------------------------------
 
-    @_fuse_op
+    # The operations the kernel sends most are often answered from what we hold, with
+    # nothing to wait for: those skip _fuse_op (a deadline costs ~10 us, a FUSE request
+    # here ~50), and only what may wait on the server runs under one.
+
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.by_ino.get(parent_inode)
+        if parent is not None:
+            ino = parent.children.get(os.fsdecode(name))
+            inode = self.inodes.by_ino.get(ino) if ino is not None else None
+            if inode is not None and inode.fresh(self.options.attr_cache):
+                inode.lookups += 1
+                self.inodes.revive(inode)
+                return self._attr(inode)
+        return await self._lookup(parent_inode, name)
+
+    @_fuse_op
+    async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         if n == ".":
@@ -431,8 +446,14 @@ class TreeFS(pyfuse3.Operations):
                 if node is not None:
                     self._clunk_later(node)
 
-    @_fuse_op
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        i = self.inodes.by_ino.get(inode)
+        if i is not None and not i.open_handles and i.fresh(self.options.attr_cache):
+            return self._attr(i)
+        return await self._getattr(inode)
+
+    @_fuse_op
+    async def _getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         i = self._inode(inode)
         await self._refresh(i)
         return self._attr(i)
@@ -469,7 +490,6 @@ class TreeFS(pyfuse3.Operations):
         if self.options.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    @_fuse_op
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # the server decides; with default_permissions the kernel checks modes
 
@@ -732,8 +752,25 @@ class TreeFS(pyfuse3.Operations):
         fh = self._new_handle(h)
         return self._fileinfo(fh, h, qid), attr
 
-    @_fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles.get(fh)
+        if h is not None and not h.in_flight and off == h.next_off:
+            k, start = divmod(off, READAHEAD)
+            w = h.windows.get(k)
+            if (
+                w is not None
+                and w.done.is_set()
+                and w.error is None
+                and w.writes == h.inode.writes
+                # the end of the file, or inside a window whose next one is on its way
+                and (len(w.data) < READAHEAD or (start + size <= READAHEAD and k + 1 in h.windows))
+            ):
+                h.next_off = off + size
+                return bytes(w.data[start : start + size])
+        return await self._read(fh, off, size)
+
+    @_fuse_op
+    async def _read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
         if h.in_flight:
             await self._drain(h)
@@ -849,11 +886,14 @@ class TreeFS(pyfuse3.Operations):
             await h.idle.wait()
         self._raise_pending(h)
 
-    @_fuse_op
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if h is not None:
-            await self._drain(h)
+        if h is not None and (h.in_flight or h.error is not None):
+            await self._flush(h)
+
+    @_fuse_op
+    async def _flush(self, h: _Handle) -> None:
+        await self._drain(h)
 
     @_fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -862,16 +902,20 @@ class TreeFS(pyfuse3.Operations):
         if h.writable:
             await self.tree.wstat(h.node, Stat.dont_touch())  # stat(5): a null wstat is fsync
 
-    @_fuse_op
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
-    @_fuse_op
     async def release(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if h is not None and h.writable:
-            self._forget_stat(h.inode)
-        await self._release_handle(fh, restat=h is not None and h.writable)
+        if h is None or not (h.writable or h.in_flight):
+            await self._release_handle(fh)  # nothing to wait for
+        else:
+            await self._release_written(fh, h)
+
+    @_fuse_op
+    async def _release_written(self, fh: int, h: _Handle) -> None:
+        self._forget_stat(h.inode)
+        await self._release_handle(fh, restat=h.writable)
 
     async def _restat_and_clunk(self, inode: Inode, node: Any) -> None:
         """Learn a written file's new stat through its handle's node, then clunk that.
