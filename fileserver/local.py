@@ -402,10 +402,13 @@ class LocalTree(Tree):
                 raise PermissionDenied("permission denied: cannot remove the root")
             real = self._node_real(node)
             self._may(node, os.path.dirname(real), 2)
-            if os.path.isdir(real):
+            if node.qid.type & QTDIR:
                 os.rmdir(real)
             else:
-                os.unlink(real)
+                try:
+                    os.unlink(real)
+                except IsADirectoryError:  # made a directory since it was walked
+                    os.rmdir(real)
         finally:
             await self.clunk(node)
 
