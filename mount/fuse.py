@@ -925,13 +925,11 @@ class TreeFS(pyfuse3.Operations):
         """
         try:
             with trio.move_on_after(self.options.timeout):
-                stat = await self.tree.stat(node)
+                stat = await self.tree.stat_clunk(node)  # one round trip (RemoteTree)
                 if self.inodes.get(inode.ino) is inode and not inode.fresh(self.options.attr_cache):
                     inode.stat, inode.stat_time = stat, time.monotonic()
         except Exception as e:
             log.debug("restat: %s", e)
-        finally:
-            await self._clunk(node)
 
     # --- not in 9P2000 ---------------------------------------------------------------------------------
 

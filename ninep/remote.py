@@ -29,12 +29,14 @@ from .errors import NinePError, NotFound, ProtocolError
 from .messages import (
     Message,
     Qid,
+    Rclunk,
     Ropen,
     Rread,
     Rremove,
     Rstat,
     Rwalk,
     Stat,
+    Tclunk,
     Topen,
     Tread,
     Tremove,
@@ -419,3 +421,21 @@ class RemoteTree(Tree):
     async def clunk(self, node: RemoteNode) -> None:
         if node.conn is self.conn and not node.conn.closed:
             await self._clunk_on(node.conn, node.fid)
+
+    async def stat_clunk(self, node: RemoteNode) -> Stat:
+        conn = node.conn
+        if conn is not self.conn or conn.closed:
+            return await super().stat_clunk(node)
+        # One write. A server that clunks first answers the Tstat with an error: that
+        # stat is lost, the fid is gone either way (clunk(5)).
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(5):
+                stat, _ = await conn.pipeline((Tstat(0, node.fid), Rstat), (Tclunk(0, node.fid), Rclunk))
+        except trio.TooSlowError:
+            raise NinePError("i/o error: timed out: no answer to Tstat+Tclunk") from None
+        finally:
+            conn.fids.put(node.fid)
+        if isinstance(stat, NinePError):
+            raise stat
+        assert isinstance(stat, Rstat)
+        return stat.stat

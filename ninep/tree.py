@@ -162,6 +162,13 @@ class Tree(ABC):
         """Walk `names` and remove what they name."""
         await self.remove(await self._walk_all(node, names))
 
+    async def stat_clunk(self, node: Any) -> Stat:
+        """Stat `node` and release it (whether or not the stat worked)."""
+        try:
+            return await self.stat(node)
+        finally:
+            await self.clunk(node)
+
     async def _walk_all(self, node: Any, names: Sequence[str]) -> Any:
         _, new = await self.walk(node, names)
         if new is None:

@@ -88,3 +88,16 @@ async def test_an_error_of_the_second_request_is_the_one_reported(tree: RamTree)
                 await remote.walk_open_read(root, ["secret"], OREAD, 10)
     if isinstance(tree, LateWalks):
         assert tree.walks >= 2  # the walks did come late: the retries were needed
+
+
+async def test_stat_and_clunk_in_one_round_trip(tree: RamTree) -> None:
+    async with serving(tree) as address:
+        async with ninep.connect(address) as fs:
+            await fs.write_bytes("f", b"12345")
+        async with RemoteTree.connect(address) as remote:
+            root = await remote.attach("", "")
+            before = remote.conn.fids.get()
+            remote.conn.fids.put(before)
+            node, _ = await remote.walk_stat(root, ["f"])
+            assert (await remote.stat_clunk(node)).length == 5
+            assert remote.conn.fids.get() == before  # the fid is free again
