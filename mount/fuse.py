@@ -158,10 +158,10 @@ class TreeFS(pyfuse3.Operations):
         self.handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
+        # ino -> a fresh node of that directory, for its next create (_dir_clone)
         self.spares: OrderedDict[int, Any] = OrderedDict()
-        self.held: OrderedDict[int, Inode] = (
-            OrderedDict()
-        )  # inodes that may hold a node, oldest first  # ino -> a fresh node of that directory
+        # inodes that may hold a walked node, oldest first (_hold)
+        self.held: OrderedDict[int, Inode] = OrderedDict()
         self.uid = os.getuid()
         self.gid = os.getgid()
 
@@ -280,33 +280,33 @@ class TreeFS(pyfuse3.Operations):
             node, old.node = old.node, None
             self._clunk_later(node)
 
-    async def _clone(self, inode: Inode) -> Any:
-        """A fresh node for `inode`, to open or create with: one walk either way."""
-        if inode.node is None and inode.ino != ROOT_INODE:
-            parent = self._inode(inode.parent)
-            with self._pinned(parent):  # the walked node is not kept: it will be opened
-                _, node = await self.tree.walk(await self._node(parent), [inode.name])
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            return node
-        with self._pinned(inode):
-            _, clone = await self.tree.walk(await self._node(inode), [])
-        return clone
-
-    async def _walk_open(self, inode: Inode, mode: int, read: int = 0) -> Any:
-        """A fresh node for `inode`, opened (and `read` bytes read from its start): walk,
-        open and read go to the server together. (node, qid, iounit[, data])"""
-        names = [inode.name]
-        base = inode
+    def _walk_from(self, inode: Inode) -> tuple[Inode, list[str]]:
+        """Where a fresh node for `inode` is walked from, in one walk either way: a clone
+        of its own node, or its name from its directory (not kept: it is to be opened)."""
         if inode.node is not None or inode.ino == ROOT_INODE:
-            names = []  # a clone of the inode's own node
-        else:
-            base = self._inode(inode.parent)
+            return inode, []
+        return self._inode(inode.parent), [inode.name]
+
+    async def _clone(self, inode: Inode) -> Any:
+        """A fresh node for `inode`, to create in."""
+        base, names = self._walk_from(inode)
         with self._pinned(base):
-            start = await self._node(base)
-            if read:
-                return await self.tree.walk_open_read(start, names, mode, read)
-            return await self.tree.walk_open(start, names, mode)
+            _, node = await self.tree.walk(await self._node(base), names)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _walk_open(self, inode: Inode, mode: int) -> tuple[Any, Qid, int]:
+        """A fresh node for `inode`, opened: walk and open go to the server together."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_open(await self._node(base), names, mode)
+
+    async def _walk_open_read(self, inode: Inode, mode: int, count: int) -> tuple[Any, Qid, int, bytes]:
+        """`_walk_open`, and up to `count` bytes from the start read in the same round trip."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_open_read(await self._node(base), names, mode, count)
 
     async def _dir_clone(self, d: Inode) -> Any:
         """A fresh node of directory `d` to create in; the next one is walked meanwhile.
@@ -688,7 +688,7 @@ class TreeFS(pyfuse3.Operations):
                 raise
         elif mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR:
             # A small file opened to be read: walk, open and read it in one round trip.
-            node, qid, iounit, first = await self._walk_open(i, mode, READAHEAD)
+            node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
         else:
             node, qid, iounit = await self._walk_open(i, mode)
         try:
