@@ -273,15 +273,14 @@ class Connection:
         """
         if self._closed is not None:
             raise ProtocolError(str(self._closed))
+        # One slot a call, however many requests it sends (at most a few): taking several
+        # one by one could leave every slot with callers that each wait for one more.
         slots = self._slots
-        taken = 0
         try:
-            for _ in requests:
-                try:
-                    slots.acquire_nowait()  # the common case costs no pass through the scheduler
-                except trio.WouldBlock:
-                    await slots.acquire()
-                taken += 1
+            slots.acquire_nowait()  # the common case costs no pass through the scheduler
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
             if self.timeout is None:
                 return await self._exchange(requests)
             try:
@@ -291,8 +290,7 @@ class Connection:
                 what = "+".join(type(m).__name__ for m, _ in requests)
                 raise TimedOut(f"timed out: no answer to {what} in {self.timeout} s") from None
         finally:
-            for _ in range(taken):
-                slots.release()
+            slots.release()
 
     async def _exchange(
         self, requests: Sequence[tuple[Message, type[Message]]]
