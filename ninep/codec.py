@@ -314,12 +314,15 @@ def _twrite(r: _Reader, tag: int) -> Twrite:
     return Twrite(tag, fid, offset, _slice(r.buf, pos, count))
 
 
+BIG_DATA = 8192  # data this big is a view of its frame, not a copy
+
+
 def _slice(buf: bytes | memoryview, pos: int, n: int) -> bytes:
     """The data of an Rread or Twrite. Large data is a zero-copy view of the frame (it is
     bytes-like: it compares, joins and writes like bytes), so a MiB is not copied again.
     The view is read-only: nothing changes a frame once it is read, so a tree may keep
     the data as it is (fileserver/pieces.py)."""
-    if n >= 65536:
+    if n >= BIG_DATA:
         return memoryview(buf)[pos : pos + n].toreadonly()  # type: ignore[return-value]
     return bytes(buf[pos : pos + n])
 

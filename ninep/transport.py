@@ -24,6 +24,7 @@ __all__ = ["Address", "FrameReader", "FrameTooLarge", "dial", "listeners", "pars
 
 DEFAULT_PORT = 564  # 9P's registered port
 _SIZE = struct.Struct("<I")
+BIG_FRAME = 32768  # frames this big are received into a buffer of their own, not joined from chunks
 
 
 _tuned = False
@@ -178,7 +179,7 @@ class FrameReader:
             raise CodecError(f"frame size {size} is shorter than a 9P header")
         if size > self.msize:
             raise FrameTooLarge(f"frame of {size} bytes is larger than msize {self.msize}")
-        if len(buf) < size and size - len(buf) >= 65536 and self._sock is not None:
+        if len(buf) < size and size >= BIG_FRAME and self._sock is not None:
             # A big frame: let the kernel copy the rest straight into its final buffer.
             frame = bytearray(size)
             have = len(buf)
