@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import heapq
 import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -124,11 +125,12 @@ class FidPool:
 
 
 class _Call:
-    __slots__ = ("event", "reply")
+    __slots__ = ("event", "reply", "sent")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.reply: Message | None = None
+        self.sent = False  # on the wire: the server may have it
 
 
 class Connection:
@@ -271,9 +273,20 @@ class Connection:
         server handle them in any order: a caller retries, in order, a dependent
         request that failed.
         """
+        return await self.windowed(requests, len(requests))
+
+    async def windowed(
+        self, requests: Sequence[tuple[Message, type[Message]]], window: int, *, stop_on_error: bool = False
+    ) -> list[Message | NinePError]:
+        """Send `requests` with at most `window` of them unanswered (a sliding window: each
+        reply lets the next one go; those that can go together go in one write). The
+        results, in order, as `pipeline` gives them; with `stop_on_error`, nothing more is
+        sent after an error, and the results end with it. No task per request: the
+        replies come in order, so the oldest is the one to wait for.
+        """
         if self._closed is not None:
             raise ProtocolError(str(self._closed))
-        # One slot a call, however many requests it sends (at most a few): taking several
+        # One slot a call, however many requests it has in flight (a few): taking several
         # one by one could leave every slot with callers that each wait for one more.
         slots = self._slots
         try:
@@ -282,63 +295,74 @@ class Connection:
             await slots.acquire()
         try:
             if self.timeout is None:
-                return await self._exchange(requests)
-            try:
-                with trio.fail_after(self.timeout):
-                    return await self._exchange(requests)
-            except trio.TooSlowError:
-                what = "+".join(type(m).__name__ for m, _ in requests)
-                raise TimedOut(f"timed out: no answer to {what} in {self.timeout} s") from None
+                return await self._exchange(requests, window, stop_on_error, None)
+            with trio.CancelScope() as deadline:  # self.timeout for each step, not for the whole
+                return await self._exchange(requests, window, stop_on_error, deadline)
+            what = "+".join(sorted({type(m).__name__ for m, _ in requests}))
+            raise TimedOut(f"timed out: no answer to {what} in {self.timeout} s")
         finally:
             slots.release()
 
     async def _exchange(
-        self, requests: Sequence[tuple[Message, type[Message]]]
+        self,
+        requests: Sequence[tuple[Message, type[Message]]],
+        window: int,
+        stop_on_error: bool,
+        deadline: trio.CancelScope | None,
     ) -> list[Message | NinePError]:
-        tags: list[int] = []
-        calls: list[_Call] = []
-        parts: list[bytes] = []
+        out: list[Message | NinePError] = []
+        pending: deque[tuple[int, _Call, type[Message]]] = deque()
+        todo, sent = len(requests), 0
         try:
-            for msg, _ in requests:
-                tag = self.tags.get()
-                tags.append(tag)
-                calls.append(call := _Call())
-                self._calls[tag] = call
-                parts.extend(codec.encode_parts(_with_tag(msg, tag)))
-            try:
-                await send_frame(self.stream, self._send_lock, tuple(parts))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                self._fail(ProtocolError(f"connection closed: {e}"))
-                raise ProtocolError(f"connection closed: {e}") from None
-            for call in calls:
+            while sent < todo or pending:
+                if deadline is not None:
+                    deadline.deadline = trio.current_time() + self.timeout  # type: ignore[operator]
+                if sent < todo and len(pending) < window:
+                    batch: list[_Call] = []
+                    parts: list[bytes] = []
+                    while sent < todo and len(pending) < window:
+                        msg, want = requests[sent]
+                        sent += 1
+                        tag = self.tags.get()
+                        call = self._calls[tag] = _Call()
+                        pending.append((tag, call, want))
+                        batch.append(call)
+                        parts.extend(codec.encode_parts(_with_tag(msg, tag)))
+                    try:
+                        await send_frame(self.stream, self._send_lock, tuple(parts))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                        self._fail(ProtocolError(f"connection closed: {e}"))
+                        raise ProtocolError(f"connection closed: {e}") from None
+                    for call in batch:
+                        call.sent = True
+                tag, call, want = pending[0]
                 await call.event.wait()
-        except trio.Cancelled:
-            # flush(5): tell the server, and keep each tag until Rflush says it is free.
+                pending.popleft()
+                self._release_tag(tag)
+                out.append(result := self._result(call, want))
+                if stop_on_error and isinstance(result, NinePError):
+                    todo = sent
+        except BaseException:
+            # flush(5): a request the server has is flushed, and its tag kept until
+            # Rflush says it is free; only then may another request use it.
             with trio.CancelScope(shield=True):
-                for tag, call in zip(tags, calls, strict=False):
-                    if not call.event.is_set() and self._closed is None:
+                for tag, call, _ in pending:
+                    if call.sent and not call.event.is_set() and self._closed is None:
                         await self._flush(tag)
                     else:
                         self._release_tag(tag)
             raise
-        except BaseException:
-            for tag in tags:
-                self._release_tag(tag)
-            raise
-        for tag in tags:
-            self._release_tag(tag)
-        out: list[Message | NinePError] = []
-        for (_, want), call in zip(requests, calls, strict=True):
-            reply = call.reply
-            if reply is None:
-                raise ProtocolError(str(self._closed or "connection closed"))
-            if isinstance(reply, want):
-                out.append(reply)
-            elif isinstance(reply, Rerror):
-                out.append(error_for(reply.ename))
-            else:
-                raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
         return out
+
+    def _result(self, call: _Call, want: type[Message]) -> Message | NinePError:
+        reply = call.reply
+        if reply is None:
+            raise ProtocolError(str(self._closed or "connection closed"))
+        if isinstance(reply, want):
+            return reply
+        if isinstance(reply, Rerror):
+            return error_for(reply.ename)
+        raise ProtocolError(f"expected {want.__name__}, got {type(reply).__name__}")
 
     def _release_tag(self, tag: int) -> None:
         if self._calls.pop(tag, None) is not None:

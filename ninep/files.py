@@ -14,7 +14,7 @@ import codecs
 import functools
 import getpass
 import posixpath
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ from .constants import (
     QTAPPEND,
 )
 from .errors import Exists, NinePError, NotADirectory, NotFound, ProtocolError, error_for
-from .messages import Qid, Stat
+from .messages import Qid, Rread, Rwrite, Stat, Tread, Twrite
 from .transport import Address
 
 __all__ = ["Client", "File", "connect", "split_path"]
@@ -463,9 +463,14 @@ class Client:
         if count <= iounit:
             return await self._read1(fid, offset, count, path)
         spans = [(o, min(iounit, offset + count - o)) for o in range(offset, offset + count, iounit)]
-        results = await _window([lambda o=o, n=n: self._read1(fid, o, n, path) for o, n in spans])
+        replies = await self.conn.windowed(
+            [(Tread(0, fid, o, n), Rread) for o, n in spans], WINDOW, stop_on_error=True
+        )
         pieces: list[bytes] = []
-        for (_, n), data in zip(spans, results, strict=True):
+        for (_, n), reply in zip(spans, replies, strict=False):
+            if isinstance(reply, NinePError):
+                raise _named(reply, path)
+            data = reply.data  # type: ignore[attr-defined]
             pieces.append(data)
             if len(data) < n:  # short read: end of file here
                 break
@@ -493,13 +498,12 @@ class Client:
                     break
             return done
         spans = [view[o : o + iounit] for o in range(0, len(data), iounit)]
-        counts = await _window(
-            [
-                lambda o=o, b=b: self._write1(fid, offset + o, b, path)
-                for o, b in zip(range(0, len(data), iounit), spans, strict=True)
-            ]
-        )
-        for b, n in zip(spans, counts, strict=True):
+        requests = [(Twrite(0, fid, offset + k * iounit, b), Rwrite) for k, b in enumerate(spans)]
+        replies = await self.conn.windowed(requests, WINDOW, stop_on_error=True)
+        for b, reply in zip(spans, replies, strict=False):
+            if isinstance(reply, NinePError):
+                raise _named(reply, path)
+            n = reply.count  # type: ignore[attr-defined]
             if n != len(b):
                 raise NinePError(f"i/o error: short write ({n} of {len(b)} bytes)", path)
         return len(data)
@@ -509,28 +513,6 @@ class Client:
             return await self.conn.write(fid, offset, data)
         except NinePError as e:
             raise _named(e, path) from None
-
-
-async def _window(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Run the calls with at most WINDOW in flight (a sliding window, not batches).
-
-    Results come back in order; the first error cancels the rest and is raised.
-    """
-    results: list[Any] = [None] * len(calls)
-    limiter = trio.Semaphore(WINDOW)
-
-    async def run(i: int) -> None:
-        try:
-            results[i] = await calls[i]()
-        finally:
-            limiter.release()
-
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            for i in range(len(calls)):
-                await limiter.acquire()
-                nursery.start_soon(run, i)
-    return results
 
 
 class _Opening:
