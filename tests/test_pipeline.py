@@ -101,3 +101,30 @@ async def test_stat_and_clunk_in_one_round_trip(tree: RamTree) -> None:
             node, _ = await remote.walk_stat(root, ["f"])
             assert (await remote.stat_clunk(node)).length == 5
             assert remote.conn.fids.get() == before  # the fid is free again
+
+
+async def test_a_window_stops_at_the_first_error_and_a_cancelled_one_is_flushed() -> None:
+    from ninep.messages import Rstat, Tread, Tstat
+
+    from .servers import raw_connection
+    from .test_server import SlowTree
+
+    tree = SlowTree()
+    async with serving(tree) as address, raw_connection(address) as c:
+        await c.attach(0, "u")
+        await c.walk(0, 1, [])
+        await c.create(1, "slow", 0o644, ORDWR)
+        # window 1: after the error nothing more is sent, and the results end with it
+        results = await c.windowed(
+            [(Tstat(0, 0), Rstat), (Tstat(0, 99), Rstat), (Tstat(0, 0), Rstat)], 1, stop_on_error=True
+        )
+        assert len(results) == 2 and isinstance(results[1], ninep.NinePError)
+        # a window of reads waiting on the server, cancelled: each is flushed (flush(5))
+        with trio.move_on_after(0.3):
+            await c.windowed([(Tread(0, 1, 0, 10), ninep.messages.Rread)] * 4, 4)
+        with trio.fail_after(5):
+            while tree.cancelled < 4:
+                await trio.sleep(0.01)
+        tree.release.set()
+        assert (await c.stat(0)).qid.is_dir  # the connection goes on, its tags free again
+        assert not c._calls
