@@ -123,8 +123,10 @@ def _fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def op(self: TreeFS, *args: Any) -> T:
         try:
-            with trio.fail_after(self.options.timeout):
+            # trio.fail_after, without its generator: a few us less on every operation
+            with trio.CancelScope(deadline=trio.current_time() + self.options.timeout):
                 return await fn(self, *args)
+            raise trio.TooSlowError
         except pyfuse3.FUSEError:
             raise
         except (OSError, trio.TooSlowError) as e:
