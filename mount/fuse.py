@@ -304,7 +304,9 @@ class TreeFS(pyfuse3.Operations):
         with self._pinned(base):
             return await self.tree.walk_open(await self._node(base), names, mode)
 
-    async def _walk_open_read(self, inode: Inode, mode: int, count: int) -> tuple[Any, Qid, int, bytes]:
+    async def _walk_open_read(
+        self, inode: Inode, mode: int, count: int
+    ) -> tuple[Any, Qid, int, bytes | None]:
         """`_walk_open`, and up to `count` bytes from the start read in the same round trip."""
         base, names = self._walk_from(inode)
         with self._pinned(base):

@@ -260,7 +260,7 @@ class RemoteTree(Tree):
 
     async def walk_open_read(
         self, node: RemoteNode, names: Sequence[str], mode: int, count: int
-    ) -> tuple[RemoteNode, Qid, int, bytes]:
+    ) -> tuple[RemoteNode, Qid, int, bytes | None]:
         if len(names) > MAXWELEM:
             return await super().walk_open_read(node, names, mode, count)
         new, (opened, read) = await self._walk_then(
@@ -271,10 +271,11 @@ class RemoteTree(Tree):
                 (Tread(0, fid, 0, min(count, node.conn.iounit)), Rread),
             ],
             repeatable=not mode & (OTRUNC | ORCLOSE),
+            optional=1,
         )
-        assert isinstance(opened, Ropen) and isinstance(read, Rread)
+        assert isinstance(opened, Ropen)
         new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
-        return new, opened.qid, opened.iounit, read.data
+        return new, opened.qid, opened.iounit, read.data if isinstance(read, Rread) else None
 
     async def walk_stat(self, node: RemoteNode, names: Sequence[str]) -> tuple[RemoteNode, Stat]:
         if len(names) > MAXWELEM:
@@ -300,6 +301,7 @@ class RemoteTree(Tree):
         *,
         repeatable: bool,
         consumes: bool = False,
+        optional: int = 0,
     ) -> tuple[RemoteNode, list[Message]]:
         """Twalk to a new fid and the requests `then(newfid)`, in one write: one round trip.
 
@@ -307,7 +309,8 @@ class RemoteTree(Tree):
         the walk made its fid (or before the open it needs) refuses it, so each request
         that failed is sent again, in order, once those before it are known to be done.
         `consumes`: the request gives the fid up either way (Tremove), so its first
-        answer is the one that counts.
+        answer is the one that counts. The last `optional` requests may fail: their
+        errors are returned in place of their replies.
         """
 
         async def op(conn: Connection, start: int) -> tuple[RemoteNode, list[Message]]:
@@ -329,7 +332,7 @@ class RemoteTree(Tree):
                 for i, reply in enumerate(replies):
                     if isinstance(reply, NinePError):
                         (again,) = await conn.pipeline(requests[i])
-                        if isinstance(again, NinePError):
+                        if isinstance(again, NinePError) and i < len(replies) - optional:
                             raise reply if consumes else again
                         replies[i] = again
             except BaseException:
@@ -340,7 +343,7 @@ class RemoteTree(Tree):
                 raise
             if consumes:
                 conn.fids.put(newfid)
-            return new, replies  # type: ignore[return-value]  # no errors left in it
+            return new, replies  # type: ignore[return-value]  # errors only where optional
 
         return await self._call(node, op, repeatable=repeatable)
 

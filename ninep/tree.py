@@ -140,11 +140,14 @@ class Tree(ABC):
 
     async def walk_open_read(
         self, node: Any, names: Sequence[str], mode: int, count: int
-    ) -> tuple[Any, Qid, int, bytes]:
-        """`walk_open`, then read at most `count` bytes from the start: (node, qid, iounit, data)."""
+    ) -> tuple[Any, Qid, int, bytes | None]:
+        """`walk_open`, then read at most `count` bytes from the start: (node, qid, iounit,
+        data); data is None when the read failed (the open stands: a read may say why)."""
         new, qid, iounit = await self.walk_open(node, names, mode)
         try:
             return new, qid, iounit, await self.read(new, 0, count)
+        except NinePError:
+            return new, qid, iounit, None
         except BaseException:
             await self.clunk(new)
             raise

@@ -128,3 +128,20 @@ async def test_a_window_stops_at_the_first_error_and_a_cancelled_one_is_flushed(
         tree.release.set()
         assert (await c.stat(0)).qid.is_dir  # the connection goes on, its tags free again
         assert not c._calls
+
+
+async def test_a_read_that_fails_behind_an_open_leaves_the_open_standing() -> None:
+    class BadSectors(RamTree):
+        async def read(self, node: Any, offset: int, count: int) -> bytes:
+            raise ninep.NinePError("i/o error: bad sector")
+
+    async with serving(BadSectors()) as address:
+        async with ninep.connect(address) as fs:
+            await fs.write_bytes("f", b"unreadable")
+        async with RemoteTree.connect(address) as remote:
+            root = await remote.attach("", "")
+            node, qid, _, data = await remote.walk_open_read(root, ["f"], OREAD, 100)
+            assert data is None and not qid.is_dir  # opened; the read says why later
+            with pytest.raises(OSError, match="bad sector"):
+                await remote.read(node, 0, 100)
+            await remote.clunk(node)
