@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
 READAHEAD = 1 << 20
+AHEAD = 3  # windows a sequential reader has on their way beyond the one it reads
 HELD_FIDS = 1024  # walked nodes kept by inodes the kernel knows (_hold)
 SPARES = 64  # directories that keep a walked fid ready for their next create
 
@@ -160,8 +161,8 @@ class TreeFS(pyfuse3.Operations):
         self.handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
-        # ino -> a fresh node of that directory, for its next create (_dir_clone)
-        self.spares: OrderedDict[int, Any] = OrderedDict()
+        # ino -> (its parent, its name, a fresh node of that directory) for its next create
+        self.spares: OrderedDict[int, tuple[int, str, Any]] = OrderedDict()
         # inodes that may hold a walked node, oldest first (_hold)
         self.held: OrderedDict[int, Inode] = OrderedDict()
         self.uid = os.getuid()
@@ -182,7 +183,7 @@ class TreeFS(pyfuse3.Operations):
                 await self._clunk(h.node)
             self.handles.clear()
             while self.spares:
-                await self._clunk(self.spares.popitem()[1])
+                await self._clunk(self.spares.popitem()[1][2])
             for inode in list(self.inodes.by_ino.values()):
                 node = self.inodes.drop(inode)
                 if node is not None:
@@ -312,19 +313,33 @@ class TreeFS(pyfuse3.Operations):
         with self._pinned(base):
             return await self.tree.walk_open_read(await self._node(base), names, mode, count)
 
-    async def _dir_clone(self, d: Inode) -> Any:
-        """A fresh node of directory `d` to create in; the next one is walked meanwhile.
+    async def _create_in(self, d: Inode, name: str, perm: int, mode: int) -> tuple[Any, Qid, int]:
+        """Create `name` in directory `d`: (the new file's node, qid, iounit).
 
-        Creating files one after another (cp -r, tar x, git) then costs one round trip
-        each instead of two: the clone for the next create is made while the kernel
-        is busy with this one.
+        On the fresh node of `d` walked ahead of time when there is one, and the next
+        one is walked meanwhile: creating files one after another (cp -r, tar x, git)
+        costs one round trip each instead of two.
         """
-        spare = self.spares.pop(d.ino, None)
-        if spare is None:
-            spare = await self._clone(d)
+        kept = self.spares.pop(d.ino, None)
         if self.nursery is not None:
             self.nursery.start_soon(self._make_spare, d)
-        return spare
+        if kept is not None:
+            parent, dname, node = kept
+            if (parent, dname) == (d.parent, d.name):
+                try:
+                    return node, *await self.tree.create(node, name, perm, mode)
+                except FileNotFoundError:
+                    pass  # its directory is gone (removed, or renamed behind our back): walk anew
+                except BaseException:
+                    self._clunk_later(node)
+                    raise
+            self._clunk_later(node)
+        node = await self._clone(d)
+        try:
+            return node, *await self.tree.create(node, name, perm, mode)
+        except BaseException:
+            self._clunk_later(node)
+            raise
 
     async def _make_spare(self, d: Inode) -> None:
         try:
@@ -335,10 +350,16 @@ class TreeFS(pyfuse3.Operations):
         if d.ino in self.spares or self.inodes.get(d.ino) is not d:
             await self._clunk(node)
             return
-        self.spares[d.ino] = node
+        self.spares[d.ino] = (d.parent, d.name, node)
         while len(self.spares) > SPARES:
-            _, old = self.spares.popitem(last=False)
+            _, (_, _, old) = self.spares.popitem(last=False)
             self._clunk_later(old)
+
+    def _learn(self, parent: Inode, name: str, stat: Stat) -> Inode:
+        inode, unneeded = self.inodes.learn(parent, name, stat)
+        for old in unneeded:
+            self._clunk_later(old)
+        return inode
 
     def _dir_changed(self, d: Inode) -> None:
         """We changed `d`'s entries: its mtime is now, and the rest of its stat still holds.
@@ -404,10 +425,10 @@ class TreeFS(pyfuse3.Operations):
                     node, stat = await self._walk_stat(parent, n, inode)
                 except FileNotFoundError:
                     return self._negative()
-                inode, spare = self.inodes.learn(parent, n, stat, node)
-                if spare is not None:
-                    self._clunk_later(spare)
-                else:
+                inode, unneeded = self.inodes.learn(parent, n, stat, node)
+                for old in unneeded:
+                    self._clunk_later(old)
+                if inode.node is node:
                     self._hold(inode)
         inode.lookups += 1
         self.inodes.revive(inode)
@@ -530,7 +551,7 @@ class TreeFS(pyfuse3.Operations):
             h.entries = list(await self.tree.readdir(h.node))
         for i in range(start_id, len(h.entries)):
             st = h.entries[i]
-            inode, _ = self.inodes.learn(h.inode, st.name, st)
+            inode = self._learn(h.inode, st.name, st)
             if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 1):
                 break
             inode.lookups += 1
@@ -564,11 +585,8 @@ class TreeFS(pyfuse3.Operations):
         self._writable()
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
-        node = await self._dir_clone(parent)
-        try:
-            qid, _ = await self.tree.create(node, n, DMDIR | (mode & 0o777), OREAD)
-        finally:
-            self._clunk_later(node)
+        node, qid, _ = await self._create_in(parent, n, DMDIR | (mode & 0o777), OREAD)
+        self._clunk_later(node)
         attr = self._created(
             parent, n, self._new_stat(parent, n, qid, dir_perm(mode & 0o777, parent.stat.mode))
         )
@@ -592,7 +610,7 @@ class TreeFS(pyfuse3.Operations):
 
     def _created(self, parent: Inode, name: str, stat: Stat) -> pyfuse3.EntryAttributes:
         self._dir_changed(parent)
-        inode, _ = self.inodes.learn(parent, name, stat)
+        inode = self._learn(parent, name, stat)
         inode.lookups += 1
         self.inodes.revive(inode)
         return self._attr(inode)
@@ -732,11 +750,9 @@ class TreeFS(pyfuse3.Operations):
         n = os.fsdecode(name)
         acc = flags & os.O_ACCMODE
         omode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
-        node = await self._dir_clone(parent)
         try:
-            qid, iounit = await self.tree.create(node, n, mode & 0o777, omode)
+            node, qid, iounit = await self._create_in(parent, n, mode & 0o777, omode)
         except FileExistsError:
-            self._clunk_later(node)
             parent.listed = 0.0  # someone else made it: our picture of the directory is old
             if flags & os.O_EXCL:
                 raise
@@ -745,9 +761,6 @@ class TreeFS(pyfuse3.Operations):
             if not attr.st_ino:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
             return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
-        except BaseException:
-            self._clunk_later(node)
-            raise
         attr = self._created(
             parent, n, self._new_stat(parent, n, qid, file_perm(mode & 0o777, parent.stat.mode))
         )
@@ -767,7 +780,7 @@ class TreeFS(pyfuse3.Operations):
                 and w.error is None
                 and w.writes == h.inode.writes
                 # the end of the file, or inside a window whose next one is on its way
-                and (len(w.data) < READAHEAD or (start + size <= READAHEAD and k + 1 in h.windows))
+                and (len(w.data) < READAHEAD or (start + size <= READAHEAD and k + AHEAD in h.windows))
             ):
                 h.next_off = off + size
                 return bytes(w.data[start : start + size])
@@ -801,8 +814,9 @@ class TreeFS(pyfuse3.Operations):
                     parts.append(await self.tree.read(h.node, off + size - want, want))
                 break
         else:
-            if last + 1 not in h.windows:
-                self._start_window(h, last + 1)
+            for ahead in range(last + 1, last + 1 + AHEAD):
+                if ahead not in h.windows:
+                    self._start_window(h, ahead)
         for k in [k for k in h.windows if k < first - 1]:
             del h.windows[k]  # what a sequential reader has passed
         return b"".join(parts)

@@ -70,12 +70,12 @@ class InodeTable:
     def get(self, ino: int) -> Inode | None:
         return self.by_ino.get(ino)
 
-    def learn(self, parent: Inode, name: str, stat: Stat, node: Any = None) -> tuple[Inode, Any]:
-        """The inode for `name` in `parent` with this stat; give back a node it did not need."""
+    def learn(self, parent: Inode, name: str, stat: Stat, node: Any = None) -> tuple[Inode, list[Any]]:
+        """The inode for `name` in `parent` with this stat; give back the nodes it does not need."""
         now = time.monotonic()
         ino = self.by_path.get(stat.qid.path)
         inode = self.by_ino.get(ino) if ino is not None else None
-        spare = None
+        unneeded: list[Any] = []
         if inode is None:
             ino = self._next
             self._next += 1
@@ -84,15 +84,23 @@ class InodeTable:
             self.by_path[stat.qid.path] = ino
         else:
             inode.stat, inode.stat_time = stat, now
-            if inode.ino != ROOT_INODE:
+            if inode.ino != ROOT_INODE and (inode.parent, inode.name) != (parent.ino, name):
+                # The qid.path under another name: renamed behind our back, or a new file
+                # that got a removed one's number. What we held for the old name is not
+                # for this one (a server may find files by path).
+                if inode.node is not None:
+                    unneeded.append(inode.node)
+                inode.node = None
+                inode.children.clear()
+                inode.listed = 0.0
                 inode.parent, inode.name = parent.ino, name
             if node is not None:
                 if inode.node is None:
                     inode.node = node
                 else:
-                    spare = node
+                    unneeded.append(node)
         parent.children[name] = inode.ino
-        return inode, spare
+        return inode, unneeded
 
     def forget_name(self, parent: Inode, name: str) -> None:
         parent.children.pop(name, None)

@@ -358,3 +358,15 @@ def test_more_files_than_the_server_allows_fids(tmp_path):
         )
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == [str(sum(len(str(i)) for i in range(4300))), "860"]
+
+
+def test_a_directory_renamed_behind_the_mounts_back_is_used_by_its_new_name(mnt):
+    # A qid.path seen again under another name (renamed elsewhere, or a removed file's
+    # number given to a new one): nothing the mount walked for the old name is used.
+    export, mp = mnt
+    ok(f"mkdir {mp}/a && echo 1 > {mp}/a/f && echo 2 > {mp}/a/g")  # a's next create is prepared
+    (export / "a").rename(export / "b")
+    time.sleep(1.2)  # past the kernel's own cache
+    assert "b" in ok(f"ls {mp}").split()
+    ok(f"echo 3 > {mp}/b/h && cat {mp}/b/f")
+    assert (export / "b" / "h").read_text() == "3\n"
