@@ -398,11 +398,15 @@ class TreeFS(pyfuse3.Operations):
         parent = self.inodes.by_ino.get(parent_inode)
         if parent is not None:
             ino = parent.children.get(os.fsdecode(name))
-            inode = self.inodes.by_ino.get(ino) if ino is not None else None
-            if inode is not None and inode.fresh(self.options.attr_cache):
-                inode.lookups += 1
-                self.inodes.revive(inode)
-                return self._attr(inode)
+            if ino is None:
+                if time.monotonic() - parent.listed < self.options.attr_cache and name not in (b".", b".."):
+                    return self._negative()  # see _lookup
+            else:
+                inode = self.inodes.by_ino.get(ino)
+                if inode is not None and inode.fresh(self.options.attr_cache):
+                    inode.lookups += 1
+                    self.inodes.revive(inode)
+                    return self._attr(inode)
         return await self._lookup(parent_inode, name)
 
     @_fuse_op
