@@ -1,15 +1,14 @@
 """Any tree shown to the kernel through FUSE (pyfuse3: libfuse 3's low-level API on trio).
 
 Every FUSE request is a coroutine in the same trio loop as the 9P client, under
-a deadline, so a dead server becomes an error, never a hang. Inodes are qids
-(see inodes.py); errors map to errno through the one table in ninep.errors.
+a deadline, so a dead server becomes an error, never a hang (fuseop.py). Inodes
+are qids (inodes.py); the nodes (fids) behind them are walked, kept and given
+back by nodes.py; open files are read ahead and written behind by fileio.py.
 
 Speed comes from doing less: directory reads carry attributes (`ls -l` is one
-read), our own attribute and name caches answer repeated stats without a round
-trip, qid.vers decides whether the kernel may keep a file's pages across
-opens, sequential reads are prefetched an iounit at a time, and sequential
-writes are sent behind the writer's back (write-behind) with any error
-reported at the next write, flush (close) or fsync.
+read), our own attribute and name caches answer repeated stats and lookups
+without a round trip, a walk and what follows it go to the server together,
+and qid.vers decides whether the kernel may keep a file's pages across opens.
 """
 
 from __future__ import annotations
@@ -24,10 +23,8 @@ import pwd
 import stat as st_mod
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import pyfuse3
 import trio
@@ -40,22 +37,18 @@ from ninep.constants import (
     OTRUNC,
     OWRITE,
 )
-from ninep.errors import NinePError, ProtocolError, errno_for
+from ninep.errors import NinePError
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, dir_perm, file_perm
 
+from .fileio import READAHEAD, FileIO, Handle, Window
+from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable
+from .nodes import Nodes
 
 __all__ = ["FuseOptions", "TreeFS"]
 
 log = logging.getLogger("ninefs.fuse")
-T = TypeVar("T")
-
-WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
-READAHEAD = 1 << 20
-AHEAD = 3  # windows a sequential reader has on their way beyond the one it reads
-HELD_FIDS = 1024  # walked nodes kept by inodes the kernel knows (_hold)
-SPARES = 64  # directories that keep a walked fid ready for their next create
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,80 +62,7 @@ class FuseOptions:
     read_only: bool = False
 
 
-@dataclass(eq=False, slots=True)
-class _Handle:
-    """An open file or directory: a node of its own, opened once."""
-
-    inode: Inode
-    node: Any
-    iounit: int
-    writable: bool
-    stream: bool  # synthetic file (length 0 at open): no page cache, writes in order
-    direct: bool = False  # changed behind the kernel's back: bypass its size and pages
-    entries: list[Stat] | None = None
-    error: OSError | None = None
-    in_flight: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) being written
-    limiter: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(WRITE_BEHIND))
-    idle: trio.Event = field(default_factory=trio.Event)
-    windows: dict[int, _Window] = field(default_factory=dict)  # readahead, by window number
-    next_off: int = 0  # where a sequential reader reads next
-    length: int = -1  # a read-only open: the file's length then (-1: not known)
-    writes_at_open: int = 0  # the inode's count of writes through this mount then
-    listed: float = 0.0  # when a directory handle read its entries
-
-
-@dataclass(eq=False, slots=True)
-class _Window:
-    """READAHEAD bytes of a file starting at a multiple of READAHEAD, fetched once."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes = b""
-    error: BaseException | None = None
-    writes: int = 0  # the inode's count of writes through this mount when it was fetched
-
-
-def _errno_of(exc: BaseException) -> int:
-    if isinstance(exc, pyfuse3.FUSEError):
-        return exc.errno
-    if isinstance(exc, trio.TooSlowError):
-        return errno.ETIMEDOUT
-    if isinstance(exc, ProtocolError):
-        return errno.EIO
-    if isinstance(exc, NinePError):
-        code = errno_for(exc.ename)
-        if code == errno.EIO:
-            log.info("9P error without an errno: %s", exc.ename)
-        return code
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
-
-
-def _fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Run an operation under the deadline and turn every failure into a FUSEError."""
-
-    @functools.wraps(fn)
-    async def op(self: TreeFS, *args: Any) -> T:
-        try:
-            # trio.fail_after, without its generator: a few us less on every operation
-            with trio.CancelScope(deadline=trio.current_time() + self.options.timeout):
-                return await fn(self, *args)
-            raise trio.TooSlowError
-        except pyfuse3.FUSEError:
-            raise
-        except (OSError, trio.TooSlowError) as e:
-            code = _errno_of(e)
-            if code in (errno.EIO, errno.ETIMEDOUT):
-                log.warning("%s: %s", fn.__name__, e or "timed out")
-            raise pyfuse3.FUSEError(code) from None
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return op
-
-
-class TreeFS(pyfuse3.Operations):
+class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     """pyfuse3 operations over a `Tree` attached as `uname`."""
 
     supports_dot_lookup = True
@@ -158,7 +78,7 @@ class TreeFS(pyfuse3.Operations):
         self.aname = aname
         self.options = options
         self.inodes = InodeTable()
-        self.handles: dict[int, _Handle] = {}
+        self.handles: dict[int, Handle] = {}
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
         # ino -> (its parent, its name, a fresh node of that directory) for its next create
@@ -189,18 +109,6 @@ class TreeFS(pyfuse3.Operations):
                 if node is not None:
                     await self._clunk(node)
 
-    async def _clunk(self, node: Any) -> None:
-        try:
-            await self.tree.clunk(node)
-        except Exception as e:
-            log.debug("clunk: %s", e)
-
-    def _clunk_later(self, node: Any) -> None:
-        """Release a node without making the kernel wait for the round trip."""
-        if self.nursery is None:
-            raise RuntimeError("TreeFS.start was not called")
-        self.nursery.start_soon(self._clunk, node)
-
     # --- attributes ----------------------------------------------------------------
 
     def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -228,139 +136,6 @@ class TreeFS(pyfuse3.Operations):
         a.st_ctime_ns = s.mtime * 1_000_000_000
         return a
 
-    def _inode(self, ino: int) -> Inode:
-        inode = self.inodes.get(ino)
-        if inode is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)
-        return inode
-
-    async def _node(self, inode: Inode) -> Any:
-        """The inode's walked node, walking it from its directory the first time."""
-        if inode.node is not None:
-            return inode.node
-        async with inode.lock:
-            if inode.node is not None:
-                return inode.node
-            parent = self._inode(inode.parent)
-            with self._pinned(parent):
-                _qids, node = await self.tree.walk(await self._node(parent), [inode.name])
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            inode.node = node
-            self._hold(inode)
-            return node
-
-    @contextmanager
-    def _pinned(self, inode: Inode) -> Iterator[None]:
-        """While in use, `inode`'s node is not given back to the server to save fids."""
-        inode.pins += 1
-        try:
-            yield
-        finally:
-            inode.pins -= 1
-
-    def _hold(self, inode: Inode) -> None:
-        """`inode` keeps a walked node now: count it against HELD_FIDS, the oldest unused go.
-
-        A server allows a connection only so many fids (ours 4096), and the kernel may
-        know far more inodes than that (find, du, a big tar); a node given back is
-        walked again from its directory when it is needed.
-        """
-        if inode.ino == ROOT_INODE:
-            return
-        held = self.held
-        held[inode.ino] = inode
-        held.move_to_end(inode.ino)
-        for _ in range(len(held)):
-            if len(held) <= HELD_FIDS:
-                break
-            ino, old = held.popitem(last=False)
-            if old.node is None:
-                continue  # opened, forgotten or dropped meanwhile
-            if old.pins or old.lock.locked():
-                held[ino] = old  # in use right now: it waits its turn again
-                continue
-            node, old.node = old.node, None
-            self._clunk_later(node)
-
-    def _walk_from(self, inode: Inode) -> tuple[Inode, list[str]]:
-        """Where a fresh node for `inode` is walked from, in one walk either way: a clone
-        of its own node, or its name from its directory (not kept: it is to be opened)."""
-        if inode.node is not None or inode.ino == ROOT_INODE:
-            return inode, []
-        return self._inode(inode.parent), [inode.name]
-
-    async def _clone(self, inode: Inode) -> Any:
-        """A fresh node for `inode`, to create in."""
-        base, names = self._walk_from(inode)
-        with self._pinned(base):
-            _, node = await self.tree.walk(await self._node(base), names)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return node
-
-    async def _walk_open(self, inode: Inode, mode: int) -> tuple[Any, Qid, int]:
-        """A fresh node for `inode`, opened: walk and open go to the server together."""
-        base, names = self._walk_from(inode)
-        with self._pinned(base):
-            return await self.tree.walk_open(await self._node(base), names, mode)
-
-    async def _walk_open_read(
-        self, inode: Inode, mode: int, count: int
-    ) -> tuple[Any, Qid, int, bytes | None]:
-        """`_walk_open`, and up to `count` bytes from the start read in the same round trip."""
-        base, names = self._walk_from(inode)
-        with self._pinned(base):
-            return await self.tree.walk_open_read(await self._node(base), names, mode, count)
-
-    async def _create_in(self, d: Inode, name: str, perm: int, mode: int) -> tuple[Any, Qid, int]:
-        """Create `name` in directory `d`: (the new file's node, qid, iounit).
-
-        On the fresh node of `d` walked ahead of time when there is one, and the next
-        one is walked meanwhile: creating files one after another (cp -r, tar x, git)
-        costs one round trip each instead of two.
-        """
-        kept = self.spares.pop(d.ino, None)
-        if self.nursery is not None:
-            self.nursery.start_soon(self._make_spare, d)
-        if kept is not None:
-            parent, dname, node = kept
-            if (parent, dname) == (d.parent, d.name):
-                try:
-                    return node, *await self.tree.create(node, name, perm, mode)
-                except FileNotFoundError:
-                    pass  # its directory is gone (removed, or renamed behind our back): walk anew
-                except BaseException:
-                    self._clunk_later(node)
-                    raise
-            self._clunk_later(node)
-        node = await self._clone(d)
-        try:
-            return node, *await self.tree.create(node, name, perm, mode)
-        except BaseException:
-            self._clunk_later(node)
-            raise
-
-    async def _make_spare(self, d: Inode) -> None:
-        try:
-            with trio.fail_after(self.options.timeout):
-                node = await self._clone(d)
-        except (Exception, trio.TooSlowError):
-            return  # the next create will clone for itself and report what is wrong
-        if d.ino in self.spares or self.inodes.get(d.ino) is not d:
-            await self._clunk(node)
-            return
-        self.spares[d.ino] = (d.parent, d.name, node)
-        while len(self.spares) > SPARES:
-            _, (_, _, old) = self.spares.popitem(last=False)
-            self._clunk_later(old)
-
-    def _learn(self, parent: Inode, name: str, stat: Stat) -> Inode:
-        inode, unneeded = self.inodes.learn(parent, name, stat)
-        for old in unneeded:
-            self._clunk_later(old)
-        return inode
-
     def _dir_changed(self, d: Inode) -> None:
         """We changed `d`'s entries: its mtime is now, and the rest of its stat still holds.
 
@@ -380,18 +155,10 @@ class TreeFS(pyfuse3.Operations):
     def _forget_stat(self, inode: Inode) -> None:
         inode.stat_time = 0.0
 
-    async def _drain_inode(self, inode: Inode) -> None:
-        """Wait until write-behind on this inode is done, so a stat sees every write."""
-        if not inode.open_handles:
-            return  # the common case: nothing open, nothing to scan on this hot path
-        for h in list(self.handles.values()):
-            if h.inode is inode and h.in_flight:
-                await h.idle.wait()
-
     # --- lookup and attributes -----------------------------------------------------------------
 
     # The operations the kernel sends most are often answered from what we hold, with
-    # nothing to wait for: those skip _fuse_op (a deadline costs ~10 us, a FUSE request
+    # nothing to wait for: those skip fuse_op (a deadline costs ~10 us, a FUSE request
     # here ~50), and only what may wait on the server runs under one.
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -409,7 +176,7 @@ class TreeFS(pyfuse3.Operations):
                     return self._attr(inode)
         return await self._lookup(parent_inode, name)
 
-    @_fuse_op
+    @fuse_op
     async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
@@ -481,13 +248,13 @@ class TreeFS(pyfuse3.Operations):
             return self._attr(i)
         return await self._getattr(inode)
 
-    @_fuse_op
+    @fuse_op
     async def _getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         i = self._inode(inode)
         await self._refresh(i)
         return self._attr(i)
 
-    @_fuse_op
+    @fuse_op
     async def setattr(
         self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
@@ -522,7 +289,7 @@ class TreeFS(pyfuse3.Operations):
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # the server decides; with default_permissions the kernel checks modes
 
-    @_fuse_op
+    @fuse_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
@@ -533,13 +300,13 @@ class TreeFS(pyfuse3.Operations):
 
     # --- directories -----------------------------------------------------------------------------
 
-    @_fuse_op
+    @fuse_op
     async def opendir(self, inode: int, ctx: Any) -> int:
         i = self._inode(inode)
         node, _, _ = await self._walk_open(i, OREAD)
-        return self._new_handle(_Handle(i, node, 0, False, False))
+        return self._new_handle(Handle(i, node, 0, False, False))
 
-    def _new_handle(self, h: _Handle) -> int:
+    def _new_handle(self, h: Handle) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = h
@@ -547,7 +314,7 @@ class TreeFS(pyfuse3.Operations):
         h.idle.set()
         return fh
 
-    @_fuse_op
+    @fuse_op
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
@@ -563,7 +330,7 @@ class TreeFS(pyfuse3.Operations):
         else:
             h.inode.listed = h.listed  # every name is learned: lookup may answer "no such file"
 
-    @_fuse_op
+    @fuse_op
     async def releasedir(self, fh: int) -> None:
         await self._release_handle(fh)
 
@@ -584,7 +351,7 @@ class TreeFS(pyfuse3.Operations):
                 if node is not None:
                     self._clunk_later(node)
 
-    @_fuse_op
+    @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._inode(parent_inode)
@@ -628,15 +395,15 @@ class TreeFS(pyfuse3.Operations):
         self.inodes.forget_name(parent, n)
         self._dir_changed(parent)
 
-    @_fuse_op
+    @fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         await self._remove(parent_inode, name)
 
-    @_fuse_op
+    @fuse_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         await self._remove(parent_inode, name)
 
-    @_fuse_op
+    @fuse_op
     async def rename(
         self,
         parent_inode_old: int,
@@ -688,13 +455,13 @@ class TreeFS(pyfuse3.Operations):
 
     # --- files -------------------------------------------------------------------------------------
 
-    def _fileinfo(self, fh: int, h: _Handle, qid: Qid) -> pyfuse3.FileInfo:
+    def _fileinfo(self, fh: int, h: Handle, qid: Qid) -> pyfuse3.FileInfo:
         inode = h.inode
         keep = not (h.stream or h.direct) and inode.last_open_vers == qid.vers
         inode.last_open_vers = None if h.direct else qid.vers
         return pyfuse3.FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep)
 
-    @_fuse_op
+    @fuse_op
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         i = self._inode(inode)
         acc = flags & os.O_ACCMODE
@@ -729,7 +496,7 @@ class TreeFS(pyfuse3.Operations):
         i.stat, i.stat_time = stat, time.monotonic()
         # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
         stream = stat.length == 0 and not flags & os.O_TRUNC and not stat.mode & DMAPPEND
-        h = _Handle(i, node, iounit, mode != OREAD, stream)
+        h = Handle(i, node, iounit, mode != OREAD, stream)
         if mode == OREAD:
             h.length, h.writes_at_open = stat.length, i.writes
         if not unchanged and not flags & os.O_TRUNC:
@@ -739,13 +506,13 @@ class TreeFS(pyfuse3.Operations):
             i.last_open_vers = None
         fh = self._new_handle(h)
         if first is not None and len(first) >= stat.length:
-            w = h.windows[0] = _Window(data=first, writes=i.writes)  # the whole file, read with the open
+            w = h.windows[0] = Window(data=first, writes=i.writes)  # the whole file, read with the open
             w.done.set()
         elif not stream and mode == OREAD and stat.length > 0 and self.nursery is not None:
             self._start_window(h, 0)  # most opens for reading read from the start: ask now
         return self._fileinfo(fh, h, qid)
 
-    @_fuse_op
+    @fuse_op
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -769,160 +536,9 @@ class TreeFS(pyfuse3.Operations):
             parent, n, self._new_stat(parent, n, qid, file_perm(mode & 0o777, parent.stat.mode))
         )
         inode = self._inode(attr.st_ino)
-        h = _Handle(inode, node, iounit, True, False)
+        h = Handle(inode, node, iounit, True, False)
         fh = self._new_handle(h)
         return self._fileinfo(fh, h, qid), attr
-
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        h = self.handles.get(fh)
-        if h is not None and not h.in_flight and off == h.next_off:
-            k, start = divmod(off, READAHEAD)
-            w = h.windows.get(k)
-            if (
-                w is not None
-                and w.done.is_set()
-                and w.error is None
-                and w.writes == h.inode.writes
-                # the end of the file, or inside a window whose next one is on its way
-                and (len(w.data) < READAHEAD or (start + size <= READAHEAD and k + AHEAD in h.windows))
-            ):
-                h.next_off = off + size
-                return bytes(w.data[start : start + size])
-        return await self._read(fh, off, size)
-
-    @_fuse_op
-    async def _read(self, fh: int, off: int, size: int) -> bytes:
-        h = self.handles[fh]
-        if h.in_flight:
-            await self._drain(h)
-        sequential = off == h.next_off or (off // READAHEAD) in h.windows
-        h.next_off = off + size
-        if h.stream or not sequential or self.nursery is None:
-            return bytes(await self.tree.read(h.node, off, size))  # pyfuse3 wants bytes, not a view
-        # Sequential: whole windows fetched once each (the kernel sends several reads at a
-        # time, and they wait on the same fetch), and the next window fetched ahead.
-        first, last = off // READAHEAD, (off + size - 1) // READAHEAD
-        parts: list[bytes] = []
-        want = size
-        for k in range(first, last + 1):
-            w = await self._window(h, k)
-            data = w.data
-            start = off - k * READAHEAD if k == first else 0
-            piece = data[start : start + want]
-            parts.append(piece)
-            want -= len(piece)
-            if len(data) < READAHEAD:
-                # The window ended short: the end of the file as of its read, which is the
-                # end for this open (close-to-open, as NFS) unless this mount wrote it since.
-                if want and h.inode.writes != w.writes:
-                    parts.append(await self.tree.read(h.node, off + size - want, want))
-                break
-        else:
-            for ahead in range(last + 1, last + 1 + AHEAD):
-                if ahead not in h.windows:
-                    self._start_window(h, ahead)
-        for k in [k for k in h.windows if k < first - 1]:
-            del h.windows[k]  # what a sequential reader has passed
-        return b"".join(parts)
-
-    def _start_window(self, h: _Handle, k: int) -> _Window:
-        w = h.windows[k] = _Window(writes=h.inode.writes)
-        assert self.nursery is not None
-        self.nursery.start_soon(self._fetch_window, h, k, w)
-        return w
-
-    async def _window(self, h: _Handle, k: int) -> _Window:
-        w = h.windows.get(k)
-        if w is None or w.writes != h.inode.writes:  # written through another handle since
-            w = self._start_window(h, k)
-        await w.done.wait()
-        if w.error is not None:
-            h.windows.pop(k, None)
-            raise w.error
-        return w
-
-    async def _fetch_window(self, h: _Handle, k: int, w: _Window) -> None:
-        try:
-            with trio.fail_after(self.options.timeout):
-                off, parts, got = k * READAHEAD, [], 0
-                while got < READAHEAD:  # a window may need several Treads when iounit is small
-                    data = await self.tree.read(h.node, off + got, READAHEAD - got)
-                    if not data:
-                        break
-                    parts.append(data)
-                    got += len(data)
-                    if 0 <= h.length <= off + got and h.inode.writes == h.writes_at_open:
-                        break  # the length the open saw: no Tread just to hear "end of file"
-                w.data = b"".join(parts)
-        except Exception as e:  # handed to the reader that waits for this window
-            w.error = e
-        finally:
-            w.done.set()
-
-    @_fuse_op
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        h = self.handles[fh]
-        self._raise_pending(h)
-        h.windows.clear()
-        h.inode.stat_time = 0.0
-        h.inode.writes += 1
-        if h.stream or self.nursery is None:
-            n = await self.tree.write(h.node, off, bytes(buf))
-            return n
-        end = off + len(buf)
-        if any(o < end and off < e for o, e in h.in_flight):
-            await self._drain(h)  # an overlapping rewrite must land after the earlier write
-        await h.limiter.acquire()
-        h.in_flight.append((off, end))
-        h.idle = trio.Event() if h.idle.is_set() else h.idle
-        self.nursery.start_soon(self._write_behind, h, off, bytes(buf))
-        return len(buf)
-
-    async def _write_behind(self, h: _Handle, off: int, data: bytes) -> None:
-        try:
-            with trio.fail_after(self.options.timeout):
-                n = await self.tree.write(h.node, off, data)
-            if n != len(data):
-                raise OSError(errno.EIO, f"short write: {n} of {len(data)} bytes")
-        except (OSError, trio.TooSlowError) as e:
-            if h.error is None:
-                h.error = e if isinstance(e, OSError) else OSError(errno.ETIMEDOUT, "write timed out")
-            log.warning("write-behind at offset %d failed: %s", off, e)
-        except Exception as e:
-            log.exception("write-behind failed")
-            if h.error is None:
-                h.error = OSError(errno.EIO, str(e))
-        finally:
-            h.in_flight.remove((off, off + len(data)))
-            h.limiter.release()
-            if not h.in_flight:
-                h.idle.set()
-
-    def _raise_pending(self, h: _Handle) -> None:
-        if h.error is not None:
-            e, h.error = h.error, None
-            raise pyfuse3.FUSEError(_errno_of(e))
-
-    async def _drain(self, h: _Handle) -> None:
-        while h.in_flight:
-            await h.idle.wait()
-        self._raise_pending(h)
-
-    async def flush(self, fh: int) -> None:
-        h = self.handles.get(fh)
-        if h is not None and (h.in_flight or h.error is not None):
-            await self._flush(h)
-
-    @_fuse_op
-    async def _flush(self, h: _Handle) -> None:
-        await self._drain(h)
-
-    @_fuse_op
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        h = self.handles[fh]
-        await self._drain(h)
-        if h.writable:
-            await self.tree.wstat(h.node, Stat.dont_touch())  # stat(5): a null wstat is fsync
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
@@ -934,8 +550,8 @@ class TreeFS(pyfuse3.Operations):
         else:
             await self._release_written(fh, h)
 
-    @_fuse_op
-    async def _release_written(self, fh: int, h: _Handle) -> None:
+    @fuse_op
+    async def _release_written(self, fh: int, h: Handle) -> None:
         self._forget_stat(h.inode)
         await self._release_handle(fh, restat=h.writable)
 

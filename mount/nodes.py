@@ -1,0 +1,190 @@
+"""How the mount gets, keeps and gives back the tree's nodes (a 9P fid each).
+
+A node is walked when one is needed: an inode keeps the one it was walked for, a
+directory keeps a fresh one ready for its next create, and opens walk, open and
+read in one round trip where the tree can (Tree.walk_open_read). Inodes keep at
+most HELD_FIDS nodes, because a server allows a connection only so many fids; a
+node in use is pinned, so it is not given back under an operation's feet.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ninep.messages import Qid, Stat
+from ninep.tree import Tree
+
+from .inodes import ROOT_INODE, Inode, InodeTable
+
+__all__ = ["HELD_FIDS", "SPARES", "Nodes"]
+
+log = logging.getLogger("ninefs.fuse")
+
+HELD_FIDS = 1024  # walked nodes kept by inodes the kernel knows (_hold)
+SPARES = 64  # directories that keep a walked fid ready for their next create
+
+
+class Nodes:
+    """The node-keeping half of TreeFS (mount/fuse.py), which sets these up."""
+
+    tree: Tree
+    inodes: InodeTable
+    nursery: trio.Nursery | None
+    options: Any  # FuseOptions
+    # ino -> (its parent, its name, a fresh node of that directory) for its next create
+    spares: OrderedDict[int, tuple[int, str, Any]]
+    # inodes that may hold a walked node, oldest first (_hold)
+    held: OrderedDict[int, Inode]
+
+    async def _clunk(self, node: Any) -> None:
+        try:
+            await self.tree.clunk(node)
+        except Exception as e:
+            log.debug("clunk: %s", e)
+
+    def _clunk_later(self, node: Any) -> None:
+        """Release a node without making the kernel wait for the round trip."""
+        if self.nursery is None:
+            raise RuntimeError("TreeFS.start was not called")
+        self.nursery.start_soon(self._clunk, node)
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return inode
+
+    async def _node(self, inode: Inode) -> Any:
+        """The inode's walked node, walking it from its directory the first time."""
+        if inode.node is not None:
+            return inode.node
+        async with inode.lock:
+            if inode.node is not None:
+                return inode.node
+            parent = self._inode(inode.parent)
+            with self._pinned(parent):
+                _qids, node = await self.tree.walk(await self._node(parent), [inode.name])
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            inode.node = node
+            self._hold(inode)
+            return node
+
+    @contextmanager
+    def _pinned(self, inode: Inode) -> Iterator[None]:
+        """While in use, `inode`'s node is not given back to the server to save fids."""
+        inode.pins += 1
+        try:
+            yield
+        finally:
+            inode.pins -= 1
+
+    def _hold(self, inode: Inode) -> None:
+        """`inode` keeps a walked node now: count it against HELD_FIDS, the oldest unused go.
+
+        A server allows a connection only so many fids (ours 4096), and the kernel may
+        know far more inodes than that (find, du, a big tar); a node given back is
+        walked again from its directory when it is needed.
+        """
+        if inode.ino == ROOT_INODE:
+            return
+        held = self.held
+        held[inode.ino] = inode
+        held.move_to_end(inode.ino)
+        for _ in range(len(held)):
+            if len(held) <= HELD_FIDS:
+                break
+            ino, old = held.popitem(last=False)
+            if old.node is None:
+                continue  # opened, forgotten or dropped meanwhile
+            if old.pins or old.lock.locked():
+                held[ino] = old  # in use right now: it waits its turn again
+                continue
+            node, old.node = old.node, None
+            self._clunk_later(node)
+
+    def _walk_from(self, inode: Inode) -> tuple[Inode, list[str]]:
+        """Where a fresh node for `inode` is walked from, in one walk either way: a clone
+        of its own node, or its name from its directory (not kept: it is to be opened)."""
+        if inode.node is not None or inode.ino == ROOT_INODE:
+            return inode, []
+        return self._inode(inode.parent), [inode.name]
+
+    async def _clone(self, inode: Inode) -> Any:
+        """A fresh node for `inode`, to create in."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            _, node = await self.tree.walk(await self._node(base), names)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _walk_open(self, inode: Inode, mode: int) -> tuple[Any, Qid, int]:
+        """A fresh node for `inode`, opened: walk and open go to the server together."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_open(await self._node(base), names, mode)
+
+    async def _walk_open_read(
+        self, inode: Inode, mode: int, count: int
+    ) -> tuple[Any, Qid, int, bytes | None]:
+        """`_walk_open`, and up to `count` bytes from the start read in the same round trip."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_open_read(await self._node(base), names, mode, count)
+
+    async def _create_in(self, d: Inode, name: str, perm: int, mode: int) -> tuple[Any, Qid, int]:
+        """Create `name` in directory `d`: (the new file's node, qid, iounit).
+
+        On the fresh node of `d` walked ahead of time when there is one, and the next
+        one is walked meanwhile: creating files one after another (cp -r, tar x, git)
+        costs one round trip each instead of two.
+        """
+        kept = self.spares.pop(d.ino, None)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._make_spare, d)
+        if kept is not None:
+            parent, dname, node = kept
+            if (parent, dname) == (d.parent, d.name):
+                try:
+                    return node, *await self.tree.create(node, name, perm, mode)
+                except FileNotFoundError:
+                    pass  # its directory is gone (removed, or renamed behind our back): walk anew
+                except BaseException:
+                    self._clunk_later(node)
+                    raise
+            self._clunk_later(node)
+        node = await self._clone(d)
+        try:
+            return node, *await self.tree.create(node, name, perm, mode)
+        except BaseException:
+            self._clunk_later(node)
+            raise
+
+    async def _make_spare(self, d: Inode) -> None:
+        try:
+            with trio.fail_after(self.options.timeout):
+                node = await self._clone(d)
+        except (Exception, trio.TooSlowError):
+            return  # the next create will clone for itself and report what is wrong
+        if d.ino in self.spares or self.inodes.get(d.ino) is not d:
+            await self._clunk(node)
+            return
+        self.spares[d.ino] = (d.parent, d.name, node)
+        while len(self.spares) > SPARES:
+            _, (_, _, old) = self.spares.popitem(last=False)
+            self._clunk_later(old)
+
+    def _learn(self, parent: Inode, name: str, stat: Stat) -> Inode:
+        inode, unneeded = self.inodes.learn(parent, name, stat)
+        for old in unneeded:
+            self._clunk_later(old)
+        return inode
