@@ -452,6 +452,67 @@ class Namespace(Tree):
         for m in members:
             await _quiet_clunk(m.tree, m.node)
 
+    # --- walk and then act: one round trip when the walk stays inside one tree ------------
+
+    pipelines = True
+
+    def _one_tree(self, node: NsNode, names: Sequence[str]) -> Member | None:
+        """The member a walk of `names` stays inside: one name, in a directory of one tree
+        that is no union, and nothing mounted or bound there. None: walk as usual."""
+        if len(names) != 1 or names[0] in ("..", ".") or len(node.members) != 1:
+            return None
+        path = (*node.path, names[0])
+        if not node.qid.type & QTDIR or path in self.table or names[0] in self._below(node.path):
+            return None
+        return node.members[0]
+
+    async def walk_open(self, node: NsNode, names: Sequence[str], mode: int) -> tuple[NsNode, Qid, int]:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_open(node, names, mode)
+        child, qid, iounit = await m.tree.walk_open(m.node, names, mode)
+        return self._opened(node, names[0], m, child, qid, iounit)
+
+    async def walk_open_read(
+        self, node: NsNode, names: Sequence[str], mode: int, count: int
+    ) -> tuple[NsNode, Qid, int, bytes | None]:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_open_read(node, names, mode, count)
+        child, qid, iounit, data = await m.tree.walk_open_read(m.node, names, mode, count)
+        return (*self._opened(node, names[0], m, child, qid, iounit), data)
+
+    def _opened(
+        self, node: NsNode, name: str, m: Member, child: Any, qid: Qid, iounit: int
+    ) -> tuple[NsNode, Qid, int]:
+        member = Member(m.tree, m.tree_index, child, m.source, m.create)
+        new = NsNode((*node.path, name), [member], self._qid(member, qid), user=node.user)
+        if qid.type & QTDIR:
+            new.open_members, iounit = [member], 0  # as open() does a directory
+        return new, new.qid, iounit
+
+    async def walk_stat(self, node: NsNode, names: Sequence[str]) -> tuple[NsNode, Stat]:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_stat(node, names)
+        child, st = await m.tree.walk_stat(m.node, names)
+        member = Member(m.tree, m.tree_index, child, m.source, m.create)
+        new = NsNode((*node.path, names[0]), [member], self._qid(member, child.qid), user=node.user)
+        return new, self._fix(m, st)
+
+    async def walk_remove(self, node: NsNode, names: Sequence[str]) -> None:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_remove(node, names)
+        await m.tree.walk_remove(m.node, names)
+
+    async def stat_clunk(self, node: NsNode) -> Stat:
+        if len(node.members) != 1 or node.mount_point:
+            return await super().stat_clunk(node)
+        m = node.members[0]
+        node.members, node.open_members = [], []
+        return self._fix(m, await m.tree.stat_clunk(m.node))
+
 
 async def _clone(m: Member) -> Any:
     _, node = await m.tree.walk(m.node, [])

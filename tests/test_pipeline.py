@@ -145,3 +145,42 @@ async def test_a_read_that_fails_behind_an_open_leaves_the_open_standing() -> No
             with pytest.raises(OSError, match="bad sector"):
                 await remote.read(node, 0, 100)
             await remote.clunk(node)
+
+
+async def test_a_namespace_passes_walk_and_act_to_the_tree_it_stays_in(tree: RamTree) -> None:
+    from namespaces import MAFTER, Namespace
+
+    async with serving(tree) as address:
+        async with ninep.connect(address) as fs:
+            await fs.mkdir("d")
+            await fs.write_bytes("d/f", b"remote file\n")
+            await fs.write_bytes("d/gone", b"x")
+        local = RamTree()
+        async with Namespace(local, uname="u") as ns:
+            await ns.mount(address, "/n/r")
+            await ns.bind("/n/r/d", "/u")
+            await ns.bind("/", "/u", MAFTER)  # /u: a union of the remote d and the root
+            root = await ns.attach("u", "")
+            n = await ns.walk_open(root, [], OREAD)  # a clone of the root, opened
+            await ns.clunk(n[0])
+            _, r = await ns.walk(root, ["n", "r"])  # a mount point
+            d, _, _ = await ns.walk_open(r, ["d"], OREAD)  # inside the mounted tree: passed on
+            assert d.path == ("n", "r", "d") and d.open_members
+            await ns.clunk(d)
+            _, d = await ns.walk(r, ["d"])
+            node, _, _, data = await ns.walk_open_read(d, ["f"], OREAD, 100)
+            assert bytes(data) == b"remote file\n" and node.path == ("n", "r", "d", "f")
+            node2, stat = await ns.walk_stat(d, ["f"])
+            assert (stat.name, stat.length) == ("f", 12) and node2.qid == node.qid
+            assert (await ns.stat_clunk(node2)).length == 12
+            await ns.walk_remove(d, ["gone"])
+            with pytest.raises(FileNotFoundError):
+                await ns.walk_stat(d, ["gone"])
+            _, n_dir = await ns.walk(root, ["n"])
+            mp, stat = await ns.walk_stat(n_dir, ["r"])  # a mount point: walked as usual
+            assert stat.name == "r" and mp.mount_point
+            _, u = await ns.walk(root, ["u"])
+            uf, stat = await ns.walk_stat(u, ["f"])  # a union: walked as usual
+            assert stat.length == 12
+            for x in (node, mp, uf, d, r, n_dir, u, root):
+                await ns.clunk(x)
