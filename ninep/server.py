@@ -10,6 +10,7 @@ Rerror or closed, and never disturbs another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class Limits:
     outstanding: int = 256
     connections: int = 256
     clunk_timeout: float = 10.0  # how long closing a connection may spend releasing its fids
+
+
+OUTBOX = 32  # frame parts of inline replies held at most before they are sent
 
 
 class _Error(Exception):
@@ -235,6 +239,7 @@ class _Connection:
         self.fids: dict[int, _Fid] = {}
         self.pending: dict[int, _Request] = {}
         self.send_lock = trio.Lock()
+        self.outbox: list[bytes] = []  # replies answered inline, not sent yet (_dispatch)
         self.reader = FrameReader(stream, self.msize)
         self.handlers: dict[type, Callable[[Any], Any]] = {
             Tattach: self.attach,
@@ -258,13 +263,20 @@ class _Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                await self._read_loop()
+                try:
+                    await self._read_loop()
+                finally:
+                    if self.outbox:  # answered before the client stopped sending: still theirs
+                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            await self._send_parts(())
                 nursery.cancel_scope.cancel()
         finally:
             await self._release_all_fids()
 
     async def _read_loop(self) -> None:
         while True:
+            if self.outbox and (len(self.outbox) >= OUTBOX or not self.reader.has_frame()):
+                await self._send_parts(())  # nothing more to answer at once: the replies go
             try:
                 frame = await self.reader.next_frame()
             except CodecError as e:
@@ -313,8 +325,10 @@ class _Connection:
             return
         if type(msg) in self.inline:
             # The tree never waits for this one: answer it here, without a task of its own.
-            # Nothing else is read meanwhile, so no flush can be waiting for it.
-            await self.send(await self._answer(handler, msg))
+            # Nothing else is read meanwhile, so no flush can be waiting for it. The reply
+            # waits in the outbox while more requests are already here: requests sent
+            # together (a walk and an open) are answered together, in one write.
+            self.outbox.extend(self._encode(await self._answer(handler, msg)))
             return
         self.pending[msg.tag] = req
         self.nursery.start_soon(self._respond, handler, msg, req)
@@ -365,6 +379,9 @@ class _Connection:
         client reuses it at once, and that next request may be read before this
         task runs again.
         """
+        await self._send_parts(self._encode(msg), sent)
+
+    def _encode(self, msg: Message) -> tuple[bytes, ...]:
         try:
             parts = codec.encode_parts(msg)
         except CodecError as e:  # a tree gave us something unencodable: still answer
@@ -372,6 +389,12 @@ class _Connection:
             parts = (codec.encode(Rerror(msg.tag, f"i/o error: {e}")),)
         if self.trace is not None:
             self.trace(f"{self.peer} <- {_short(msg)}")
+        return parts
+
+    async def _send_parts(self, parts: tuple[bytes, ...], sent: Callable[[], None] | None = None) -> None:
+        """Send `parts` after whatever waits in the outbox (replies keep their order)."""
+        if self.outbox:
+            parts, self.outbox = (*self.outbox, *parts), []
         await send_frame(self.stream, self.send_lock, parts, sent)
 
     def _trace_in(self, msg: object) -> None:

@@ -160,6 +160,11 @@ class FrameReader:
             except OSError as e:
                 raise trio.BrokenResourceError(f"connection lost: {e.strerror or e}") from e
 
+    def has_frame(self) -> bool:
+        """A whole frame is already received: next_frame will not wait for the peer."""
+        buf = self._buf
+        return len(buf) >= 4 and len(buf) >= _SIZE.unpack_from(buf)[0]
+
     async def next_frame(self) -> bytes | None:
         """The next frame, or None at a clean end of stream."""
         self._unwaited += 1
