@@ -160,7 +160,7 @@ class FileIO:
                     got += len(data)
                     if 0 <= h.length <= off + got and h.inode.writes == h.writes_at_open:
                         break  # the length the open saw: no Tread just to hear "end of file"
-                w.data = b"".join(parts)
+                w.data = parts[0] if len(parts) == 1 else b"".join(parts)  # one part: no copy
         except Exception as e:  # handed to the reader that waits for this window
             w.error = e
         finally:
