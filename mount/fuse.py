@@ -390,6 +390,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self._writable()
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
+        ino = parent.children.get(n)
+        child = self.inodes.get(ino) if ino is not None else None
+        if child is not None:
+            self._let_go(child)  # its clunks go out with the remove, not one by one after it
         with self._pinned(parent):
             await self.tree.walk_remove(await self._node(parent), [n])
         self.inodes.forget_name(parent, n)

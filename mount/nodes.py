@@ -52,9 +52,21 @@ class Nodes:
 
     def _clunk_later(self, node: Any) -> None:
         """Release a node without making the kernel wait for the round trip."""
+        if self.tree.clunk_soon(node):
+            return
         if self.nursery is None:
             raise RuntimeError("TreeFS.start was not called")
         self.nursery.start_soon(self._clunk, node)
+
+    def _let_go(self, inode: Inode) -> None:
+        """Give back the nodes kept for `inode` (its walked node, a directory's spare) unless in use."""
+        if inode.node is not None and not inode.pins and not inode.lock.locked():
+            node, inode.node = inode.node, None
+            self.held.pop(inode.ino, None)
+            self._clunk_later(node)
+        spare = self.spares.pop(inode.ino, None)
+        if spare is not None:
+            self._clunk_later(spare[2])
 
     def _inode(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)

@@ -452,6 +452,11 @@ class Namespace(Tree):
         for m in members:
             await _quiet_clunk(m.tree, m.node)
 
+    def clunk_soon(self, node: NsNode) -> bool:
+        rest = [m for m in node.members if not m.tree.clunk_soon(m.node)]
+        node.members, node.open_members = rest, []
+        return not rest  # what is left, the caller clunks
+
     # --- walk and then act: one round trip when the walk stays inside one tree ------------
 
     pipelines = True

@@ -13,7 +13,7 @@ import getpass
 import heapq
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -64,6 +64,8 @@ R = TypeVar("R", bound=Message)
 KeySpec = Any  # an Ed25519PrivateKey, a path to one, or None (see ninep.auth.resolve_key)
 
 FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
+SOON_DELAY = 0.01  # the longest a request sent `soon` waits for another to go out with
+SOON_BATCH = 32  # `soon` requests that go out with one write, at most
 
 
 @contextmanager
@@ -124,13 +126,18 @@ class FidPool:
         heapq.heappush(self._free, fid)
 
 
-class _Call:
-    __slots__ = ("event", "reply", "sent")
+Done = Callable[[Message | NinePError], None]
 
-    def __init__(self) -> None:
+
+class _Call:
+    __slots__ = ("done", "event", "reply", "sent", "want")
+
+    def __init__(self, want: type[Message] = Message, done: Done | None = None) -> None:
         self.event = trio.Event()
         self.reply: Message | None = None
         self.sent = False  # on the wire: the server may have it
+        self.want = want
+        self.done = done  # a `soon` request: nobody waits, the reader hands the result here
 
 
 class Connection:
@@ -159,6 +166,8 @@ class Connection:
         self._reader = FrameReader(stream, msize)
         self._closed: BaseException | None = None
         self._nursery: trio.Nursery | None = None
+        self._soon: deque[tuple[Message, type[Message], Done | None]] = deque()
+        self._soon_timer = False
 
     @classmethod
     async def dial(
@@ -216,6 +225,10 @@ class Connection:
         nursery.start_soon(self._read_loop)
 
     async def aclose(self) -> None:
+        if self._soon and self._closed is None:
+            with trio.move_on_after(1, shield=True):  # the clunks of closed files, say
+                while self._soon:
+                    await self._send_parts(self._take_soon())
         self._fail(ProtocolError("connection closed"))
         await self.stream.aclose()
 
@@ -245,15 +258,85 @@ class Connection:
             return
         call.reply = reply
         call.event.set()
+        if call.done is not None:
+            self._release_tag(tag)
+            self._done(call)
+
+    def _done(self, call: _Call) -> None:
+        try:
+            call.done(self._result(call, call.want) if call.reply is not None else self._lost())  # type: ignore[misc]
+        except ProtocolError as e:
+            call.done(e)  # type: ignore[misc]
+        except Exception:
+            log.exception("after a reply to a request sent soon")
+
+    def _lost(self) -> ProtocolError:
+        return ProtocolError(str(self._closed or "connection closed"))
 
     def _fail(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
-        for call in self._calls.values():
+        for tag, call in list(self._calls.items()):
             call.event.set()
+            if call.done is not None and call.reply is None:
+                self._release_tag(tag)
+                self._done(call)
+        while self._soon:
+            _, _, done = self._soon.popleft()
+            if done is not None:
+                done(self._lost())
 
     async def _send(self, msg: Message) -> None:
         await send_frame(self.stream, self._send_lock, codec.encode_parts(msg))
+
+    async def _send_parts(self, parts: list[bytes]) -> None:
+        try:
+            await send_frame(self.stream, self._send_lock, tuple(parts))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            self._fail(ProtocolError(f"connection closed: {e}"))
+            raise ProtocolError(f"connection closed: {e}") from None
+
+    # --- requests nobody waits for ----------------------------------------------------
+
+    def soon(self, msg: Message, want: type[Message], done: Done | None = None) -> None:
+        """Send `msg` with the next requests this connection sends, or SOON_DELAY from now.
+
+        For requests nobody waits for: the Tclunk of a closed file, the Tstat that
+        refreshes a cache after a write. Riding along with the next write, they cost
+        neither side a system call or a wakeup of their own, and they still reach the
+        server before anything sent after them. `done` (if any) gets the reply of the
+        wanted type or the NinePError, in the reader task; it must not block.
+        """
+        if self._closed is not None:
+            if done is not None:
+                done(self._lost())
+            return
+        self._soon.append((msg, want, done))
+        if not self._soon_timer and self._nursery is not None:
+            self._soon_timer = True
+            self._nursery.start_soon(self._send_soon_later)
+
+    def _take_soon(self) -> list[bytes]:
+        """The frames of up to SOON_BATCH waiting `soon` requests, their tags taken."""
+        parts: list[bytes] = []
+        soon = self._soon
+        for _ in range(min(len(soon), SOON_BATCH)):
+            msg, want, done = soon.popleft()
+            tag = self.tags.get()
+            call = self._calls[tag] = _Call(want, done or _ignore)
+            call.sent = True
+            parts.extend(codec.encode_parts(_with_tag(msg, tag)))
+        return parts
+
+    async def _send_soon_later(self) -> None:
+        try:
+            await trio.sleep(SOON_DELAY)
+            while self._soon and self._closed is None:
+                await self._send_parts(self._take_soon())
+        except ProtocolError:
+            pass  # _fail told every `done`
+        finally:
+            self._soon_timer = False
 
     # --- the RPC ----------------------------------------------------------------------
 
@@ -319,7 +402,7 @@ class Connection:
                     deadline.deadline = trio.current_time() + self.timeout  # type: ignore[operator]
                 if sent < todo and len(pending) < window:
                     batch: list[_Call] = []
-                    parts: list[bytes] = []
+                    parts = self._take_soon() if self._soon else []
                     while sent < todo and len(pending) < window:
                         msg, want = requests[sent]
                         sent += 1
@@ -328,11 +411,7 @@ class Connection:
                         pending.append((tag, call, want))
                         batch.append(call)
                         parts.extend(codec.encode_parts(_with_tag(msg, tag)))
-                    try:
-                        await send_frame(self.stream, self._send_lock, tuple(parts))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                        self._fail(ProtocolError(f"connection closed: {e}"))
-                        raise ProtocolError(f"connection closed: {e}") from None
+                    await self._send_parts(parts)
                     for call in batch:
                         call.sent = True
                 tag, call, want = pending[0]
@@ -357,7 +436,7 @@ class Connection:
     def _result(self, call: _Call, want: type[Message]) -> Message | NinePError:
         reply = call.reply
         if reply is None:
-            raise ProtocolError(str(self._closed or "connection closed"))
+            raise self._lost()
         if isinstance(reply, want):
             return reply
         if isinstance(reply, Rerror):
@@ -475,6 +554,10 @@ class Connection:
     async def clunk(self, fid: int) -> None:
         await self.rpc(Tclunk(0, fid), Rclunk)
 
+    def clunk_soon(self, fid: int) -> None:
+        """Clunk `fid` with the next requests (`soon`); it is free for reuse once Rclunk is in."""
+        self.soon(Tclunk(0, fid), Rclunk, lambda _: self.fids.put(fid))
+
     async def remove(self, fid: int) -> None:
         await self.rpc(Tremove(0, fid), Rremove)
 
@@ -493,3 +576,7 @@ def _with_tag(msg: Message, tag: int) -> Any:
     values = [getattr(msg, f) for f in msg.__dataclass_fields__]
     values[0] = tag
     return msg.__class__(*values)
+
+
+def _ignore(_: Message | NinePError) -> None:
+    pass

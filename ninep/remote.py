@@ -425,6 +425,11 @@ class RemoteTree(Tree):
         if node.conn is self.conn and not node.conn.closed:
             await self._clunk_on(node.conn, node.fid)
 
+    def clunk_soon(self, node: RemoteNode) -> bool:
+        if node.conn is self.conn and not node.conn.closed:
+            node.conn.clunk_soon(node.fid)
+        return True  # on a connection given up, the fid went with it
+
     async def stat_clunk(self, node: RemoteNode) -> Stat:
         conn = node.conn
         if conn is not self.conn or conn.closed:

@@ -122,6 +122,12 @@ class Tree(ABC):
     async def clunk(self, node: Any) -> None:  # noqa: B027 - optional, like lib9p's destroyfid
         """Release the node (close what it holds). The default holds nothing."""
 
+    def clunk_soon(self, node: Any) -> bool:
+        """Release the node without waiting for it, if the tree can: True when it has
+        (RemoteTree: the Tclunk goes out with its next requests), False when the caller
+        is to await `clunk` itself."""
+        return False
+
     # --- walk and then act, in one go ----------------------------------------------
     #
     # What a FUSE mount does all the time: walk to a file and open, stat or remove it.

@@ -184,3 +184,29 @@ async def test_a_namespace_passes_walk_and_act_to_the_tree_it_stays_in(tree: Ram
             assert stat.length == 12
             for x in (node, mp, uf, d, r, n_dir, u, root):
                 await ns.clunk(x)
+
+
+async def test_a_clunk_sent_soon_rides_with_the_next_request_or_goes_alone() -> None:
+    """Tclunk of a fid nobody waits on (FUSE release) goes out with the next requests, and
+    still reaches the server before them; with nothing else to send, it goes alone. The
+    fid is not reused until Rclunk says the server let go of it. ORCLOSE makes the clunk
+    visible: it removes the file."""
+    async with serving(RamTree()) as address, ninep.connect(address) as fs, ninep.connect(address) as other:
+        conn = fs.conn
+        fid, _ = await fs.walk_fid("/")
+        await conn.create(fid, "a", 0o644, ORDWR | ninep.ORCLOSE)
+        conn.clunk_soon(fid)
+        spare = conn.fids.get()
+        assert spare != fid  # not free yet
+        conn.fids.put(spare)
+        assert not await fs.exists("a")  # the walk went out behind the clunk
+        assert conn.fids.get() == fid  # Rclunk is in: free again (lowest first)
+        conn.fids.put(fid)
+
+        fid, _ = await fs.walk_fid("/")
+        await conn.create(fid, "b", 0o644, ORDWR | ninep.ORCLOSE)
+        conn.clunk_soon(fid)
+        assert await other.exists("b")  # another connection's requests carry nothing of ours
+        with trio.fail_after(2):
+            while await other.exists("b"):
+                await trio.sleep(0.005)
