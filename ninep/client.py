@@ -301,10 +301,9 @@ class Connection:
     def soon(self, msg: Message, want: type[Message], done: Done | None = None) -> None:
         """Send `msg` with the next requests this connection sends, or SOON_DELAY from now.
 
-        For requests nobody waits for: the Tclunk of a closed file, the Tstat that
-        refreshes a cache after a write. Riding along with the next write, they cost
-        neither side a system call or a wakeup of their own, and they still reach the
-        server before anything sent after them. `done` (if any) gets the reply of the
+        For requests nobody waits for, such as the Tclunk of a closed file. Riding
+        along with the next write, they cost neither side a system call or a wakeup
+        of their own, and they still reach the server before anything sent after them. `done` (if any) gets the reply of the
         wanted type or the NinePError, in the reader task; it must not block.
         """
         if self._closed is not None:
