@@ -228,7 +228,7 @@ class Connection:
         if self._soon and self._closed is None:
             with trio.move_on_after(1, shield=True):  # the clunks of closed files, say
                 while self._soon:
-                    await self._send_parts(self._take_soon())
+                    await self._send_parts([])
         self._fail(ProtocolError("connection closed"))
         await self.stream.aclose()
 
@@ -290,8 +290,15 @@ class Connection:
         await send_frame(self.stream, self._send_lock, codec.encode_parts(msg))
 
     async def _send_parts(self, parts: list[bytes]) -> None:
+        """Send `parts` in one write, with the `soon` requests waiting when our turn comes
+        (taken only then: a send cancelled while it waits for the lock leaves them queued)."""
+
+        def with_soon() -> None:
+            if self._soon:
+                parts[:0] = self._take_soon()
+
         try:
-            await send_frame(self.stream, self._send_lock, tuple(parts))
+            await send_frame(self.stream, self._send_lock, parts, with_soon)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._fail(ProtocolError(f"connection closed: {e}"))
             raise ProtocolError(f"connection closed: {e}") from None
@@ -331,7 +338,7 @@ class Connection:
         try:
             await trio.sleep(SOON_DELAY)
             while self._soon and self._closed is None:
-                await self._send_parts(self._take_soon())
+                await self._send_parts([])
         except ProtocolError:
             pass  # _fail told every `done`
         finally:
@@ -401,7 +408,7 @@ class Connection:
                     deadline.deadline = trio.current_time() + self.timeout  # type: ignore[operator]
                 if sent < todo and len(pending) < window:
                     batch: list[_Call] = []
-                    parts = self._take_soon() if self._soon else []
+                    parts: list[bytes] = []
                     while sent < todo and len(pending) < window:
                         msg, want = requests[sent]
                         sent += 1

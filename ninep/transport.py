@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +59,11 @@ def tune_allocator() -> None:
 async def send_frame(
     stream: trio.abc.SendStream,
     lock: trio.Lock,
-    parts: tuple[bytes, ...],
+    parts: Sequence[bytes],
     before: Callable[[], None] | None = None,
 ) -> None:
-    """Send one frame's parts back to back under `lock`; `before` runs once it is our turn.
+    """Send one frame's parts back to back under `lock`; `before` runs once it is our turn
+    (and may still add to `parts`, when that is a list).
 
     Big data go out as they are, uncopied (codec.encode_parts). An uncontended lock is
     taken without a checkpoint: one pass through the scheduler less per message.

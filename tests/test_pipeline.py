@@ -210,3 +210,30 @@ async def test_a_clunk_sent_soon_rides_with_the_next_request_or_goes_alone() -> 
         with trio.fail_after(2):
             while await other.exists("b"):
                 await trio.sleep(0.005)
+
+
+async def test_a_send_cancelled_before_its_turn_leaves_the_clunks_it_would_have_carried() -> None:
+    """A call given up while another sender holds the connection takes no `soon` clunk
+    with it: the clunk still reaches the server (the ORCLOSE file goes)."""
+    async with serving(RamTree()) as address, ninep.connect(address) as fs, ninep.connect(address) as other:
+        conn = fs.conn
+        fid, _ = await fs.walk_fid("/")
+        await conn.create(fid, "c", 0o644, ORDWR | ninep.ORCLOSE)
+        root, _ = await fs.walk_fid("/")
+        go_on = trio.Event()
+
+        async def another_sender(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with conn._send_lock:  # its turn, and it takes a while
+                task_status.started()
+                await go_on.wait()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(another_sender)
+            conn.clunk_soon(fid)
+            with trio.move_on_after(0.05) as waited:
+                await conn.stat(root)
+            assert waited.cancelled_caught
+            go_on.set()
+        with trio.fail_after(2):
+            while await other.exists("c"):
+                await trio.sleep(0.005)
