@@ -278,7 +278,12 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         with self._pinned(i):
             if changes:
                 await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
-            i.stat = await self.tree.stat(await self._node(i))
+            if changes and "length" not in changes and i.fresh(self.options.attr_cache):
+                # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
+                # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).
+                i.stat = dataclasses.replace(i.stat, **changes)
+                return self._attr(i)
+            i.stat = await self.tree.stat(await self._node(i))  # a new length moves qid.vers and mtime
         i.stat_time = time.monotonic()
         return self._attr(i)
 
@@ -424,30 +429,40 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         parent = self._inode(parent_inode_old)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        walked: dict[str, Any] = {}  # name -> its node, or the error its walk met
+
+        async def walk(name: str) -> None:
+            try:
+                walked[name] = (await self.tree.walk(pnode, [name]))[1]
+            except (NinePError, OSError) as e:
+                walked[name] = e
+
         with self._pinned(parent):
             pnode = await self._node(parent)
-            _, node = await self.tree.walk(pnode, [old])
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
             try:
-                _, target = await self.tree.walk(pnode, [new])
-            except (NinePError, OSError):
-                target = None
-            try:
-                if target is not None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(walk, new)  # both walks in flight at once: one round trip
+                    await walk(old)
+                node, target = walked[old], walked[new]
+                if isinstance(node, BaseException):
+                    raise node
+                if node is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                if target is not None and not isinstance(target, BaseException):
                     if flags & pyfuse3.RENAME_NOREPLACE:
-                        await self._clunk(target)
                         raise pyfuse3.FUSEError(errno.EEXIST)
                     # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
                     tstat = await self.tree.stat(target)
                     if tstat.is_dir != (await self.tree.stat(node)).is_dir:
-                        await self._clunk(target)
                         raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
+                    del walked[new]  # remove(5) clunks it, whatever the answer
                     await self.tree.remove(target)
                     self.inodes.forget_name(parent, new)
                 await self.tree.wstat(node, Stat.dont_touch(name=new))
             finally:
-                await self._clunk(node)
+                for n in walked.values():
+                    if n is not None and not isinstance(n, BaseException):
+                        self._clunk_later(n)
         ino = parent.children.pop(old, None)
         moved = self.inodes.get(ino) if ino is not None else None
         if moved is not None:

@@ -117,6 +117,22 @@ def test_touch_d_and_chmod(mnt):
     assert oct(os.stat(mp / "hello.txt").st_mode & 0o777) == "0o600"
 
 
+def test_rename_errors_leave_both_names_as_they_were(mnt):
+    export, mp = mnt
+    (export / "adir").mkdir()
+    (export / "afile").write_text("kept")
+    with pytest.raises(IsADirectoryError):
+        os.rename(mp / "afile", mp / "adir")
+    with pytest.raises(NotADirectoryError):
+        os.rename(mp / "adir", mp / "afile")
+    with pytest.raises(FileNotFoundError):
+        os.rename(mp / "missing", mp / "afile")
+    assert (mp / "afile").read_text() == "kept" and (mp / "adir").is_dir()
+    os.rename(mp / "afile", mp / "bfile")
+    assert sorted(os.listdir(export)) == sorted(os.listdir(mp))
+    assert (export / "bfile").read_text() == "kept" and not (export / "afile").exists()
+
+
 def test_a_python_program_using_os_and_open(mnt):
     _export, mp = mnt
     program = f"""
