@@ -174,12 +174,9 @@ class Nodes:
                     self._clunk_later(node)
                     raise
             self._clunk_later(node)
-        node = await self._clone(d)
-        try:
-            return node, *await self.tree.create(node, name, perm, mode)
-        except BaseException:
-            self._clunk_later(node)
-            raise
+        base, names = self._walk_from(d)
+        with self._pinned(base):  # the clone and the create go to the server together
+            return await self.tree.walk_create(await self._node(base), names, name, perm, mode)
 
     async def _make_spare(self, d: Inode) -> None:
         try:

@@ -30,6 +30,7 @@ from .messages import (
     Message,
     Qid,
     Rclunk,
+    Rcreate,
     Ropen,
     Rread,
     Rremove,
@@ -37,6 +38,7 @@ from .messages import (
     Rwalk,
     Stat,
     Tclunk,
+    Tcreate,
     Topen,
     Tread,
     Tremove,
@@ -257,6 +259,19 @@ class RemoteTree(Tree):
         assert isinstance(opened, Ropen)
         new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
         return new, opened.qid, opened.iounit
+
+    async def walk_create(
+        self, node: RemoteNode, names: Sequence[str], name: str, perm: int, mode: int
+    ) -> tuple[RemoteNode, Qid, int]:
+        if len(names) > MAXWELEM:
+            return await super().walk_create(node, names, name, perm, mode)
+        new, (created,) = await self._walk_then(
+            node, names, lambda fid: [(Tcreate(0, fid, name, perm, mode), Rcreate)], repeatable=False
+        )
+        assert isinstance(created, Rcreate)
+        new.qid, new.iounit, new.omode = created.qid, created.iounit, mode
+        new.path = (*new.path, name)
+        return new, created.qid, created.iounit
 
     async def walk_open_read(
         self, node: RemoteNode, names: Sequence[str], mode: int, count: int

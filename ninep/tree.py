@@ -171,6 +171,19 @@ class Tree(ABC):
         """Walk `names` and remove what they name."""
         await self.remove(await self._walk_all(node, names))
 
+    async def walk_create(
+        self, node: Any, names: Sequence[str], name: str, perm: int, mode: int
+    ) -> tuple[Any, Qid, int]:
+        """Walk `names` (none: a clone of a directory) to a new node and create `name` in
+        it (create(5): the node becomes the new file, open): (new node, qid, iounit)."""
+        new = await self._walk_all(node, names)
+        try:
+            qid, iounit = await self.create(new, name, perm, mode)
+        except BaseException:
+            await self.clunk(new)
+            raise
+        return new, qid, iounit
+
     async def stat_clunk(self, node: Any) -> Stat:
         """Stat `node` and release it (whether or not the stat worked)."""
         try:

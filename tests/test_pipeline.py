@@ -63,12 +63,25 @@ async def test_walk_and_act_in_one_round_trip(tree: RamTree) -> None:
             for n in (node, clone):
                 await remote.clunk(n)
 
+            made, qid, _ = await remote.walk_create(root, ["d"], "new", 0o644, ORDWR)
+            assert not qid.is_dir and await remote.write(made, 0, b"made") == 4
+            await remote.clunk(made)
+            made, qid, _ = await remote.walk_create(root, [], "e", 0o755 | ninep.DMDIR, OREAD)  # on a clone
+            assert qid.is_dir
+            await remote.clunk(made)
+            with pytest.raises(FileExistsError):
+                await remote.walk_create(root, ["d"], "new", 0o644, ORDWR)
+            node, _, _ = await remote.walk_open(root, ["d", "new"], OREAD)
+            assert bytes(await remote.read(node, 0, 10)) == b"made"
+            await remote.clunk(node)
+
             await remote.walk_remove(root, ["d", "gone"])
             for call in (
                 remote.walk_open(root, ["d", "gone"], OREAD),
                 remote.walk_open_read(root, ["d", "nothing", "here"], OREAD, 10),
                 remote.walk_stat(root, ["nothing"]),
                 remote.walk_remove(root, ["d", "gone"]),
+                remote.walk_create(root, ["nothing"], "x", 0o644, ORDWR),
             ):
                 with pytest.raises(FileNotFoundError):
                     await call
