@@ -260,8 +260,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         i = self._inode(inode)
         self._writable()
-        if fh is not None and fh in self.handles:
-            await self._drain(self.handles[fh])
+        h = self.handles.get(fh) if fh is not None else None
+        if h is not None:
+            await self._drain(h)
         changes: dict[str, Any] = {}
         if fields.update_size:
             changes["length"] = attr.st_size
@@ -276,14 +277,16 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         if "length" in changes:
             i.writes += 1
         with self._pinned(i):
+            # An open file's own node will do (futimens, ftruncate): no walk for one of ours.
+            node = h.node if h is not None else await self._node(i)
             if changes:
-                await self.tree.wstat(await self._node(i), Stat.dont_touch(**changes))
+                await self.tree.wstat(node, Stat.dont_touch(**changes))
             if changes and "length" not in changes and i.fresh(self.options.attr_cache):
                 # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).
                 i.stat = dataclasses.replace(i.stat, **changes)
                 return self._attr(i)
-            i.stat = await self.tree.stat(await self._node(i))  # a new length moves qid.vers and mtime
+            i.stat = await self.tree.stat(node)  # a new length moves qid.vers and mtime
         i.stat_time = time.monotonic()
         return self._attr(i)
 
