@@ -494,16 +494,17 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             mode |= OTRUNC
         await self._drain_inode(i)
         first: bytes | None = None  # the start of the file, when it came with the open
-        if i.node is not None and not i.stat.mode & DMDIR and not i.pins and not i.lock.locked():
+        if mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR:
+            # A small file opened to be read: walk (or clone), open and read it in one round
+            # trip; a node the inode holds stays for the next open.
+            node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
+        elif i.node is not None and not i.stat.mode & DMDIR and not i.pins and not i.lock.locked():
             node, i.node = i.node, None  # a file's walked node is only for opening: save a clone
             try:
                 qid, iounit = await self.tree.open(node, mode)
             except BaseException:
                 self._clunk_later(node)
                 raise
-        elif mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR:
-            # A small file opened to be read: walk, open and read it in one round trip.
-            node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
         else:
             node, qid, iounit = await self._walk_open(i, mode)
         try:
