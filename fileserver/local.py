@@ -78,8 +78,9 @@ class _Node:
 class LocalTree(Tree):
     """The directory `root` of this host as a 9P tree; `read_only` refuses every change."""
 
-    # Metadata calls on a local disk return at once; reads and writes may meet a FIFO or a
-    # device and go to a thread, and a null wstat (fsync) does too.
+    # Metadata calls on a local disk return at once, and so do reads and writes of regular
+    # files (io_never_blocks); those of a FIFO or a device go to a thread, and a null wstat
+    # (fsync) does too.
     never_blocks = frozenset({"attach", "walk", "open", "create", "clunk", "remove", "stat"})
 
     def __init__(self, root: str, *, read_only: bool = False, check_users: bool = False) -> None:
@@ -298,6 +299,9 @@ class LocalTree(Tree):
         node.real = path
         node.qid = self._qid(s, extra)
         return node.qid, 0
+
+    def io_never_blocks(self, node: _Node) -> bool:
+        return node.fd is not None and node.regular  # pread/pwrite of a file; FIFOs and devices wait
 
     async def read(self, node: _Node, offset: int, count: int) -> bytes:
         fd = node.fd

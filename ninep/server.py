@@ -323,7 +323,7 @@ class _Connection:
         if handler is None:  # an R-message sent to us
             await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
             return
-        if type(msg) in self.inline:
+        if type(msg) in self.inline or (type(msg) in _IO and self._io_inline(msg.fid)):  # type: ignore[attr-defined]
             # The tree never waits for this one: answer it here, without a task of its own.
             # Nothing else is read meanwhile, so no flush can be waiting for it. The reply
             # waits in the outbox while more requests are already here: requests sent
@@ -332,6 +332,10 @@ class _Connection:
             return
         self.pending[msg.tag] = req
         self.nursery.start_soon(self._respond, handler, msg, req)
+
+    def _io_inline(self, fid: int) -> bool:
+        f = self.fids.get(fid)
+        return f is not None and f.auth is None and not f.is_dir and self.tree.io_never_blocks(f.node)
 
     async def _answer(self, handler: Callable[[Any], Any], msg: Message) -> Message:
         """The reply to `msg`: the handler's, or an Rerror for whatever it raised."""
@@ -640,6 +644,7 @@ class _Connection:
 
 # The tree operations each message may call: a message is answered inline only when the
 # tree promises that none of them ever waits (Tree.never_blocks).
+_IO = (Tread, Twrite)  # inline when the tree says the fid's node never blocks (Tree.io_never_blocks)
 _OPS_OF: dict[type, frozenset[str]] = {
     Tattach: frozenset({"attach"}),
     Twalk: frozenset({"walk", "clunk"}),

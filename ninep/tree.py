@@ -122,6 +122,11 @@ class Tree(ABC):
     async def clunk(self, node: Any) -> None:  # noqa: B027 - optional, like lib9p's destroyfid
         """Release the node (close what it holds). The default holds nothing."""
 
+    def io_never_blocks(self, node: Any) -> bool:
+        """Whether reads and writes of this open node return at once (a regular file on a
+        local disk, say), so the server may answer them as it does `never_blocks` ones."""
+        return False
+
     def clunk_soon(self, node: Any) -> bool:
         """Release the node without waiting for it, if the tree can: True when it has
         (RemoteTree: the Tclunk goes out with its next requests), False when the caller

@@ -6,6 +6,7 @@ import os
 import pwd
 
 import pytest
+import trio
 
 import ninep
 from fileserver.local import LocalTree
@@ -200,3 +201,31 @@ async def test_exporting_the_root_directory_reaches_everything_below_it(tmp_path
     async with serving(LocalTree("/")) as address, ninep.connect(address) as fs:
         assert await fs.read_text(str(tmp_path / "f")) == "deep"
         assert "tmp" in await fs.listdir("/")
+
+
+async def test_a_fifo_read_waits_in_a_thread_while_other_requests_are_answered(export):
+    """Reads of regular files are answered inline (Tree.io_never_blocks); a FIFO's must not
+    be: the server would stop for everyone until a writer came."""
+    os.mkfifo(export / "pipe")
+    async with serving(LocalTree(str(export))) as address, ninep.connect(address) as fs:
+        fid, _ = await fs.walk_fid("pipe")
+        await fs.conn.open(fid, OREAD)
+        got: list[bytes] = []
+
+        async def read_pipe() -> None:
+            got.append(await fs.conn.read(fid, 0, 100))
+
+        # A writer that has written nothing yet (with none, a FIFO reads as end of file).
+        w = os.open(export / "pipe", os.O_WRONLY | os.O_NONBLOCK)  # the server holds the read end
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_pipe)
+                await trio.sleep(0.05)  # the Tread is at the server, waiting for data
+                with trio.fail_after(5):
+                    assert await fs.read_bytes("hello.txt") == b"hello from the host\n"
+                assert not got
+                os.write(w, b"through the pipe")
+        finally:
+            os.close(w)
+        assert got == [b"through the pipe"]
+        await fs.conn.clunk(fid)
