@@ -319,8 +319,11 @@ class Connection:
             return
         self._soon.append((msg, want, done))
         if not self._soon_timer and self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._send_soon_later)
+            except RuntimeError:  # the nursery has closed: the next write (or aclose) takes it
+                return
             self._soon_timer = True
-            self._nursery.start_soon(self._send_soon_later)
 
     def _take_soon(self) -> list[bytes]:
         """The frames of up to SOON_BATCH waiting `soon` requests, their tags taken."""
