@@ -166,7 +166,7 @@ class Connection:
         self._reader = FrameReader(stream, msize)
         self._closed: BaseException | None = None
         self._nursery: trio.Nursery | None = None
-        self._soon: deque[tuple[Message, type[Message], Done | None]] = deque()
+        self._soon: deque[tuple[Message, type[Message], Done]] = deque()
         self._soon_timer = False
 
     @classmethod
@@ -283,8 +283,7 @@ class Connection:
                 self._done(call)
         while self._soon:
             _, _, done = self._soon.popleft()
-            if done is not None:
-                done(self._lost())
+            done(self._lost())
 
     async def _send(self, msg: Message) -> None:
         await send_frame(self.stream, self._send_lock, codec.encode_parts(msg))
@@ -310,12 +309,13 @@ class Connection:
 
         For requests nobody waits for, such as the Tclunk of a closed file. Riding
         along with the next write, they cost neither side a system call or a wakeup
-        of their own, and they still reach the server before anything sent after them. `done` (if any) gets the reply of the
-        wanted type or the NinePError, in the reader task; it must not block.
+        of their own, and they still reach the server before anything sent after them.
+        `done` (if any) gets the reply of the wanted type or the NinePError, in the
+        reader task; it must not block.
         """
+        done = done or _ignore
         if self._closed is not None:
-            if done is not None:
-                done(self._lost())
+            done(self._lost())
             return
         self._soon.append((msg, want, done))
         if not self._soon_timer and self._nursery is not None:
@@ -332,7 +332,7 @@ class Connection:
         for _ in range(min(len(soon), SOON_BATCH)):
             msg, want, done = soon.popleft()
             tag = self.tags.get()
-            call = self._calls[tag] = _Call(want, done or _ignore)
+            call = self._calls[tag] = _Call(want, done)
             call.sent = True
             parts.extend(codec.encode_parts(_with_tag(msg, tag)))
         return parts
