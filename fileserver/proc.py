@@ -12,6 +12,15 @@ Signalling is off unless the tree is built with `allow_control=True`, since
 until the server authenticates its clients anyone who can dial it could kill
 the server's processes.
 
+With `check_users` (an authenticated server: a key is a user), a user reads the
+`env` and writes the `ctl`/`note` of its own processes only, as the host would
+let it (root: of every process). `env` is the user's when every uid of the
+process (real, effective, saved, filesystem) is the user's, as ptrace(2)'s
+check for /proc/PID/environ asks; a signal may go where kill(2) would send it,
+to a process whose real or saved uid is the user's. Another user's `env` reads
+as "permission denied", and its `ctl` does not open. Everyone may read every
+`status` and `cmdline`, as on the host.
+
 Like Plan 9's synthetic files, files report length 0 and their content is
 computed when opened. A pid can be reused, so a node remembers the start time
 of the process it was walked to: once that process is gone the node's files
@@ -35,7 +44,7 @@ from ninep.errors import IsADirectory, NinePError, NotADirectory, NotFound, Perm
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, is_null_wstat
 
-from .owners import group_name, user_name
+from .owners import group_name, host_account, user_name
 
 __all__ = ["ProcTree", "parse_signal"]
 
@@ -104,6 +113,7 @@ class _Node:
     start: int = 0  # the process's start time in ticks: tells a reused pid apart
     file: int = 0  # index in _FILES; 0: the process directory
     data: bytes | None = None  # the content as of open
+    user: str | None = None  # with check_users: the attached user
 
     @property
     def qid(self) -> Qid:
@@ -114,11 +124,18 @@ class _Node:
 
 
 class ProcTree(Tree):
-    """The machine's processes; `ctl`/`note` send signals only when `allow_control` is set."""
+    """The machine's processes; `ctl`/`note` send signals only when `allow_control` is set.
 
-    def __init__(self, owner: str | None = None, *, allow_control: bool = False) -> None:
+    `check_users`: users are authenticated, and each may read the env of and signal
+    only its own processes.
+    """
+
+    def __init__(
+        self, owner: str | None = None, *, allow_control: bool = False, check_users: bool = False
+    ) -> None:
         self.owner = owner or getpass.getuser()
         self.allow_control = allow_control
+        self.check_users = check_users
         self._boot = _boot_time()
 
     # --- helpers ------------------------------------------------------------------
@@ -149,8 +166,25 @@ class ProcTree(Tree):
             muid=uid,
         )
 
-    def _content(self, pid: int, index: int) -> bytes:
-        name = _FILES[index][0]
+    def _check_user(self, node: _Node, signalling: bool) -> None:
+        """With check_users: the node's process is its user's to read the env of, or signal."""
+        if node.user is None:
+            return
+        assert node.pid is not None
+        account = host_account(node.user)
+        if account is not None and account[0].pw_uid == 0:
+            return
+        uids = _uids(node.pid)  # real, effective, saved, filesystem
+        if account is not None:
+            uid = account[0].pw_uid
+            if (uid in (uids[0], uids[2])) if signalling else all(u == uid for u in uids):
+                return
+        owner = user_name(uids[0])
+        raise PermissionDenied(f"permission denied: process {node.pid} is {owner}'s, not {node.user}'s")
+
+    def _content(self, node: _Node) -> bytes:
+        assert node.pid is not None
+        pid, name = node.pid, _FILES[node.file][0]
         try:
             if name == "status":
                 return _status(pid)
@@ -161,9 +195,15 @@ class ProcTree(Tree):
                     args.pop()
                 return b" ".join(args) + b"\n" if args else b""
             if name == "env":
+                self._check_user(node, signalling=False)
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     env = f.read()
+                # Checked again after: it may have exec'd a set-uid program meanwhile.
+                self._check_user(node, signalling=False)
+                self._check_alive(node)
                 return b"".join(v + b"\n" for v in env.split(b"\0") if v)
+        except NinePError:
+            raise
         except (FileNotFoundError, ProcessLookupError):
             raise NotFound("file does not exist") from None
         except PermissionError:
@@ -177,13 +217,17 @@ class ProcTree(Tree):
                 pidfd = os.pidfd_open(node.pid)
             except (AttributeError, NotImplementedError):  # no pidfds: a small race remains
                 self._check_alive(node)
+                self._check_user(node, signalling=True)
                 os.kill(node.pid, sig)
                 return
             try:
                 self._check_alive(node)  # the pidfd holds this process, not a later one
+                self._check_user(node, signalling=True)
                 signal.pidfd_send_signal(pidfd, sig)
             finally:
                 os.close(pidfd)
+        except NinePError:
+            raise
         except ProcessLookupError:
             raise NotFound("file does not exist") from None
         except PermissionError:
@@ -194,10 +238,10 @@ class ProcTree(Tree):
     async def attach(self, uname: str, aname: str) -> _Node:
         if aname not in ("", "/"):
             raise NotFound(f"file does not exist: no tree named {aname!r}")
-        return _Node(None)
+        return _Node(None, user=uname if self.check_users else None)
 
     async def clone(self, node: _Node) -> _Node:
-        return _Node(node.pid, node.start, node.file)
+        return _Node(node.pid, node.start, node.file, user=node.user)
 
     async def walk1(self, node: _Node, name: str) -> _Node:
         if node.file != 0:
@@ -206,18 +250,18 @@ class ProcTree(Tree):
             return await self.clone(node)
         if node.pid is None:
             if name == "..":
-                return _Node(None)
+                return _Node(None, user=node.user)
             if not name.isdigit() or name != str(int(name)):  # "007" is not a pid
                 raise NotFound("file does not exist")
             pid = int(name)
-            return _Node(pid, _start_ticks(pid))
+            return _Node(pid, _start_ticks(pid), user=node.user)
         self._check_alive(node)
         if name == "..":
-            return _Node(None)
+            return _Node(None, user=node.user)
         index = _INDEX.get(name)
         if index is None:
             raise NotFound("file does not exist")
-        return _Node(node.pid, node.start, index)
+        return _Node(node.pid, node.start, index, user=node.user)
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
         if node.pid is None:
@@ -228,10 +272,11 @@ class ProcTree(Tree):
                 raise PermissionDenied("permission denied")
             if not self.allow_control:
                 raise PermissionDenied(CONTROL_OFF)
+            self._check_user(node, signalling=True)
         elif mode != OREAD:  # OTRUNC and ORCLOSE are writes too
             raise PermissionDenied("permission denied")
         elif node.file != 0:
-            node.data = self._content(node.pid, node.file)
+            node.data = self._content(node)
         return node.qid, 0
 
     async def create(self, node: _Node, name: str, perm: int, mode: int) -> tuple[Qid, int]:
@@ -288,6 +333,18 @@ class ProcTree(Tree):
 
     async def clunk(self, node: _Node) -> None:
         node.data = None
+
+
+def _uids(pid: int) -> list[int]:
+    """The process's real, effective, saved and filesystem uids (proc(5): the Uid line)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return [int(u) for u in line.split()[1:5]]
+    except (FileNotFoundError, ProcessLookupError):
+        raise NotFound("file does not exist") from None
+    raise NotFound("file does not exist")
 
 
 def _status(pid: int) -> bytes:
