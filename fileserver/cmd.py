@@ -56,6 +56,9 @@ Session numbers are never reused, so qids stay unique.
 
 Running commands is the whole point of this tree and also a remote shell for
 whoever can reach it: the server decides whether to export it (`--allow-exec`).
+With `check_users` (an authenticated server: a key is a user), each command runs
+as the user who attached (fileserver.cmdexec), and a session is its user's: others
+do not see it in the root and may not walk into it (root may).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, is_null_wstat
 
+from .cmdexec import open_command
+from .owners import host_account
 from .proc import parse_signal
 
 __all__ = ["CmdTree", "open_cmd_tree"]
@@ -136,7 +141,8 @@ class _Session:
 
     n: int
     ctime: int
-    dir: str | None
+    user: str | None  # with check_users: whose session it is, and as whom its command runs
+    dir: str | None = None  # asked for with `dir`; None: the tree's default
     refs: int = 0  # nodes (fids) naming this session
     writers: int = 0  # data nodes open for writing
     stderr_readers: int = 0  # stderr nodes open; with none, stderr is drained and discarded
@@ -165,6 +171,7 @@ class _Session:
 class _Node:
     kind: _Kind
     session: _Session | None = None
+    user: str | None = None  # with check_users: the attached user
     counted: bool = False  # open data-for-writing or stderr node, counted in its session
 
     @property
@@ -179,13 +186,21 @@ class _Node:
 class CmdTree(Tree):
     """cmd(3) over 9P: runs host commands; each command is reaped by a task in `nursery`.
 
-    `dir` is the default working directory of commands (None: the server's own).
+    `dir` is the default working directory of commands (None: the server's own; with
+    check_users, the user's home). `check_users`: users are authenticated, and each
+    command runs as the user who attached.
     """
 
     def __init__(
-        self, nursery: trio.Nursery, *, dir: str | None = None, term_wrapper: TermWrapper | None = None
+        self,
+        nursery: trio.Nursery,
+        *,
+        dir: str | None = None,
+        term_wrapper: TermWrapper | None = None,
+        check_users: bool = False,
     ) -> None:
         self._nursery = nursery
+        self._check_users = check_users
         self._term_wrapper = term_wrapper
         self._dir = dir
         self._owner = getpass.getuser()
@@ -197,10 +212,10 @@ class CmdTree(Tree):
 
     # --- sessions --------------------------------------------------------------------
 
-    def _new_session(self) -> _Session:
+    def _new_session(self, user: str | None) -> _Session:
         if self._closed:
             raise NinePError("i/o error: cmd tree closed")
-        s = _Session(next(self._numbers), int(time.time()), self._dir)
+        s = _Session(next(self._numbers), int(time.time()), user)
         self._sessions[s.n] = s
         return s
 
@@ -274,7 +289,9 @@ class CmdTree(Tree):
                 raise NinePError("bad ctl request: usage: dir PATH")
             if s.proc is not None or s.starting:
                 raise NinePError("dir: command already started")
-            if not os.path.isdir(args[0]):
+            # As the user, the command enters it itself (and exec says if it could not): the
+            # server's own look would tell the user what lies where the user may not look.
+            if s.user is None and not os.path.isdir(args[0]):
                 raise NotADirectory(f"dir: {args[0]}: not a directory")
             s.dir = args[0]
         elif verb == "exec":
@@ -338,20 +355,26 @@ class CmdTree(Tree):
             if s.winsize:
                 _set_winsize(master, s.winsize)
             # The terminal becomes the command's controlling terminal in its new session.
-            io = {"stdin": slave, "stdout": slave, "stderr": slave, "preexec_fn": _take_terminal}
+            io = {"stdin": slave, "stdout": slave, "stderr": slave, "preexec": _take_terminal}
         try:
-            proc = await trio.lowlevel.open_process(
+            proc = await open_command(
                 argv,
+                user=s.user,
+                dir=s.dir,
+                default_dir=self._dir,
                 pass_fds=pass_fds,
-                cwd=s.dir,
                 start_new_session=True,  # its own process group, so kill reaches its children
                 **io,
             )
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:
             s.starting = False
             if master >= 0:
                 os.close(master)
                 os.close(slave)
+            if isinstance(e, NinePError):
+                raise
+            if isinstance(e, subprocess.SubprocessError):
+                raise NinePError(f"exec {argv[0]}: could not start it") from None
             raise NinePError(f"exec {argv[0]}: {e.strerror or e}") from None
         if s.pty:
             os.close(slave)
@@ -468,33 +491,42 @@ class CmdTree(Tree):
     async def attach(self, uname: str, aname: str) -> _Node:
         if aname not in ("", "/"):
             raise NotFound(f"file does not exist: no tree named {aname!r}")
-        return _Node(_Kind.ROOT)
+        return _Node(_Kind.ROOT, user=uname if self._check_users else None)
 
     async def clone(self, node: _Node) -> _Node:
         self._ref(node.session)
-        return _Node(node.kind, node.session)
+        return _Node(node.kind, node.session, user=node.user)
+
+    def _may_see(self, user: str | None, s: _Session) -> bool:
+        """Whether `user` may use session `s`: its own, or any when root (or unchecked)."""
+        if user is None or s.user is None or s.user == user:
+            return True
+        account = host_account(user)
+        return account is not None and account[0].pw_uid == 0
 
     async def walk1(self, node: _Node, name: str) -> _Node:
         if name == ".":
             return await self.clone(node)
         if node.kind is _Kind.ROOT:
             if name == "..":
-                return _Node(_Kind.ROOT)
+                return _Node(_Kind.ROOT, user=node.user)
             if name == "clone":
-                return _Node(_Kind.CLONE)
+                return _Node(_Kind.CLONE, user=node.user)
             s = self._sessions.get(int(name)) if name.isdigit() and name.isascii() else None
             if s is None:
                 raise NotFound("file does not exist")
+            if not self._may_see(node.user, s):
+                raise PermissionDenied(f"permission denied: session {s.n} is {s.user}'s")
             self._ref(s)
-            return _Node(_Kind.DIR, s)
+            return _Node(_Kind.DIR, s, user=node.user)
         if node.kind is _Kind.DIR:
             if name == "..":
-                return _Node(_Kind.ROOT)
+                return _Node(_Kind.ROOT, user=node.user)
             kind = _FILES.get(name)
             if kind is None or node.session is None or node.session.closed:
                 raise NotFound("file does not exist")
             self._ref(node.session)
-            return _Node(kind, node.session)
+            return _Node(kind, node.session, user=node.user)
         raise NotADirectory("walk in non-directory")
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
@@ -507,7 +539,7 @@ class CmdTree(Tree):
         if node.session is not None and node.session.closed:
             raise NinePError("i/o error: session closed")
         if node.kind is _Kind.CLONE:  # cmd(3): the clone fid becomes the new session's ctl
-            s = self._new_session()
+            s = self._new_session(node.user)
             self._ref(s)
             node.kind, node.session = _Kind.CTL, s
         elif node.kind is _Kind.DATA and writing:
@@ -542,7 +574,8 @@ class CmdTree(Tree):
 
     async def readdir(self, node: _Node) -> Sequence[Stat]:
         if node.kind is _Kind.ROOT:
-            nodes = [_Node(_Kind.CLONE)] + [_Node(_Kind.DIR, s) for _, s in sorted(self._sessions.items())]
+            mine = [s for _, s in sorted(self._sessions.items()) if self._may_see(node.user, s)]
+            nodes = [_Node(_Kind.CLONE)] + [_Node(_Kind.DIR, s) for s in mine]
         elif node.kind is _Kind.DIR and node.session is not None and not node.session.closed:
             nodes = [_Node(k, node.session) for k in _FILES.values()]
         else:
@@ -571,6 +604,7 @@ class CmdTree(Tree):
         else:
             name = _NAMES[node.kind]
         t = s.ctime if s is not None else self._ctime
+        owner = s.user if s is not None and s.user is not None else self._owner
         return Stat(
             qid=node.qid,
             mode=_PERMS[node.kind],
@@ -578,9 +612,9 @@ class CmdTree(Tree):
             mtime=t,
             length=0,
             name=name,
-            uid=self._owner,
-            gid=self._owner,
-            muid=self._owner,
+            uid=owner,
+            gid=owner,
+            muid=owner,
         )
 
     async def stat(self, node: _Node) -> Stat:
@@ -616,11 +650,11 @@ class CmdTree(Tree):
 
 @asynccontextmanager
 async def open_cmd_tree(
-    *, dir: str | None = None, term_wrapper: TermWrapper | None = None
+    *, dir: str | None = None, term_wrapper: TermWrapper | None = None, check_users: bool = False
 ) -> AsyncIterator[CmdTree]:
     """A `CmdTree` with a nursery of its own; every command is killed and reaped on exit."""
     async with trio.open_nursery() as nursery:
-        tree = CmdTree(nursery, dir=dir, term_wrapper=term_wrapper)
+        tree = CmdTree(nursery, dir=dir, term_wrapper=term_wrapper, check_users=check_users)
         try:
             yield tree
         finally:

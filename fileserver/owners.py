@@ -57,3 +57,12 @@ def host_user_may(uname: str, st: os.stat_result, want: int) -> bool:
     else:
         have = mode & 7
     return have & want == want
+
+
+def host_account(uname: str) -> tuple[pwd.struct_passwd, list[int]] | None:
+    """`uname`'s passwd entry and every group it is in, read now; None for a name the host lacks."""
+    try:
+        pw = pwd.getpwnam(uname)
+    except KeyError:
+        return None
+    return pw, os.getgrouplist(uname, pw.pw_gid)

@@ -39,17 +39,20 @@ async def open_machine(
     dev = DevTree()
     try:
         # check_users (authenticated servers): each user walks /fs as itself, with the
-        # host's permission checks for that user.
+        # host's permission checks for that user, reads the env of and signals only its own
+        # processes in /proc, and runs /cmd commands as itself.
         async with Namespace(uname=getpass.getuser(), per_user=check_users) as ns:
             await ns.mount(
                 LocalTree(fs_dir or os.path.expanduser("~"), read_only=read_only, check_users=check_users),
                 "/fs",
                 MREPL | MCREATE,
             )
-            await ns.mount(ProcTree(allow_control=allow_control), "/proc")
+            await ns.mount(ProcTree(allow_control=allow_control, check_users=check_users), "/proc")
             await ns.mount(dev, "/dev")
             if allow_exec:
-                async with open_cmd_tree(dir=fs_dir, term_wrapper=term_wrapper) as cmd:
+                async with open_cmd_tree(
+                    dir=fs_dir, term_wrapper=term_wrapper, check_users=check_users
+                ) as cmd:
                     await ns.mount(cmd, "/cmd")
                     yield ns
             else:
