@@ -9,8 +9,11 @@ cancelled and every fid is clunked.
 from __future__ import annotations
 
 import argparse
+import getpass
+import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +24,7 @@ import trio
 from ninep import Limits, Server, Tree
 from ninep.auth import Authenticator
 from ninep.tls import server_context_from_files
-from ninep.transport import parse_address
+from ninep.transport import Address, parse_address
 
 from .local import LocalTree
 from .ram import RamTree
@@ -98,16 +101,36 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
             print(f"ninefs serve: {e}", file=sys.stderr)
             return 2
         log.info("authentication required: %d keys from %s", len(auth.authorized), args.authorized_keys)
-    if not addr.is_loopback and auth is None:
-        if args.allow_exec or args.allow_control:
-            # Until connections are authenticated, running programs is for this machine only.
-            print(
-                f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
-                "without --authorized-keys only loopback addresses may have them",
-                file=sys.stderr,
+    if auth is None:
+        # Until connections are authenticated, running programs is for this machine only:
+        # decided by where the address resolves to, not by how it is spelt.
+        running = args.allow_exec or args.allow_control
+        try:
+            local = _only_loopback(addr)
+        except OSError as e:
+            if running:
+                print(
+                    f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
+                    f"cannot resolve {addr.host}: {e.strerror or e}",
+                    file=sys.stderr,
+                )
+                return 2
+            local = False  # binding it will say what is wrong
+        if not local:
+            if running:
+                print(
+                    f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
+                    "without --authorized-keys only loopback addresses may have them",
+                    file=sys.stderr,
+                )
+                return 2
+            log.warning("listening on %s without --authorized-keys: anyone who can reach it can use it", addr)
+        elif running:
+            log.warning(
+                "--allow-exec/--allow-control without --authorized-keys: every user of this machine "
+                "can run commands as %s",
+                getpass.getuser(),
             )
-            return 2
-        log.warning("listening on %s without --authorized-keys: anyone who can reach it can use it", addr)
     if (args.allow_exec or args.allow_control) and not args.machine:
         print("ninefs serve: --allow-exec and --allow-control go with --machine", file=sys.stderr)
         return 2
@@ -141,6 +164,30 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _only_loopback(addr: Address) -> bool:
+    """Whether every address `addr` resolves to is loopback (socket.gaierror: it does not resolve).
+
+    Decided on the addresses, not the spelling: `127.attacker.example` is a name, and
+    may resolve anywhere.
+    """
+    if addr.network in ("unix", "fd"):
+        return True
+    if addr.host in ("", "*"):
+        return False
+    infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+    return bool(infos) and all(_is_loopback_ip(str(info[4][0])) for info in infos)
+
+
+def _is_loopback_ip(text: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1
+    return ip.is_loopback
 
 
 def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) -> None:
