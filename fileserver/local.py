@@ -5,12 +5,23 @@ inode, qid.vers from mtime and size, owners and groups as names, rename and
 truncate through wstat, fsync on a null wstat. Plan 9's DMAPPEND and DMEXCL
 have no host bit, so they live in an extended attribute (`user.ninefs.dm`).
 
-Confinement: a node is a list of names below the root; ".." is resolved on
-those names (at the root it stays there), and before any file is touched its
-real path (all symlinks resolved) must lie inside the root. A symlink that
-points inside works like its target; one that points out of the export is
-not listed and cannot be walked. Permission checks are the host's, for the
-user the server runs as.
+Confinement is by descriptors (fileserver/beneath.py): a node holds the
+`Place` it names, an O_PATH descriptor of the file and the place of the
+directory its name is in. A walk resolves one name relative to its directory's
+descriptor, and every operation acts on the descriptor it holds (reads, stats,
+opens, chmod) or on its own name in its directory's descriptor (remove, rename,
+create), so a host that swaps directories and symlinks cannot move an operation
+outside the root, and no path grows longer than one name. ".." is lexical, as
+in Plan 9: the directory the fid was walked from (at the root it stays there).
+A symlink that points inside works like its target; one that points out of the
+export is not listed and cannot be walked. Removing or renaming a symlink acts
+on the link; nothing is removed through a symlinked directory (a client sees it
+as the directory, and its `rm -rf` of the link would empty the target).
+
+Permission checks are the host's, for the user the server runs as; with
+`check_users`, also for the attached user, as the host would check them:
+search (x) on every directory walked through, write and search on a directory
+to create or remove in it.
 """
 
 from __future__ import annotations
@@ -19,7 +30,6 @@ import errno
 import grp
 import os
 import stat as st_mod
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,10 +52,11 @@ from ninep.constants import (
     QTEXCL,
     QTFILE,
 )
-from ninep.errors import Exists, IsADirectory, NinePError, NotFound, PermissionDenied
+from ninep.errors import Exists, IsADirectory, NinePError, PermissionDenied
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
+from .beneath import NOWHERE, Place, Root, proc_path
 from .owners import group_name, host_user_may, owns, user_name
 
 __all__ = ["LocalTree"]
@@ -64,15 +75,14 @@ def _group_id(name: str) -> int:
         raise NinePError(f"invalid argument: unknown group {name!r}") from None
 
 
-@dataclass(eq=False, slots=True, weakref_slot=True)
+@dataclass(eq=False, slots=True)
 class _Node:
-    names: tuple[str, ...]
+    place: Place  # the file this node names, held by descriptor (NOWHERE once clunked)
     qid: Qid
     uname: str
     fd: int | None = None
     omode: int | None = None
     regular: bool = True
-    real: str | None = None  # the confined host path, checked when the node was made
 
 
 class LocalTree(Tree):
@@ -87,46 +97,24 @@ class LocalTree(Tree):
         real = os.path.realpath(root)
         if not os.path.isdir(real):
             raise NotADirectoryError(f"{root}: not a directory")
-        self.root = real
-        self._prefix = real if real.endswith(os.sep) else real + os.sep  # "/" exports everything
+        self._beneath = Root(real)
+        self.root = self._beneath.path
         self.read_only = read_only
         # With authenticated users (serve --authorized-keys), each attach acts as a host user:
         # mode bits are checked for that user, as the kernel would if that user did it.
         self.check_users = check_users
         self._exclusive: set[tuple[int, int]] = set()  # (dev, ino) of DMEXCL files open now
-        # Every node alive, so a rename can move the others that name the file or lie below
-        # it: a fid names a file, not a path (intro(5)).
-        self._nodes: weakref.WeakSet[_Node] = weakref.WeakSet()
 
-    def _track(self, node: _Node) -> _Node:
-        self._nodes.add(node)
-        return node
+    # --- host files as 9P sees them ------------------------------------------------------
 
-    # --- paths and confinement --------------------------------------------------
+    def _searcher(self, uname: str) -> str | None:
+        """Whose search permission lookups check: the attached user's, with check_users."""
+        return uname if self.check_users else None
 
-    def _real(self, names: Sequence[str]) -> str:
-        """The host path for `names`, all symlinks resolved; never outside the root."""
-        path = os.path.join(self.root, *names)
-        real = os.path.realpath(path)
-        if real != self.root and not real.startswith(self._prefix):
-            raise PermissionDenied("permission denied: leads outside the exported tree")
-        return real
-
-    def _node_real(self, node: _Node) -> str:
-        """The node's host path; resolved (and confinement checked) once per node.
-
-        Resolving on every message made realpath the server's biggest cost. A node's
-        path is checked again whenever it is made anew (walk) or renamed.
-        """
-        if node.real is None:
-            node.real = self._real(node.names)
-        return node.real
-
-    def _extra_bits(self, real: str) -> int:
-        try:
-            return int(os.getxattr(real, _XATTR, follow_symlinks=False)) & _EXTRA_BITS
-        except (OSError, ValueError):
-            return 0
+    def _extra_bits(self, fd: int, s: os.stat_result) -> int:
+        if st_mod.S_ISDIR(s.st_mode):
+            return 0  # DMAPPEND and DMEXCL are for files (wstat refuses them on directories)
+        return _xattr_bits(proc_path(fd))
 
     def _qid(self, s: os.stat_result, extra: int) -> Qid:
         typ = QTDIR if st_mod.S_ISDIR(s.st_mode) else QTFILE
@@ -137,9 +125,7 @@ class LocalTree(Tree):
         vers = (s.st_mtime_ns // 1000 ^ s.st_size ^ (s.st_ctime_ns // 1000) << 7) & 0xFFFFFFFF
         return Qid(typ, vers, (s.st_ino ^ (s.st_dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 
-    def _stat_real(self, real: str, name: str) -> Stat:
-        s = os.stat(real)
-        extra = self._extra_bits(real)
+    def _stat(self, s: os.stat_result, extra: int, name: str) -> Stat:
         mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra
         if st_mod.S_ISDIR(s.st_mode):
             mode |= DMDIR
@@ -156,11 +142,9 @@ class LocalTree(Tree):
             muid=user,
         )
 
-    def _may(self, node: _Node, real: str, want: int, s: os.stat_result | None = None) -> None:
-        """Refuse unless the attached user may `want` (4 read, 2 write, 1 exec) on `real`."""
-        if not self.check_users:
-            return
-        if not host_user_may(node.uname, s or os.stat(real), want):
+    def _may(self, node: _Node, want: int, s: os.stat_result) -> None:
+        """Refuse unless the attached user may `want` (4 read, 2 write, 1 exec) on `s`'s file."""
+        if self.check_users and not host_user_may(node.uname, s, want):
             raise PermissionDenied(f"permission denied: {node.uname} may not {_WANTS[want]} this")
 
     def _writable(self) -> None:
@@ -170,61 +154,49 @@ class LocalTree(Tree):
     # --- the tree interface ---------------------------------------------------------
 
     async def attach(self, uname: str, aname: str) -> _Node:
-        names = tuple(n for n in aname.split("/") if n and n != ".")
+        names = [n for n in aname.split("/") if n and n != "."]
         if ".." in names:
             raise PermissionDenied("permission denied: aname leads outside the exported tree")
-        real = self._real(names)
-        s = os.stat(real)
+        place = self._beneath.top
+        s = os.fstat(place.fd)
+        for name in names:
+            place, s = self._beneath.lookup(place, name, self._searcher(uname))
         if not st_mod.S_ISDIR(s.st_mode):
             raise NinePError(f"not a directory: {aname}")
-        return self._track(_Node(names, self._qid(s, 0), uname))
+        return _Node(place, self._qid(s, 0), uname)
 
     async def clone(self, node: _Node) -> _Node:
-        return self._track(_Node(node.names, node.qid, node.uname, real=node.real))
+        return _Node(node.place, node.qid, node.uname)
 
     async def walk1(self, node: _Node, name: str) -> _Node:
-        if name == "..":
-            names = node.names[:-1]
-        elif name == ".":
-            names = node.names
+        place = node.place
+        if name in ("..", "."):
+            self._beneath.search(place, self._searcher(node.uname))
+            if name == ".." and place.parent is not None:  # lexical, as in Plan 9
+                place = place.parent
+            s = os.fstat(place.fd)
         else:
-            names = (*node.names, name)
-        s = None
-        if name not in ("..", ".", "") and "/" not in name and "\0" not in name:
-            # The directory's own path is resolved and confined already: one lstat tells
-            # whether `name` adds a symlink to resolve. Only then is the whole path resolved
-            # (realpath costs an lstat per component, on every walk of every file).
-            real = os.path.join(self._node_real(node), name)
-            try:
-                s = os.lstat(real)
-            except FileNotFoundError:
-                raise NotFound("file does not exist") from None
-            if st_mod.S_ISLNK(s.st_mode):
-                s = None
-        if s is None:
-            real = self._real(names)
-            try:
-                s = os.stat(real)
-            except FileNotFoundError:
-                raise NotFound("file does not exist") from None
-        return self._track(_Node(names, self._qid(s, self._extra_bits(real)), node.uname, real=real))
+            place, s = self._beneath.lookup(place, name, self._searcher(node.uname))
+        return _Node(place, self._qid(s, self._extra_bits(place.fd, s)), node.uname)
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
-        real = self._node_real(node)
+        place = node.place
         acc = mode & OACCMODE
         if acc in (OWRITE, ORDWR) or mode & OTRUNC:
             self._writable()
-        s = os.stat(real)
-        extra = self._extra_bits(real)
+        s = os.fstat(place.fd)
+        extra = self._extra_bits(place.fd, s)
         want = {OREAD: 4, OWRITE: 2, ORDWR: 6, OEXEC: 1}[acc] | (2 if mode & OTRUNC else 0)
-        self._may(node, real, want, s)
-        if st_mod.S_ISDIR(s.st_mode):
-            if not os.access(real, os.R_OK | os.X_OK):
+        is_dir = st_mod.S_ISDIR(s.st_mode)
+        self._may(node, (want | 1) if is_dir else want, s)  # a listing stats entries: search too
+        path = proc_path(place.fd)  # the file held, reopened: no name is looked up again
+        if is_dir:
+            if not os.access(path, os.R_OK | os.X_OK):
                 raise PermissionDenied("permission denied")
             node.omode = mode
             node.qid = self._qid(s, extra)
             return node.qid, 0
-        if acc == OEXEC and not os.access(real, os.X_OK):
+        if acc == OEXEC and not os.access(path, os.X_OK):
             raise PermissionDenied("permission denied")
         flags = {OREAD: os.O_RDONLY, OWRITE: os.O_WRONLY, ORDWR: os.O_RDWR, OEXEC: os.O_RDONLY}[acc]
         if mode & OTRUNC and not extra & DMAPPEND:
@@ -236,7 +208,7 @@ class LocalTree(Tree):
             flags |= os.O_NONBLOCK  # a FIFO or device must not block the whole server in open
         self._claim_exclusive(s, extra)
         try:
-            fd = os.open(real, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, flags | os.O_CLOEXEC)
         except BaseException:
             self._exclusive.discard((s.st_dev, s.st_ino))
             raise
@@ -256,47 +228,53 @@ class LocalTree(Tree):
     async def create(self, node: _Node, name: str, perm: int, mode: int) -> tuple[Qid, int]:
         self._writable()
         check_name(name)
-        dreal = self._node_real(node)
-        dstat = os.stat(dreal)
-        self._may(node, dreal, 2, dstat)
-        dmode = dstat.st_mode
-        names = (*node.names, name)
-        path = os.path.join(dreal, name)
-        if os.path.lexists(path):
-            raise Exists("file already exists")
+        dirp = node.place
+        dstat = os.fstat(dirp.fd)
+        self._may(node, 3, dstat)  # write and search, as the host checks for creat(2)
         extra = perm & _EXTRA_BITS
         if perm & DMDIR:
             if mode & OACCMODE not in (OREAD, OEXEC) or mode & OTRUNC:
                 raise IsADirectory("is a directory: cannot create a directory open for writing")
-            want = dir_perm(perm, dmode) & 0o777
-            os.mkdir(path, want)
-            os.chmod(path, want)  # Plan 9 applies no umask
-            node.names, node.real = names, path
+            want = dir_perm(perm, dstat.st_mode) & 0o777
+            try:
+                os.mkdir(name, want, dir_fd=dirp.fd)
+            except FileExistsError:
+                raise Exists("file already exists") from None
+            pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirp.fd)
+            s = os.fstat(pfd)
+            node.place = self._beneath.adopt(dirp, name, pfd, s)
+            os.chmod(proc_path(pfd), want)  # Plan 9 applies no umask
             node.omode = mode
-            node.qid = self._qid(os.stat(path), 0)
+            node.qid = self._qid(os.fstat(pfd), 0)
             return node.qid, 0
-        want = file_perm(perm, dmode) & 0o777
+        want = file_perm(perm, dstat.st_mode) & 0o777
         acc = mode & OACCMODE
         flags = {OREAD: os.O_RDONLY, OWRITE: os.O_WRONLY, ORDWR: os.O_RDWR, OEXEC: os.O_RDONLY}[acc]
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, want)
+        try:
+            fd = os.open(
+                name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, want, dir_fd=dirp.fd
+            )
+        except FileExistsError:
+            raise Exists("file already exists") from None
         try:
             os.fchmod(fd, want)
             if extra:
                 os.setxattr(fd, _XATTR, str(extra).encode())
                 if extra & DMAPPEND:
-                    os.close(fd)
-                    fd = os.open(path, flags | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    fd, old = os.open(proc_path(fd), flags | os.O_APPEND | os.O_CLOEXEC), fd
+                    os.close(old)
+            pfd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
             os.close(fd)
-            os.unlink(path)
+            os.unlink(name, dir_fd=dirp.fd)
             if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise NinePError("operation not supported: DMAPPEND/DMEXCL need user xattrs here") from None
             raise
         s = os.fstat(fd)
         if extra & DMEXCL:
             self._exclusive.add((s.st_dev, s.st_ino))
-        node.names, node.fd, node.omode, node.regular = names, fd, mode, True
-        node.real = path
+        node.place = self._beneath.adopt(dirp, name, pfd, s)
+        node.fd, node.omode, node.regular = fd, mode, True
         node.qid = self._qid(s, extra)
         return node.qid, 0
 
@@ -313,19 +291,29 @@ class LocalTree(Tree):
         return await trio.to_thread.run_sync(os.read, fd, count, abandon_on_cancel=True)
 
     async def readdir(self, node: _Node) -> Sequence[Stat]:
-        real = self._node_real(node)
+        dirp = node.place
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirp.fd)
         out = []
-        with os.scandir(real) as it:
-            for entry in it:
-                try:
-                    entry.name.encode("utf-8")
-                except UnicodeEncodeError:
-                    continue  # 9P names are UTF-8; a name that is not cannot be sent
-                try:
-                    target = self._real((*node.names, entry.name)) if entry.is_symlink() else entry.path
-                    out.append(self._stat_real(target, entry.name))
-                except OSError:
-                    continue  # dangling or escaping symlink, or removed meanwhile
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    try:
+                        entry.name.encode("utf-8")
+                    except UnicodeEncodeError:
+                        continue  # 9P names are UTF-8; a name that is not cannot be sent
+                    try:
+                        if entry.is_symlink():
+                            place, s = self._beneath.lookup(dirp, entry.name, self._searcher(node.uname))
+                            extra = self._extra_bits(place.fd, s)
+                        else:
+                            s = entry.stat(follow_symlinks=False)
+                            dirent = f"{proc_path(fd)}/{entry.name}"  # the name in the directory held
+                            extra = 0 if entry.is_dir() else _xattr_bits(dirent, follow_symlinks=False)
+                        out.append(self._stat(s, extra, entry.name))
+                    except OSError:
+                        continue  # dangling or escaping symlink, or removed meanwhile
+        finally:
+            os.close(fd)
         return out
 
     async def write(self, node: _Node, offset: int, data: bytes) -> int:
@@ -338,81 +326,74 @@ class LocalTree(Tree):
         return await trio.to_thread.run_sync(os.write, fd, data, abandon_on_cancel=True)
 
     async def stat(self, node: _Node) -> Stat:
-        real = self._node_real(node)
-        return self._stat_real(real, node.names[-1] if node.names else "/")
+        place = node.place
+        s = os.fstat(place.fd)
+        return self._stat(s, self._extra_bits(place.fd, s), place.name if place.parent is not None else "/")
 
     async def wstat(self, node: _Node, st: Stat) -> None:
-        real = self._node_real(node)
-        name_set = st.name != "" and (not node.names or st.name != node.names[-1])
+        place = node.place
+        parent = place.parent
+        name_set = st.name != "" and (parent is None or st.name != place.name)
         length_set = st.length != NOT_TOUCHED_U64
         mode_set = st.mode != NOT_TOUCHED_U32
         mtime_set = st.mtime != NOT_TOUCHED_U32
         gid_set = st.gid != ""
         if not (name_set or length_set or mode_set or mtime_set or gid_set):
             # stat(5): a wstat that changes nothing asks for the file on stable storage.
-            await trio.to_thread.run_sync(_fsync_path, real, node.fd)
+            await trio.to_thread.run_sync(_fsync, place, node.fd)
             return
         self._writable()
-        s = os.stat(real)
+        s = os.fstat(place.fd)
         is_dir = st_mod.S_ISDIR(s.st_mode)
         if self.check_users:
-            if name_set:
-                self._may(node, os.path.dirname(real), 2)
+            if name_set and parent is not None:
+                self._may(node, 3, os.fstat(parent.fd))
             if length_set:
-                self._may(node, real, 2, s)
+                self._may(node, 2, s)
             if (mode_set or mtime_set or gid_set) and not owns(node.uname, s):
                 raise PermissionDenied(f"permission denied: {node.uname} does not own this")
         # Check everything before changing anything: all changes or none (stat(5)).
-        new_path = None
         if name_set:
-            if not node.names:
+            if parent is None:
                 raise PermissionDenied("permission denied: cannot rename the root")
             check_name(st.name)
-            new_path = os.path.join(os.path.dirname(real), st.name)
-            if os.path.lexists(new_path):
+            try:
+                os.stat(st.name, dir_fd=parent.fd, follow_symlinks=False)
                 raise Exists("file already exists")
+            except FileNotFoundError:
+                pass
         if length_set and is_dir and st.length != 0:
             raise IsADirectory("is a directory: cannot set a directory's length")
         if mode_set and bool(st.mode & DMDIR) != is_dir:
             raise PermissionDenied("permission denied: cannot change the DMDIR bit")
         gid = _group_id(st.gid) if gid_set else -1
-        if mode_set and st.mode & _EXTRA_BITS != self._extra_bits(real) and is_dir:
+        extra = self._extra_bits(place.fd, s)
+        if mode_set and st.mode & _EXTRA_BITS != extra and is_dir:
             raise NinePError("invalid argument: DMAPPEND/DMEXCL apply to files only")
+        path = proc_path(place.fd)  # the file held, whatever its name is now
         if length_set and not is_dir:
-            os.truncate(real, st.length)
+            os.truncate(path, st.length)
         if mode_set:
-            os.chmod(real, st.mode & 0o777)
-            extra = st.mode & _EXTRA_BITS
-            if extra != self._extra_bits(real):
-                _set_extra_bits(real, extra)
+            os.chmod(path, st.mode & 0o777)
+            if st.mode & _EXTRA_BITS != extra:
+                _set_extra_bits(path, st.mode & _EXTRA_BITS)
         if mtime_set:
-            os.utime(real, (s.st_atime, st.mtime))
+            os.utime(path, (s.st_atime, st.mtime))
         if gid_set:
-            os.chown(real, -1, gid)
-        if new_path is not None:
-            os.rename(real, new_path)
-            old_names = node.names
-            new_names = (*old_names[:-1], st.name)
-            n = len(old_names)
-            for other in list(self._nodes):
-                if other.names[:n] == old_names:
-                    other.names = new_names + other.names[n:]
-                    other.real = None
+            os.chown(path, -1, gid)
+        if name_set:
+            self._beneath.rename(place, st.name)  # a symlink's own name, not its target's
 
     async def remove(self, node: _Node) -> None:
         try:
             self._writable()
-            if not node.names:
+            place = node.place
+            if place.parent is None:
                 raise PermissionDenied("permission denied: cannot remove the root")
-            real = self._node_real(node)
-            self._may(node, os.path.dirname(real), 2)
-            if node.qid.type & QTDIR:
-                os.rmdir(real)
-            else:
-                try:
-                    os.unlink(real)
-                except IsADirectoryError:  # made a directory since it was walked
-                    os.rmdir(real)
+            if place.below_link:
+                raise PermissionDenied("permission denied: not removed through a symlinked directory")
+            self._may(node, 3, os.fstat(place.parent.fd))  # write and search, as for unlink(2)
+            self._beneath.remove(place)
         finally:
             await self.clunk(node)
 
@@ -424,25 +405,33 @@ class LocalTree(Tree):
                 self._exclusive.discard((s.st_dev, s.st_ino))
             os.close(fd)
         node.omode = None
+        node.place = NOWHERE  # its descriptors close when no other node or place holds them
 
 
-def _fsync_path(real: str, fd: int | None) -> None:
+def _xattr_bits(path: str, *, follow_symlinks: bool = True) -> int:
+    try:
+        return int(os.getxattr(path, _XATTR, follow_symlinks=follow_symlinks)) & _EXTRA_BITS
+    except (OSError, ValueError):
+        return 0
+
+
+def _fsync(place: Place, fd: int | None) -> None:
     if fd is not None:
         os.fsync(fd)
         return
-    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(proc_path(place.fd), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _set_extra_bits(real: str, extra: int) -> None:
+def _set_extra_bits(path: str, extra: int) -> None:
     try:
         if extra:
-            os.setxattr(real, _XATTR, str(extra).encode())
+            os.setxattr(path, _XATTR, str(extra).encode())
         else:
-            os.removexattr(real, _XATTR)
+            os.removexattr(path, _XATTR)
     except OSError as e:
         if e.errno == errno.ENODATA:
             return
