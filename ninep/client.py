@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import heapq
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -177,17 +178,14 @@ class Connection:
         *,
         msize: int = DEFAULT_MSIZE,
         timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> Connection:
-        """Dial `address`, negotiate the version, and run the reader task in `nursery`."""
-        from .transport import dial
+        """Dial `address`, negotiate the version, and run the reader task in `nursery`;
+        dial and Tversion within `connect_timeout` (None: `timeout`), see bounds.Opening."""
+        from .bounds import Opening
 
-        conn = cls(await dial(address), msize=msize, timeout=timeout)
-        try:
-            await conn.start(nursery)
-        except BaseException:
-            await conn.aclose()
-            raise
-        return conn
+        opening = Opening(address, timeout if connect_timeout is None else connect_timeout)
+        return await opening.connection(nursery, msize=msize, timeout=timeout)
 
     @property
     def iounit(self) -> int:
@@ -254,8 +252,9 @@ class Connection:
     def _deliver(self, tag: int, reply: Message) -> None:
         call = self._calls.get(tag)
         if call is None:
-            log.debug("reply to unknown tag %d dropped", tag)
-            return
+            # A tag is ours until its reply (or Rflush) is in, so this server has lost track
+            # of our tags: the reply some caller waits for may never come. Close, don't hang.
+            raise ProtocolError(f"protocol botch: {type(reply).__name__} for tag {tag}, which no request has")
         call.reply = reply
         call.event.set()
         if call.done is not None:
@@ -419,7 +418,10 @@ class Connection:
                         call = self._calls[tag] = _Call()
                         pending.append((tag, call, want))
                         batch.append(call)
-                        parts.extend(codec.encode_parts(_with_tag(msg, tag)))
+                        try:
+                            parts.extend(codec.encode_parts(_with_tag(msg, tag)))
+                        except (CodecError, struct.error) as e:  # an offset of 2**64, say
+                            raise NinePError(f"invalid argument: {e}") from None
                     await self._send_parts(parts)
                     for call in batch:
                         call.sent = True
@@ -427,7 +429,14 @@ class Connection:
                 await call.event.wait()
                 pending.popleft()
                 self._release_tag(tag)
-                out.append(result := self._result(call, want))
+                result = self._result(call, want)
+                if want is Rread and isinstance(result, Rread):
+                    asked = requests[len(out)][0].count  # type: ignore[attr-defined]
+                    if len(result.data) > asked:  # read(5): at most count bytes
+                        result = NinePError(
+                            f"i/o error: protocol botch: Rread of {len(result.data)} bytes for a read of {asked}"
+                        )
+                out.append(result)
                 if stop_on_error and isinstance(result, NinePError):
                     todo = sent
         except BaseException:

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from .bounds import Opening, check_offset, check_stat, read_dir
 from .client import Connection, single_error
 from .constants import (
     DEFAULT_MSIZE,
@@ -59,6 +60,7 @@ async def connect(
     msize: int = DEFAULT_MSIZE,
     key: Any = None,
     timeout: float | None = None,
+    connect_timeout: float | None = None,
     reconnect: bool = True,
 ) -> AsyncIterator[Client]:
     """Dial a 9P2000 server, negotiate, attach, and give a `Client` for the `async with` body.
@@ -66,18 +68,24 @@ async def connect(
     When the server asks for authentication, `key` (a private key or a path; default
     $NINEFS_KEY or ~/.config/ninefs/id_ed25519) proves who we are (ninep/auth.py).
     `timeout` is a deadline for every call (TimeoutError); TCP keepalive notices a dead peer.
+    `connect_timeout` (default: `timeout`) is one deadline for dial, Tversion, Tauth and
+    Tattach together; the TimeoutError names the address and the step that had no answer.
     With `reconnect`, a lost connection is dialled again by the next call: calls that can
     safely be repeated are; others report the loss; files opened before it must be reopened.
     """
+    within = timeout if connect_timeout is None else connect_timeout
     with single_error():
         async with trio.open_nursery() as nursery:
 
-            async def new_connection() -> Connection:
-                return await Connection.dial(address, nursery, msize=msize, timeout=timeout)
+            async def new_connection(opening: Opening | None = None) -> Connection:
+                opening = opening or Opening(address, within)
+                return await opening.connection(nursery, msize=msize, timeout=timeout)
 
-            conn = await new_connection()
+            opening = Opening(address, within)
+            conn = await new_connection(opening)
             try:
-                client = await Client.attach(conn, uname=uname, aname=aname, key=key)
+                with opening.step("Tauth/Tattach"):
+                    client = await Client.attach(conn, uname=uname, aname=aname, key=key)
                 client._redial = new_connection if reconnect else None
                 try:
                     yield client
@@ -253,6 +261,7 @@ class Client:
     @_again(repeatable=False)
     async def wstat(self, path: str, **fields: Any) -> None:
         """Change the given stat fields (name, length, mode, mtime, gid) all at once."""
+        check_stat(fields, _join(path))
         st = Stat.dont_touch(**fields)
         await self._call(path, lambda fid: self.conn.wstat(fid, st))
 
@@ -294,21 +303,9 @@ class Client:
                 if not qid.is_dir:
                     return [await self.conn.stat(fid)]
                 await self.conn.open(fid, OREAD)
-                return await self._read_dir(fid)
+                return await read_dir(self.conn, fid)
             except NinePError as e:
                 raise _named(e, _join(path)) from None
-
-    async def _read_dir(self, fid: int) -> list[Stat]:
-        from .codec import decode_stats
-
-        out: list[Stat] = []
-        offset = 0
-        while True:
-            data = await self.conn.read(fid, offset, self.conn.iounit)
-            if not data:
-                return out
-            out.extend(decode_stats(data))
-            offset += len(data)
 
     @_again(repeatable=True)
     async def listdir(self, path: str = "/") -> list[str]:
@@ -460,6 +457,7 @@ class Client:
 
     async def pread(self, fid: int, offset: int, count: int, iounit: int, path: str = "") -> bytes:
         """Up to `count` bytes at `offset`, as iounit-sized Treads, WINDOW of them in flight."""
+        check_offset(offset, offset, path)
         if count <= iounit:
             return await self._read1(fid, offset, count, path)
         spans = [(o, min(iounit, offset + count - o)) for o in range(offset, offset + count, iounit)]
@@ -486,6 +484,7 @@ class Client:
         self, fid: int, offset: int, data: bytes, iounit: int, path: str = "", *, ordered: bool = False
     ) -> int:
         """Write all of `data` at `offset`, pipelining iounit-sized Twrites unless `ordered`."""
+        check_offset(offset, offset + len(data), path)
         view = memoryview(data)
         if len(data) <= iounit or ordered:
             done = 0
@@ -664,6 +663,7 @@ class File:
 
     async def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
+        check_stat({"length": size}, self.path)
         try:
             await self.client.conn.wstat(self.fid, Stat.dont_touch(length=size))
         except NinePError as e:

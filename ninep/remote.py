@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from .bounds import Opening, read_dir
 from .client import Connection, single_error
-from .codec import decode_stats
 from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
 from .errors import NinePError, NotFound, ProtocolError
 from .messages import (
@@ -98,6 +98,8 @@ class RemoteTree(Tree):
         self.key = key
         self._redial = redial  # None: no reconnecting
         self._lock = trio.Lock()
+        self.address = "9P server"  # for errors; connect() knows better
+        self.connect_timeout: float | None = None  # the deadline of an attach
 
     @classmethod
     @asynccontextmanager
@@ -110,14 +112,18 @@ class RemoteTree(Tree):
         msize: int = DEFAULT_MSIZE,
         key: Any = None,
         reconnect: bool = True,
+        connect_timeout: float | None = None,
     ) -> AsyncIterator[RemoteTree]:
+        """Dial `address` for the `async with` body. `connect_timeout` bounds dial and
+        Tversion here, and every attach later (the first is what a mount waits for)."""
         with single_error():
             async with trio.open_nursery() as nursery:
 
                 async def new_connection() -> Connection:
-                    return await Connection.dial(address, nursery, msize=msize)
+                    return await Opening(address, connect_timeout).connection(nursery, msize=msize)
 
                 tree = cls(await new_connection(), uname=uname, aname=aname, key=key)
+                tree.address, tree.connect_timeout = str(address), connect_timeout
                 if reconnect:
                     tree._redial = new_connection
                 try:
@@ -203,7 +209,8 @@ class RemoteTree(Tree):
         for attempt in (0, 1):
             conn = self.conn
             try:
-                fid, qid = await self._attach_fid(conn, uname, aname)
+                with Opening(self.address, self.connect_timeout).step("Tauth/Tattach"):
+                    fid, qid = await self._attach_fid(conn, uname, aname)
                 return RemoteNode(fid, qid, uname, aname, (), conn)
             except ProtocolError:
                 if self._redial is None or attempt:
@@ -387,12 +394,7 @@ class RemoteTree(Tree):
 
     async def readdir(self, node: RemoteNode) -> list[Stat]:
         async def op(conn: Connection, fid: int) -> list[Stat]:
-            out: list[Stat] = []
-            offset = 0
-            while data := await conn.read(fid, offset, conn.iounit):
-                out.extend(decode_stats(data))
-                offset += len(data)
-            return out
+            return await read_dir(conn, fid, "/" + "/".join(node.path))
 
         return await self._call(node, op, repeatable=True)
 
