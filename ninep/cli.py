@@ -1,7 +1,9 @@
 """`ninefs ls|cat|write|stat|mkdir|rm|mv ADDR PATH…`: plan9port's 9p(1) for ninefs.
 
 Each command connects, does its work through the path API and exits; errors
-print the path and the server's 9P message and exit 1.
+print one line, with the path (or the address) and the server's 9P message, and
+exit 1. Connecting has a deadline (--timeout, 10 s): a server that never answers
+is an error, not a hang.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from functools import partial
 import trio
 
 from .auth import DEFAULT_KEY, generate_key
+from .bounds import CONNECT_TIMEOUT
 from .constants import DMAPPEND, DMDIR, DMEXCL
 from .errors import NinePError
 from .files import Client, connect
@@ -127,7 +130,10 @@ async def _mv(fs: Client, args: argparse.Namespace) -> None:
 async def _session(
     args: argparse.Namespace, body: Callable[[Client, argparse.Namespace], Awaitable[None]]
 ) -> None:
-    async with connect(args.addr, uname=args.uname, aname=args.aname, key=args.key) as fs:
+    within = args.timeout or None
+    async with connect(
+        args.addr, uname=args.uname, aname=args.aname, key=args.key, connect_timeout=within
+    ) as fs:
         await body(fs, args)
 
 
@@ -135,20 +141,25 @@ def _runner(
     body: Callable[[Client, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        # One line for every failure, naming the path, or the address when no path is to blame.
+        where = f"{args.addr}: "
         try:
             trio.run(partial(_session, args, body))
         except NinePError as e:
-            print(f"ninefs {args.command}: {e}", file=sys.stderr)
+            print(f"ninefs {args.command}: {'' if e.filename else where}{e}", file=sys.stderr)
             return 1
         except BrokenPipeError:
             return 1
         except OSError as e:
-            where = f"{e.filename}: " if e.filename else f"{args.addr}: "
-            print(f"ninefs {args.command}: {where}{e.strerror or e}", file=sys.stderr)
+            place = f"{e.filename}: " if e.filename else where
+            print(f"ninefs {args.command}: {place}{e.strerror or e}", file=sys.stderr)
             return 1
         except ValueError as e:
             print(f"ninefs {args.command}: {e}", file=sys.stderr)
             return 2
+        except Exception as e:  # a bug of ours or a server's surprise: still one line
+            print(f"ninefs {args.command}: {where}{type(e).__name__}: {e}", file=sys.stderr)
+            return 1
         return 0
 
     return run
@@ -160,6 +171,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aname", "-A", default="", help="tree to attach (default: the server's main tree)")
     p.add_argument(
         "--key", "-k", default=None, help=f"private key, when the server asks (default {DEFAULT_KEY})"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=CONNECT_TIMEOUT,
+        metavar="S",
+        help=f"deadline for connecting: dial, version, auth, attach (default {CONNECT_TIMEOUT:g} s; 0: none)",
     )
 
 
