@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from ninep import bounds
 from ninep.constants import DMDIR, OACCMODE, OEXEC, OREAD, QTDIR
 from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
 from ninep.messages import Qid, Stat
@@ -134,7 +135,11 @@ class Namespace(Tree):
         return await self._nursery_manager.__aexit__(*exc)
 
     async def _connect(self, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with RemoteTree.connect(address, uname=self.uname) as tree:
+        # bounds.CONNECT_TIMEOUT: a server that never answers fails this mount, not hangs it
+        # (the deadline covers the attach too, which RemoteTree.attach runs under it).
+        async with RemoteTree.connect(
+            address, uname=self.uname, connect_timeout=bounds.CONNECT_TIMEOUT
+        ) as tree:
             task_status.started(tree)
             await trio.sleep_forever()
 
