@@ -34,6 +34,7 @@ import errno
 import os
 import stat as st_mod
 import weakref
+from collections.abc import Callable
 
 from ninep.errors import Exists, NotADirectory, NotFound, PermissionDenied
 
@@ -82,7 +83,7 @@ class Place:
         # directory, so its `rm -rf` of the link would empty the target (LocalTree.remove).
         self.below_link = parent is not None and (parent.is_link or parent.below_link)
 
-    def __del__(self, _close=os.close) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         if self.fd >= 0:
             try:
                 _close(self.fd)
@@ -119,7 +120,7 @@ class Root:
         self.top = Place(fd, None, None, "/", ident, ident)
         # Places open now by (id of their directory's place, name), reused by the next walk
         # of that name; a live child keeps its directory's place alive, so an id here is
-        # never a dead object's. Symlinks are not kept: each walk reads the link again.
+        # never a dead object's.
         self._known: weakref.WeakValueDictionary[tuple[int, str], Place] = weakref.WeakValueDictionary()
         # Every place alive, so a rename can rename the other places of the same name.
         self._all: weakref.WeakSet[Place] = weakref.WeakSet()
@@ -137,7 +138,7 @@ class Root:
             raise NotFound("file does not exist")
         self.search(dirp, uname)
         known = self._known.get((id(dirp), name))
-        if known is not None:
+        if known is not None and not known.is_link:
             try:
                 s = os.stat(name, dir_fd=dirp.fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -162,8 +163,13 @@ class Root:
         hops.left -= 1
         if hops.left < 0:
             raise OSError(errno.ELOOP, "too many levels of symbolic links")
+        # A link is read and followed on every walk; the place already open for it is kept
+        # while the link and what it leads to are the same files.
         target, ts = self._follow(dirp, text, uname, hops)
+        if known is not None and known.entry == _ident(s) and known.ident == target.ident:
+            return known, ts
         link = Place(os.dup(target.fd), dirp, target.up, name, _ident(s), target.ident, is_link=True)
+        self._known[(id(dirp), name)] = link
         self._all.add(link)
         return link, ts
 
@@ -191,9 +197,12 @@ class Root:
                 if s is not None and not st_mod.S_ISDIR(s.st_mode):
                     raise NotADirectory("not a directory")
                 self.search(cur, uname)
-                if cur.up is None:
+                if cur.up is not None:
+                    cur, s = cur.up, None
+                elif self.path == "/":  # path_resolution(7): ".." at "/" is "/"
+                    cur, s = self.top, None
+                else:
                     raise PermissionDenied("permission denied: a symlink leads outside the exported tree")
-                cur, s = cur.up, None
                 continue
             cur, s = self.lookup(cur, part, uname, hops)
         return cur, s if s is not None else os.fstat(cur.fd)

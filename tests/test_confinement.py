@@ -335,3 +335,28 @@ def test_mv_and_rm_rf_of_symlinks_through_a_mount_leave_the_targets(tmp_path):
         sh(f"rm -rf {mp}/dlink")
     assert os.readlink(export / "link2") == "sub/f" and not os.path.lexists(export / "link")
     assert targets_intact(export)
+
+
+# --- descriptors ----------------------------------------------------------------------------
+
+
+async def test_every_descriptor_a_node_holds_is_closed_when_its_fids_are(linked):
+    export, fs = linked
+    (export / "sub" / "deeper").mkdir()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    fids = [(await fs.walk_fid(path))[0] for path in ("sub/f", "sub/deeper", "dlink/f", "link") * 50]
+    assert open_fds() - before < 20  # one place per name in a directory, shared by its fids
+    for fid in fids:
+        await fs.conn.clunk(fid)
+        fs.conn.fids.put(fid)
+    for i in range(20):  # walks, opens, listings, creates, renames and removes, clunked
+        await fs.write_bytes(f"sub/deeper/n{i}", b"x")
+        assert await fs.read_bytes(f"dlink/deeper/n{i}") == b"x"
+        await fs.rename(f"sub/deeper/n{i}", f"sub/deeper/m{i}")
+        await fs.listdir("sub/deeper")
+        await fs.remove(f"sub/deeper/m{i}")
+    assert open_fds() <= before
