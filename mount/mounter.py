@@ -3,7 +3,9 @@
 `mount` returns once the mount point answers (it restarts itself in the
 background with --foreground and waits for it to say it is ready, like sshfs),
 and the background process serves until `ninefs umount`, `fusermount3 -u`, or
-SIGTERM/SIGINT, and then clunks every fid. `mount_tree` is the library form:
+SIGTERM/SIGINT, and then clunks every fid. Connecting has a deadline (--timeout,
+else 10 s): a server that never answers makes the mount fail with one line and
+leaves no process behind. `mount_tree` is the library form:
 any tree, mounted for the life of one `await`.
 """
 
@@ -14,6 +16,7 @@ import contextlib
 import getpass
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -23,14 +26,16 @@ from functools import partial
 
 import trio
 
-from ninep import RemoteTree, Tree
+from ninep import RemoteTree, Tree, bounds
 from ninep.client import single_error
+from ninep.errors import TimedOut
 
 from .fuse import FuseOptions, TreeFS
 
 __all__ = ["mount_tree", "register", "unmount"]
 
 log = logging.getLogger("ninefs.mount")
+STARTUP_MARGIN = 30.0  # beyond the child's own deadlines: starting Python and FUSE
 
 
 async def mount_tree(
@@ -55,7 +60,14 @@ async def mount_tree(
         fuse_options.add("allow_other")  # processes of other users (e.g. in a namespace) may look
     with single_error():
         async with trio.open_nursery() as nursery:
-            await ops.start(nursery)
+            # An operation like any other: a tree that never answers fails the mount.
+            with trio.move_on_after(options.timeout) as starting:
+                await ops.start(nursery)
+            if starting.cancelled_caught:
+                raise TimedOut(
+                    f"timed out: no answer to the attach and stat of the root within {options.timeout:g} s",
+                    fsname,
+                )
             pyfuse3.init(ops, mountpoint, fuse_options)
             try:
                 # SIGTERM/SIGINT/SIGHUP unmount (ninefs mount); `ns run` and `cpu` pass False:
@@ -86,12 +98,24 @@ async def _terminate_on_signal(signals: trio.abc.ReceiveChannel) -> None:
         return
 
 
+def _timeouts(args: argparse.Namespace) -> tuple[float, float]:
+    """The deadline of every operation and of connecting: --timeout sets both; without it,
+    operations get FuseOptions' and connecting bounds.CONNECT_TIMEOUT."""
+    if args.timeout is None:
+        return FuseOptions().timeout, bounds.CONNECT_TIMEOUT
+    return args.timeout, args.timeout
+
+
 async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> None:
-    options = FuseOptions(
-        timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache, read_only=args.ro
-    )
+    timeout, connect_timeout = _timeouts(args)
+    options = FuseOptions(timeout=timeout, cache=args.cache, attr_cache=args.attr_cache, read_only=args.ro)
     async with RemoteTree.connect(
-        args.addr, uname=args.uname, aname=args.aname, key=args.key, reconnect=not args.no_reconnect
+        args.addr,
+        uname=args.uname,
+        aname=args.aname,
+        key=args.key,
+        reconnect=not args.no_reconnect,
+        connect_timeout=connect_timeout,  # and the attach the mount starts with
     ) as tree:
         await mount_tree(
             tree,
@@ -147,6 +171,9 @@ def _run_mount(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # pyfuse3.init failing, e.g. a mount point already in use
         print(f"ninefs mount: {args.mountpoint}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # still one line, and an exit that lets the caller go
+        print(f"ninefs mount: {args.addr}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -154,8 +181,9 @@ def _background(args: argparse.Namespace) -> int:
     """Start the mount in a new session and return once it is ready (or failed)."""
     r, w = os.pipe()
     argv = [sys.executable, "-m", "mount.cli", "mount", "--foreground", "--ready-fd", str(w)]
+    if args.timeout is not None:
+        argv.append(f"--timeout={args.timeout}")
     argv += [
-        f"--timeout={args.timeout}",
         f"--cache={args.cache}",
         f"--attr-cache={args.attr_cache}",
         f"--aname={args.aname}",
@@ -173,11 +201,31 @@ def _background(args: argparse.Namespace) -> int:
         argv, pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, cwd=_package_root()
     )
     os.close(w)
+    # The child has its own deadlines (connecting, the first stat); this one is for a child
+    # stuck anywhere else: it is stopped, not left behind with nothing mounted.
+    timeout, connect_timeout = _timeouts(args)
+    patience = connect_timeout + timeout + STARTUP_MARGIN
     with os.fdopen(r, "rb") as ready:
-        said = ready.readline()
+        said = ready.readline() if select.select([ready], [], [], patience)[0] else None
     if said == b"ready\n":
         return 0
+    if said is None:
+        _stop(proc, args.mountpoint)
+        print(f"ninefs mount: {args.addr}: not mounted within {patience:g} s", file=sys.stderr)
+        return 1
     return proc.wait() or 1
+
+
+def _stop(proc: subprocess.Popen, mountpoint: str) -> None:
+    """End a mount process that never got ready: SIGTERM (which unmounts, once mounted),
+    then SIGKILL and a lazy unmount of anything it left."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        unmount(mountpoint, lazy=True)
 
 
 def _package_root() -> str:
@@ -216,7 +264,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
     p.add_argument(
-        "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every operation (s)"
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"deadline of every operation and of connecting (s; default {FuseOptions().timeout:g}, "
+        f"and {bounds.CONNECT_TIMEOUT:g} to connect)",
     )
     add_cache_options(p)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

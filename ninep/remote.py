@@ -149,7 +149,7 @@ class RemoteTree(Tree):
                     self.conn = await self._redial()
             except (OSError, trio.TooSlowError) as e:
                 raise ProtocolError(f"connection lost; reconnecting failed: {e or 'timed out'}") from None
-            log.warning("reconnected")
+            log.info("reconnected to %s", self.address)  # not a fault: -v shows it
 
     async def _fresh(self, node: RemoteNode) -> int:
         """The node's fid on the current connection, finding the file again if needed."""
