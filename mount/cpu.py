@@ -36,6 +36,7 @@ import ninep
 from fileserver.local import LocalTree
 from namespaces import Namespace, NamespaceFileError, apply
 from namespaces.cli import add_namespace_options, gather_ops
+from ninep import bounds
 from ninep.constants import ORDWR, OREAD
 
 __all__ = ["register", "run_cpu", "term_wrapper"]
@@ -123,7 +124,8 @@ async def run_cpu(
     `interactive`: the command gets a terminal on the remote side, sized like ours, and our
     terminal is put in raw mode so every key (^C included) reaches it.
     """
-    async with ninep.connect(address) as fs:
+    # Connecting has a deadline; the command itself may run (and be waited for) for hours.
+    async with ninep.connect(address, connect_timeout=bounds.CONNECT_TIMEOUT) as fs:
         conn = fs.conn
         try:
             ctl = await _open(fs, "/cmd/clone", ORDWR)
