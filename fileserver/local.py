@@ -116,22 +116,26 @@ class LocalTree(Tree):
             return 0  # DMAPPEND and DMEXCL are for files (wstat refuses them on directories)
         return _xattr_bits(proc_path(fd))
 
-    def _qid(self, s: os.stat_result, extra: int) -> Qid:
+    def _qid(self, s: os.stat_result, extra: int, entry: tuple[int, int] | None = None) -> Qid:
+        """The qid of the file `s` is the stat of; qid.path from the inode of its name,
+        `entry`: a symlink's own, so that a client never takes a link to a directory for
+        that directory (a FUSE mount would remove its files through either name)."""
         typ = QTDIR if st_mod.S_ISDIR(s.st_mode) else QTFILE
         if extra & DMAPPEND:
             typ |= QTAPPEND
         if extra & DMEXCL:
             typ |= QTEXCL
         vers = (s.st_mtime_ns // 1000 ^ s.st_size ^ (s.st_ctime_ns // 1000) << 7) & 0xFFFFFFFF
-        return Qid(typ, vers, (s.st_ino ^ (s.st_dev << 48)) & 0xFFFFFFFFFFFFFFFF)
+        dev, ino = entry if entry is not None else (s.st_dev, s.st_ino)
+        return Qid(typ, vers, (ino ^ (dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 
-    def _stat(self, s: os.stat_result, extra: int, name: str) -> Stat:
+    def _stat(self, s: os.stat_result, extra: int, name: str, entry: tuple[int, int] | None = None) -> Stat:
         mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra
         if st_mod.S_ISDIR(s.st_mode):
             mode |= DMDIR
         user = user_name(s.st_uid)
         return Stat(
-            qid=self._qid(s, extra),
+            qid=self._qid(s, extra, entry),
             mode=mode,
             atime=int(s.st_atime) & 0xFFFFFFFF,
             mtime=int(s.st_mtime) & 0xFFFFFFFF,
@@ -163,7 +167,7 @@ class LocalTree(Tree):
             place, s = self._beneath.lookup(place, name, self._searcher(uname))
         if not st_mod.S_ISDIR(s.st_mode):
             raise NinePError(f"not a directory: {aname}")
-        return _Node(place, self._qid(s, 0), uname)
+        return _Node(place, self._qid(s, 0, place.entry), uname)
 
     async def clone(self, node: _Node) -> _Node:
         return _Node(node.place, node.qid, node.uname)
@@ -177,7 +181,7 @@ class LocalTree(Tree):
             s = os.fstat(place.fd)
         else:
             place, s = self._beneath.lookup(place, name, self._searcher(node.uname))
-        return _Node(place, self._qid(s, self._extra_bits(place.fd, s)), node.uname)
+        return _Node(place, self._qid(s, self._extra_bits(place.fd, s), place.entry), node.uname)
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
         place = node.place
@@ -194,7 +198,7 @@ class LocalTree(Tree):
             if not os.access(path, os.R_OK | os.X_OK):
                 raise PermissionDenied("permission denied")
             node.omode = mode
-            node.qid = self._qid(s, extra)
+            node.qid = self._qid(s, extra, place.entry)
             return node.qid, 0
         if acc == OEXEC and not os.access(path, os.X_OK):
             raise PermissionDenied("permission denied")
@@ -215,7 +219,7 @@ class LocalTree(Tree):
         if not regular:
             os.set_blocking(fd, True)
         node.fd, node.omode, node.regular = fd, mode, regular
-        node.qid = self._qid(os.fstat(fd), extra)
+        node.qid = self._qid(os.fstat(fd), extra, place.entry)
         return node.qid, 0
 
     def _claim_exclusive(self, s: os.stat_result, extra: int) -> None:
@@ -296,20 +300,21 @@ class LocalTree(Tree):
         out = []
         try:
             with os.scandir(fd) as it:
-                for entry in it:
+                for dent in it:
+                    name = dent.name
                     try:
-                        entry.name.encode("utf-8")
+                        name.encode("utf-8")
                     except UnicodeEncodeError:
                         continue  # 9P names are UTF-8; a name that is not cannot be sent
                     try:
-                        if entry.is_symlink():
-                            place, s = self._beneath.lookup(dirp, entry.name, self._searcher(node.uname))
-                            extra = self._extra_bits(place.fd, s)
-                        else:
-                            s = entry.stat(follow_symlinks=False)
-                            dirent = f"{proc_path(fd)}/{entry.name}"  # the name in the directory held
-                            extra = 0 if entry.is_dir() else _xattr_bits(dirent, follow_symlinks=False)
-                        out.append(self._stat(s, extra, entry.name))
+                        if dent.is_symlink():
+                            place, s = self._beneath.lookup(dirp, name, self._searcher(node.uname))
+                            out.append(self._stat(s, self._extra_bits(place.fd, s), name, place.entry))
+                            continue
+                        s = dent.stat(follow_symlinks=False)
+                        in_dir = f"{proc_path(fd)}/{name}"  # the name in the directory held
+                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else _xattr_bits(in_dir, follow_symlinks=False)
+                        out.append(self._stat(s, extra, name))
                     except OSError:
                         continue  # dangling or escaping symlink, or removed meanwhile
         finally:
@@ -328,7 +333,8 @@ class LocalTree(Tree):
     async def stat(self, node: _Node) -> Stat:
         place = node.place
         s = os.fstat(place.fd)
-        return self._stat(s, self._extra_bits(place.fd, s), place.name if place.parent is not None else "/")
+        name = place.name if place.parent is not None else "/"
+        return self._stat(s, self._extra_bits(place.fd, s), name, place.entry)
 
     async def wstat(self, node: _Node, st: Stat) -> None:
         place = node.place

@@ -217,6 +217,15 @@ async def test_renaming_a_symlink_renames_the_link_only(linked, link):
     assert targets_intact(export)
 
 
+async def test_a_symlink_has_a_qid_of_its_own(linked):
+    # One qid for both names would make a FUSE mount take dlink for sub itself, and remove
+    # sub's files through it whatever the server checks for names walked through dlink.
+    _, fs = linked
+    assert (await fs.stat("dlink")).qid.path != (await fs.stat("sub")).qid.path
+    assert (await fs.stat("link")).qid.path != (await fs.stat("sub/f")).qid.path
+    assert {st.name: st.qid for st in await fs.ls("/")}["dlink"] == (await fs.stat("dlink")).qid
+
+
 async def test_nothing_is_removed_through_a_symlinked_directory(linked):
     # A 9P client sees dlink as the directory it points to; `rm -rf dlink` would empty
     # the target, where the host's rm removes only the link.
@@ -330,10 +339,16 @@ def test_mv_and_rm_rf_of_symlinks_through_a_mount_leave_the_targets(tmp_path):
     os.symlink("sub", export / "dlink")
     mp.mkdir()
     with server_process(str(export)) as (address, _), mounted(address, str(mp)):
+        sh(f"ls -laR {mp}")  # the mount knows every name, the targets' as well as the links'
         r = sh(f"mv {mp}/link {mp}/link2")
         assert r.returncode == 0, r.stderr
-        sh(f"rm -rf {mp}/dlink")
+        r = sh(f"rm -rf {mp}/dlink")
+        assert "Permission denied" in r.stderr  # refused, not done on the target
+        assert targets_intact(export)
+        r = sh(f"rmdir {mp}/dlink")  # removes the link, though it lists as a directory with files
+        assert r.returncode == 0, r.stderr
     assert os.readlink(export / "link2") == "sub/f" and not os.path.lexists(export / "link")
+    assert not os.path.lexists(export / "dlink")
     assert targets_intact(export)
 
 
