@@ -310,6 +310,7 @@ async def test_nobody_cannot_read_a_file_inside_roots_0700_directory(tmp_path):
     os.chmod(export / "no-search", 0o776)
     (export / "public.txt").write_bytes(b"anyone")
     os.chmod(export / "public.txt", 0o644)
+    os.symlink("private/f", export / "via-link")
     os.chmod(export, 0o755)
     async with serving(LocalTree(str(export), check_users=True)) as address, raw_connection(address) as c:
         await c.attach(0, "nobody")
@@ -320,6 +321,8 @@ async def test_nobody_cannot_read_a_file_inside_roots_0700_directory(tmp_path):
         with pytest.raises(PermissionError):
             await c.walk(2, 3, ["f"])
         assert await c.walk(0, 3, ["private", "f"]) == [(await c.stat(2)).qid]  # walk(5): stops
+        with pytest.raises(PermissionError, match="nobody may not enter"):
+            await c.walk(0, 3, ["via-link"])  # a link's target is searched for as the host would
         await c.walk(0, 4, ["no-search"])
         with pytest.raises(PermissionError):
             await c.create(4, "made", 0o644, OWRITE)  # create needs write and search
