@@ -37,6 +37,7 @@ from fileserver.local import LocalTree
 from namespaces import Namespace, NamespaceFileError, apply
 from namespaces.cli import add_namespace_options, gather_ops
 from ninep import bounds
+from ninep.client import single_error
 from ninep.constants import ORDWR, OREAD
 
 __all__ = ["register", "run_cpu", "term_wrapper"]
@@ -247,7 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         command = rest
     command = command or ["/bin/sh", "-i"]
     try:
-        return trio.run(partial(_main, args, command))
+        with single_error():  # a connect that timed out, say: one line, not a group's traceback
+            return trio.run(partial(_main, args, command))
     except NamespaceFileError as e:
         print(f"ninefs cpu: {e}", file=sys.stderr)
         return 2
