@@ -424,14 +424,22 @@ async def test_cli_against_a_silent_host_says_so_in_one_line():
 
 
 @cli
-async def test_cli_default_deadline_is_ten_seconds():
+async def test_cli_and_cpu_default_deadline_is_ten_seconds():
     from ninep.bounds import CONNECT_TIMEOUT
 
     assert CONNECT_TIMEOUT == 10
-    async with raw_server(never_answers) as address:
-        rc, err, took = await ninefs("ls", address, timeout=10 + 30)
-    assert rc == 1 and err.endswith("no answer to Tversion within 10 s\n")
-    assert 9 < took < 10 + MARGIN
+    results = {}
+
+    async def run(*args: str) -> None:
+        results[args[0]] = await ninefs(*args, timeout=10 + 30)
+
+    async with raw_server(never_answers) as address, trio.open_nursery() as nursery:
+        nursery.start_soon(run, "ls", address)
+        nursery.start_soon(run, "cpu", "-T", address, "--", "true")  # at once: 10 s, not 20
+    for command, (rc, err, took) in results.items():
+        assert rc == 1
+        assert err == f"ninefs {command}: {address}: timed out: no answer to Tversion within 10 s\n"
+        assert 9 < took < 10 + MARGIN
 
 
 @cli
