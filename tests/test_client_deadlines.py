@@ -527,7 +527,7 @@ async def test_a_namespace_mount_of_a_server_that_never_answers_fails_within_its
             await ns.mount(address, "/n/x")
 
 
-async def test_a_namespace_mount_of_wrong_tags_fails(monkeypatch):
+async def test_a_namespace_mount_of_wrong_tags_fails():
     from namespaces import Namespace
 
     async with raw_server(speaking(wrong_tags)) as address, Namespace() as ns:
@@ -549,7 +549,7 @@ async def test_cpu_to_a_server_that_never_answers_fails_within_its_deadline(monk
             await run_cpu(address, ["true"], ns)
 
 
-async def test_a_working_server_still_works_with_deadlines(tmp_path):
+async def test_a_working_server_still_works_with_deadlines():
     from fileserver.ram import RamTree
 
     async with serving(RamTree()) as address:
