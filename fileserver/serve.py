@@ -61,6 +61,25 @@ async def serve_tree(
     await tree.close()
 
 
+# Every limit of ninep.Limits as a `serve` option (docs/security.md says why each exists).
+_LIMIT_OPTIONS = {
+    "msize": "largest message in bytes",
+    "connections": "connections open at once",
+    "per_peer": "connections from one address",
+    "handshake_timeout": "seconds a new connection has for Tversion and (auth +) attach",
+    "frame_timeout": "seconds of silence allowed in the middle of a frame",
+    "fids": "fids per connection",
+    "outstanding": "requests in progress per connection",
+    "held_bytes": "bytes of requests and unsent replies per connection before it is read no further",
+    "server_held_bytes": "the same for all connections together",
+    "listing_bytes": "bytes of directory listings kept per connection",
+}
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(**{name: getattr(args, name) for name in _LIMIT_OPTIONS})
+
+
 Opener = Callable[[argparse.Namespace], AbstractAsyncContextManager[Tree]]
 
 
@@ -157,9 +176,7 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
                 )
                 return 2
             tls = server_context_from_files(args.tls_cert, args.tls_key)
-        trio.run(
-            _serve_opened, opener, args.listen, Limits(msize=args.msize), args.trace, auth, args.host_key, tls
-        )
+        trio.run(_serve_opened, opener, args.listen, _limits(args), args.trace, auth, args.host_key, tls)
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -212,6 +229,15 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="for tls!: a certificate file instead")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--trace", action="store_true", help="print every 9P message in and out")
-    p.add_argument("--msize", type=int, default=Limits().msize, help="largest message (default 1 MiB)")
+    for name, what in _LIMIT_OPTIONS.items():
+        default = getattr(Limits(), name)
+        kind = float if isinstance(default, float) else int
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default,
+            metavar="N",
+            help=f"{what} (default {default})",
+        )
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(run=lambda args: _run(args, machine))

@@ -23,7 +23,6 @@ from . import codec
 from .auth import Authenticator, AuthSession
 from .codec import CodecError
 from .constants import (
-    DEFAULT_MSIZE,
     DMAUTH,
     IOHDRSZ,
     MAXWELEM,
@@ -40,6 +39,7 @@ from .constants import (
     VERSION,
 )
 from .errors import NinePError, ename_from_oserror
+from .limits import Admission, Limits, Slot
 from .messages import (
     Message,
     Rattach,
@@ -81,18 +81,9 @@ log = logging.getLogger("ninefs.server")
 Trace = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What one connection (or the whole server) may hold at once."""
-
-    msize: int = DEFAULT_MSIZE
-    fids: int = 4096
-    outstanding: int = 256
-    connections: int = 256
-    clunk_timeout: float = 10.0  # how long closing a connection may spend releasing its fids
-
-
 OUTBOX = 32  # frame parts of inline replies held at most before they are sent
+OUTBOX_BYTES = 256 << 10  # ... and bytes: a client that does not read must not make us hold more
+MAX_OFFSET = (1 << 63) - 1  # offsets past this are no file position on the host (off_t)
 
 
 class _Error(Exception):
@@ -109,6 +100,7 @@ class _Fid:
     dir_entries: list[bytes] = field(default_factory=list)
     dir_index: int = 0
     dir_offset: int = 0
+    dir_bytes: int = 0  # of dir_entries, counted in the connection's listing_bytes
     auth: AuthSession | None = None  # an afid (attach(5)): reads and writes run the exchange
 
 
@@ -139,6 +131,8 @@ class Server:
         self.trace = trace
         self.connections = 0
         self.addresses: list[Address] = []
+        self.admission = Admission(limits)
+        self.held = 0  # bytes held by every connection's requests and unsent replies (Limits.held_bytes)
 
     async def serve(
         self,
@@ -181,37 +175,85 @@ class Server:
 
     async def _serve_accepted(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
-        if self.connections >= self.limits.connections:
-            log.warning("%s: refused, %d connections already open", peer, self.connections)
-            await stream.aclose()
+        slot = self.admission.admit(peer.rpartition("!")[0] or peer)
+        if slot is None:
+            log.warning(
+                "%s: refused: %d connections open, none still in its handshake", peer, len(self.admission)
+            )
+            await trio.aclose_forcefully(stream)
             return
+        try:
+            with slot.scope:
+                await self._guarded(peer, self._serve_socket, stream, peer, slot)
+        finally:
+            self.admission.release(slot)
+            await trio.aclose_forcefully(stream)
+        if slot.scope.cancelled_caught:
+            if slot.evicted:
+                log.warning("%s: closed in its handshake, to make room for a new connection", peer)
+            else:
+                log.warning("%s: closed: handshake not done within %ss", peer, self.limits.handshake_timeout)
+
+    async def _serve_socket(self, stream: trio.SocketStream, peer: str, slot: Slot) -> None:
         if isinstance(stream.socket.getsockname(), tuple):
             stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
             keepalive(stream)  # a client that vanished without a FIN is noticed, its fids released
         conn: trio.abc.Stream = stream
         if self.tls is not None:
             conn = trio.SSLStream(stream, self.tls, server_side=True)
-            try:
-                with trio.fail_after(10):
-                    await conn.do_handshake()
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                log.warning("%s: TLS handshake failed: %s", peer, e or "timed out")
-                await stream.aclose()
-                return
-        await self.handle_stream(conn, peer)
+            await conn.do_handshake()  # within the slot's handshake deadline
+        await self._serve_stream(conn, peer, slot)
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "?") -> None:
         """Serve one connection until it closes; usable with any trio stream."""
+        await self._guarded(peer, self._serve_stream, stream, peer, None)
+
+    async def _guarded(self, peer: str, serve: Callable[..., Any], *args: Any) -> None:
+        """A connection is a fault boundary: whatever it raises ends it, and only it.
+
+        Resets, TLS aborts, timeouts and protocol errors arrive plain or grouped by the
+        connection's nursery; each gets one log line. Anything else is a bug of ours that
+        this connection met: logged with its traceback, and the server goes on. Only
+        cancellation (and KeyboardInterrupt) passes through.
+        """
+        try:
+            await serve(*args)
+        except* _LOST as group:
+            e = _first(group)
+            why = str(e) if str(e).startswith("connection") else f"connection lost: {type(e).__name__}: {e}"
+            log.info("%s: %s", peer, why)
+        except* Exception:
+            log.exception("%s: connection failed", peer)
+
+    async def _serve_stream(self, stream: trio.abc.Stream, peer: str, slot: Slot | None) -> None:
         self.connections += 1
         log.info("%s: connected", peer)
         try:
-            async with stream:
-                await _Connection(self, stream, peer).run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("%s: connection lost: %s", peer, e)
+            try:
+                await _Connection(self, stream, peer, slot).run()
+            finally:
+                await _close(stream)
         finally:
             self.connections -= 1
             log.info("%s: disconnected", peer)
+
+
+# What a connection may raise when its peer goes away or misbehaves (ssl.SSLError is an OSError).
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError, CodecError)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close politely (TLS close_notify) if that is quick, else at once."""
+    with trio.move_on_after(1) as scope:
+        await stream.aclose()
+    if scope.cancelled_caught:
+        await trio.aclose_forcefully(stream)
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
@@ -227,8 +269,10 @@ def _peer_name(stream: trio.SocketStream) -> str:
 class _Connection:
     """One client: its fids, msize and outstanding requests."""
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, server: Server, stream: trio.abc.Stream, peer: str, slot: Slot | None) -> None:
         self.server = server
+        self.slot = slot
+        self.attached = False  # until then frames are small (Limits.handshake_frame)
         self.tree = server.tree
         self.stream = stream
         self.peer = peer
@@ -240,7 +284,13 @@ class _Connection:
         self.pending: dict[int, _Request] = {}
         self.send_lock = trio.Lock()
         self.outbox: list[bytes] = []  # replies answered inline, not sent yet (_dispatch)
-        self.reader = FrameReader(stream, self.msize)
+        self.outbox_bytes = 0
+        self.held = 0  # bytes of requests in tasks and of their replies not sent yet
+        self.listing_bytes = 0  # directory listings kept for open fids (_read_dir)
+        self.drained: trio.Event | None = None  # set when `held` falls back under the limits
+        self.reader = FrameReader(
+            stream, min(self.msize, self.limits.handshake_frame), frame_timeout=self.limits.frame_timeout
+        )
         self.handlers: dict[type, Callable[[Any], Any]] = {
             Tattach: self.attach,
             Twalk: self.walk,
@@ -275,8 +325,14 @@ class _Connection:
 
     async def _read_loop(self) -> None:
         while True:
-            if self.outbox and (len(self.outbox) >= OUTBOX or not self.reader.has_frame()):
+            if self.outbox and (
+                len(self.outbox) >= OUTBOX or self.outbox_bytes >= OUTBOX_BYTES or not self.reader.has_frame()
+            ):
                 await self._send_parts(())  # nothing more to answer at once: the replies go
+            while self._holding_too_much():  # replies the client does not read: read no more
+                self.drained = trio.Event()
+                with trio.move_on_after(1):  # the server's total may fall through others too
+                    await self.drained.wait()
             try:
                 frame = await self.reader.next_frame()
             except CodecError as e:
@@ -328,7 +384,9 @@ class _Connection:
             # Nothing else is read meanwhile, so no flush can be waiting for it. The reply
             # waits in the outbox while more requests are already here: requests sent
             # together (a walk and an open) are answered together, in one write.
-            self.outbox.extend(self._encode(await self._answer(handler, msg)))
+            parts = self._encode(await self._answer(handler, msg))
+            self.outbox.extend(parts)
+            self.outbox_bytes += sum(len(p) for p in parts)
             return
         self.pending[msg.tag] = req
         self.nursery.start_soon(self._respond, handler, msg, req)
@@ -353,15 +411,35 @@ class _Connection:
 
     async def _respond(self, handler: Callable[[Any], Any], msg: Message, req: _Request) -> None:
         reply: Message | None = None
+        held = len(msg.data) if isinstance(msg, Twrite) else 0
+        self._hold(held)
         try:
             with req.scope:
                 reply = await self._answer(handler, msg)
             # flush(5): once flushed (and not answered yet) the request is never answered.
             if reply is not None and not (req.flushed and req.scope.cancelled_caught):
+                if isinstance(reply, Rread):
+                    self._hold(len(reply.data))
+                    held += len(reply.data)
                 await self.send(reply, lambda: self._forget(msg.tag, req))
         finally:
+            self._hold(-held)
             self._forget(msg.tag, req)
             req.done.set()
+
+    def _hold(self, n: int) -> None:
+        """Count `n` more (or fewer) bytes held for this connection, and wake its reader."""
+        self.held += n
+        self.server.held += n
+        if n < 0 and self.drained is not None and not self._holding_too_much():
+            self.drained.set()
+            self.drained = None
+
+    def _holding_too_much(self) -> bool:
+        """Limits.held_bytes: this connection's, or (while it holds any) the server's."""
+        if self.held > self.limits.held_bytes:
+            return True
+        return self.held > 0 and self.server.held > self.limits.server_held_bytes
 
     def _forget(self, tag: int, req: _Request) -> None:
         if self.pending.get(tag) is req:
@@ -398,7 +476,7 @@ class _Connection:
     async def _send_parts(self, parts: tuple[bytes, ...], sent: Callable[[], None] | None = None) -> None:
         """Send `parts` after whatever waits in the outbox (replies keep their order)."""
         if self.outbox:
-            parts, self.outbox = (*self.outbox, *parts), []
+            parts, self.outbox, self.outbox_bytes = (*self.outbox, *parts), [], 0
         await send_frame(self.stream, self.send_lock, parts, sent)
 
     def _trace_in(self, msg: object) -> None:
@@ -416,6 +494,7 @@ class _Connection:
 
     async def _release_all_fids(self) -> None:
         fids, self.fids = self.fids, {}
+        self.listing_bytes = 0
         if not fids:
             return
         with trio.move_on_after(self.limits.clunk_timeout) as scope:
@@ -449,13 +528,16 @@ class _Connection:
         if version == VERSION:
             self.versioned = True
             self.msize = msize
-            self.reader.msize = msize
+            self.reader.msize = msize if self.attached else min(msize, self.limits.handshake_frame)
         await self.send(Rversion(m.tag, msize, version))
 
     async def auth(self, m: Tauth) -> Message:
         if self.server.auth is None:
             raise _Error("authentication not required")
+        self._check_names(m.uname, m.aname)
         self._new_fid_check(m.afid)
+        if sum(1 for f in self.fids.values() if f.auth is not None) >= self.limits.auth_fids:
+            raise _Error(f"too many fids: at most {self.limits.auth_fids} authentication fids at once")
         tls = isinstance(self.stream, trio.SSLStream)
         binding = getattr(self.server.tls, "ninefs_binding", b"") if tls else b""
         session = self.server.auth.start(m.uname, m.aname, binding)
@@ -479,7 +561,18 @@ class _Connection:
         if len(self.fids) >= self.limits.fids:
             raise _Error(f"too many fids (at most {self.limits.fids} per connection)")
 
+    def _check_names(self, uname: str, aname: str) -> None:
+        if len(uname.encode()) > self.limits.uname_bytes:
+            raise _Error(f"invalid argument: uname longer than {self.limits.uname_bytes} bytes")
+        if len(aname.encode()) > self.limits.aname_bytes:
+            raise _Error(f"invalid argument: aname longer than {self.limits.aname_bytes} bytes")
+
+    def _check_name(self, name: str) -> None:
+        if len(name.encode()) > self.limits.name_bytes:
+            raise _Error(f"file name too long: {len(name.encode())} bytes (at most {self.limits.name_bytes})")
+
     async def attach(self, m: Tattach) -> Message:
+        self._check_names(m.uname, m.aname)
         self._new_fid_check(m.fid)
         uname = m.uname
         if self.server.auth is None:
@@ -497,6 +590,11 @@ class _Connection:
         node = await self.tree.attach(uname, m.aname)
         self._new_fid_check(m.fid)  # another request may have taken it meanwhile
         self.fids[m.fid] = _Fid(node, uname, is_dir=node.qid.is_dir)
+        if not self.attached:  # the handshake is done: full-size frames from now on
+            self.attached = True
+            self.reader.msize = self.msize
+            if self.slot is not None:
+                self.slot.handshake_done()
         return Rattach(m.tag, node.qid)
 
     async def walk(self, m: Twalk) -> Message:
@@ -510,6 +608,7 @@ class _Connection:
         for name in m.wnames:
             if not name or "/" in name:
                 raise _Error(f"file does not exist: bad name {name!r}")
+            self._check_name(name)
         qids, node = await self.tree.walk(f.node, m.wnames)
         if node is None:  # walk(5): partial walk, newfid not created, fid not moved
             return Rwalk(m.tag, tuple(qids))
@@ -554,6 +653,7 @@ class _Connection:
             raise _Error("file already open")
         if not f.is_dir:
             raise _Error("not a directory")
+        self._check_name(m.name)
         try:
             check_name(m.name)
         except NinePError as e:
@@ -578,6 +678,8 @@ class _Connection:
         if f.omode & OACCMODE == OWRITE:
             raise _Error("permission denied: file not open for reading")
         count = min(m.count, self.msize - IOHDRSZ)
+        if m.offset > MAX_OFFSET:
+            raise _Error(f"invalid argument: offset {m.offset} past the largest file offset")
         if f.is_dir:
             return Rread(m.tag, await self._read_dir(f, m.offset, count))
         return Rread(m.tag, await self.tree.read(f.node, m.offset, count))
@@ -585,7 +687,15 @@ class _Connection:
     async def _read_dir(self, f: _Fid, offset: int, count: int) -> bytes:
         if offset == 0:
             entries = [codec.encode_stat(st) for st in await self.tree.readdir(f.node)]
-            f.dir_entries, f.dir_index, f.dir_offset = entries, 0, 0
+            self._drop_listing(f)
+            size = sum(map(len, entries))
+            if self.listing_bytes and self.listing_bytes + size > self.limits.listing_bytes:
+                raise _Error(
+                    f"too many open files: directory listings over {self.limits.listing_bytes >> 20} MiB "
+                    "held on this connection; clunk some"
+                )
+            f.dir_entries, f.dir_index, f.dir_offset, f.dir_bytes = entries, 0, 0, size
+            self.listing_bytes += size
         elif offset != f.dir_offset:  # read(5): no seeking in directories
             raise _Error("bad offset in directory read")
         out: list[bytes] = []
@@ -600,7 +710,13 @@ class _Connection:
             raise _Error(f"read count {count} too small for a directory entry")
         f.dir_index = i
         f.dir_offset += size
+        if i == len(entries):  # all read: what is left to know is where it ended
+            self._drop_listing(f)
         return b"".join(out)
+
+    def _drop_listing(self, f: _Fid) -> None:
+        self.listing_bytes -= f.dir_bytes
+        f.dir_entries, f.dir_index, f.dir_bytes = [], 0, 0
 
     async def write(self, m: Twrite) -> Message:
         f = self._fid(m.fid, auth_ok=True)
@@ -613,12 +729,15 @@ class _Connection:
             raise _Error("is a directory")
         if f.omode & OACCMODE not in (OWRITE, ORDWR):
             raise _Error("permission denied: file not open for writing")
+        if m.offset + len(m.data) > MAX_OFFSET:
+            raise _Error(f"file too large: offset {m.offset} past the largest file offset")
         return Rwrite(m.tag, await self.tree.write(f.node, m.offset, m.data))
 
     async def clunk(self, m: Tclunk) -> Message:
         f = self.fids.pop(m.fid, None)  # clunk(5): the fid is gone even if this fails
         if f is None:
             raise _Error("fid unknown or out of range")
+        self._drop_listing(f)
         await self._release(f)
         return Rclunk(m.tag)
 
@@ -626,6 +745,7 @@ class _Connection:
         f = self.fids.pop(m.fid, None)  # remove(5): clunked even if the remove fails
         if f is None:
             raise _Error("fid unknown or out of range")
+        self._drop_listing(f)
         await self.tree.remove(f.node)
         return Rremove(m.tag)
 
@@ -638,6 +758,7 @@ class _Connection:
         return Rstat(m.tag, await self.tree.stat(f.node))
 
     async def wstat(self, m: Twstat) -> Message:
+        self._check_name(m.stat.name)
         await self.tree.wstat(self._fid(m.fid).node, m.stat)
         return Rwstat(m.tag)
 

@@ -9,6 +9,7 @@ only. Addresses are Plan 9 dial strings (`tcp!host!port`, `unix!/path`) or
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -128,24 +129,33 @@ class FrameReader:
     # scheduler: a peer that keeps us busy must not starve our other tasks.
     FAIR = 8
 
-    def __init__(self, stream: trio.abc.ReceiveStream, msize: int = DEFAULT_MSIZE) -> None:
+    def __init__(
+        self, stream: trio.abc.ReceiveStream, msize: int = DEFAULT_MSIZE, *, frame_timeout: float = math.inf
+    ) -> None:
         tune_allocator()
         self.stream = stream
         self.msize = msize
+        # Silence allowed in the middle of a frame: a peer that sends half a frame and
+        # stops is a broken (or hostile) peer, and its connection is closed.
+        self.frame_timeout = frame_timeout
         self._buf = b""  # received bytes not yet returned as a frame
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._unwaited = 0  # frames since we last waited for the socket
 
-    async def _receive(self, n: int) -> bytes:
+    async def _receive(self, n: int, partial: bool = True) -> bytes:
+        """Up to `n` bytes; `partial`: inside a frame, where silence has a limit."""
         sock = self._sock
         if sock is None:
-            return await self.stream.receive_some(n)
+            if not partial:
+                return await self.stream.receive_some(n)
+            with trio.move_on_after(self.frame_timeout):
+                return await self.stream.receive_some(n)
+            raise self._silent()
         while True:
             try:
                 return os.read(_fileno(sock), n)
             except BlockingIOError:
-                self._unwaited = 0
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait(sock, partial)
             except OSError as e:
                 raise trio.BrokenResourceError(f"connection lost: {e.strerror or e}") from e
 
@@ -156,10 +166,22 @@ class FrameReader:
             try:
                 return os.readv(_fileno(sock), (view,))
             except BlockingIOError:
-                self._unwaited = 0
-                await trio.lowlevel.wait_readable(sock)
+                await self._wait(sock, True)
             except OSError as e:
                 raise trio.BrokenResourceError(f"connection lost: {e.strerror or e}") from e
+
+    async def _wait(self, sock: trio.socket.SocketType, partial: bool) -> None:
+        self._unwaited = 0
+        if not partial:
+            await trio.lowlevel.wait_readable(sock)
+            return
+        with trio.move_on_after(self.frame_timeout):
+            await trio.lowlevel.wait_readable(sock)
+            return
+        raise self._silent()
+
+    def _silent(self) -> CodecError:
+        return CodecError(f"half a frame, then nothing for {self.frame_timeout:g} s")
 
     def has_frame(self) -> bool:
         """A whole frame is already received: next_frame will not wait for the peer."""
@@ -174,7 +196,7 @@ class FrameReader:
             await trio.lowlevel.checkpoint()
         buf = self._buf
         while len(buf) < 4:
-            chunk = await self._receive(65536)
+            chunk = await self._receive(65536, partial=bool(buf))
             if not chunk:
                 if buf:
                     raise CodecError("connection closed in the middle of a frame")

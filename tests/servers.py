@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import trio
 
@@ -37,12 +38,16 @@ def ninefs_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def server_process(*args: str, listen: str = "tcp!127.0.0.1!0") -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `ninefs serve ARGS --listen LISTEN` in a subprocess; yield its address and process."""
+def server_process(
+    *args: str, listen: str = "tcp!127.0.0.1!0", stderr: Any = subprocess.DEVNULL
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `ninefs serve ARGS --listen LISTEN` in a subprocess; yield its address and process.
+
+    `stderr`: where its log goes (a file, to check what it said)."""
     proc = subprocess.Popen(
         ninefs_command("serve", *args, "--listen", listen),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
