@@ -165,6 +165,6 @@ def test_hostile_traffic_never_crashes_leaks_or_escapes(tmp_path_factory, msgs, 
     tree = LocalTree(root)
     trio.run(scenario, tree, frames(msgs, garbage))
     gc.collect()
-    assert len(tree._nodes) == 0, "fids of a closed connection were not all released"
+    assert len(tree._beneath._all) == 0, "fids of a closed connection were not all released"
     assert snapshot(outside) == before
     assert set(os.listdir(tmp)) == {"export", "outside"}
