@@ -13,11 +13,16 @@ Because the namespace is a `Tree`, it can be served over 9P (exportfs),
 mounted with FUSE, or mounted into another namespace. Qids are made unique
 across member trees by putting the tree's index in the top byte of qid.path.
 
+Creation follows bind(2)'s MCREATE: in a union (anything bound or mounted
+with -a or -b, however many members it has) a create goes to the first member
+bound with MCREATE, and fails ("create prohibited") when there is none. The
+directory a union starts from enters it without MCREATE (Plan 9's cmount puts
+`old` first with no flags), whatever the tree it came from was mounted with.
+
 Differences from Plan 9, on purpose: the table is keyed by path, not by
 channel (a bind follows the name it was made on); `old` need not exist (the
-missing directories appear as synthetic ones); a single-member mount point
-accepts creates even without MCREATE, while a union without an MCREATE member
-refuses them, as Plan 9 does.
+missing directories appear as synthetic ones); a plain (MREPL) bind or mount
+accepts creates even without MCREATE, as the tree bound there would.
 """
 
 from __future__ import annotations
@@ -113,6 +118,9 @@ class Namespace(Tree):
         # servers: each user gets the host's permission checks), not as the namespace's.
         self.per_user = per_user
         self.table: dict[tuple[str, ...], list[Member]] = {}
+        # Mount points made with MBEFORE/MAFTER: unions, even with one member (bind -a onto
+        # a name that did not exist), so only an MCREATE member takes a create.
+        self.unions: set[tuple[str, ...]] = set()
         self.trees: list[Tree] = []  # index+1 goes into qid.path; 0 is for synthetic dirs
         self._wide: dict[tuple[int, int], int] = {}
         self._root_tree = root
@@ -215,8 +223,9 @@ class Namespace(Tree):
             except NinePError:
                 node = None
             if node is not None:
+                # bind(2): `old` enters the union without MCREATE (Plan 9's cmount: newmount(old, 0)).
                 current = [
-                    Member(m.tree, m.tree_index, await _clone(m), m.source, m.create) for m in node.members
+                    Member(m.tree, m.tree_index, await _clone(m), m.source, False) for m in node.members
                 ]
                 await self.clunk(node)
                 if not node.qid.is_dir:
@@ -227,7 +236,10 @@ class Namespace(Tree):
             for m in current or []:
                 await _quiet_clunk(m.tree, m.node)
             self.table[path] = [member]
-        elif flags & MBEFORE:
+            self.unions.discard(path)
+            return
+        self.unions.add(path)
+        if flags & MBEFORE:
             self.table[path] = [member, *(current or [])]
         else:
             self.table[path] = [*(current or []), member]
@@ -252,6 +264,7 @@ class Namespace(Tree):
             self.table[path] = keep
         else:
             del self.table[path]
+            self.unions.discard(path)
 
     def mount_points(self) -> list[tuple[str, ...]]:
         """Every path with something mounted on it, shallowest first."""
@@ -291,7 +304,7 @@ class Namespace(Tree):
                 node = await _clone(m)
             own.append(Member(m.tree, m.tree_index, node, m.source, m.create, m.aname))
         first = own[0]
-        creatable = len(own) == 1 or any(m.create for m in own)
+        creatable = any(m.create for m in own) or (len(own) == 1 and path not in self.unions)
         return NsNode(path, own, self._qid(first, first.node.qid), creatable, mount_point=True, user=user)
 
     async def _resolve(self, path: tuple[str, ...], user: str | None = None) -> NsNode:
@@ -366,8 +379,12 @@ class Namespace(Tree):
             raise PermissionDenied("create prohibited: no file server is mounted here")
         if (*node.path, name) in self.table:
             raise NinePError("file already exists")
-        targets = [m for m in node.members if m.create] if node.is_union else node.members
-        if not targets or not node.creatable:
+        # bind(2): the first member bound with MCREATE takes it; a plain (non-union) directory
+        # takes it as its tree would; a union with no MCREATE member refuses it.
+        targets = [m for m in node.members if m.create]
+        if not targets and node.creatable and not node.is_union:
+            targets = node.members
+        if not targets:
             raise PermissionDenied("create prohibited: no member of this union was bound with MCREATE")
         m = targets[0]
         qid, iounit = await m.tree.create(m.node, name, perm, mode)
