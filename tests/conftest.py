@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -33,11 +34,16 @@ async def conn(ram_server: str) -> AsyncIterator[Connection]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_mount_left_behind():
-    """The suite must leave no FUSE mount of ours behind (checked when it ends)."""
+def no_mount_left_behind(tmp_path_factory):
+    """The suite must leave no FUSE mount of ours behind (checked when it ends).
+
+    Ours are the ones under this run's temporary directory, where every test mounts:
+    another process's mounts (a developer's, another suite's running beside this one)
+    are none of this suite's business.
+    """
     from .fuse_helpers import ninefs_mounts
 
-    before = set(ninefs_mounts())
+    base = str(tmp_path_factory.getbasetemp()) + os.sep
     yield
-    left = set(ninefs_mounts()) - before
+    left = [m for m in ninefs_mounts() if m.startswith(base)]
     assert not left, f"tests left FUSE mounts behind: {sorted(left)}"

@@ -284,11 +284,16 @@ def test_huge_names_before_authentication_cost_little(tmp_path, export):
             conns = []
             for _ in range(8):
                 s = Raw(address)
-                s.send(Tversion(NOTAG, MiB, "9P2000"), *(Tauth(1 + k, 1 + k, big, big) for k in range(8)))
+                try:
+                    s.send(Tversion(NOTAG, MiB, "9P2000"), *(Tauth(1 + k, 1 + k, big, big) for k in range(8)))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed by the server before we were done: as it should
                 conns.append(s)
-            for s in conns:
-                s.expect("Rversion")
-                assert s.recv() is None  # a frame that big before attach: closed
+            for s in conns:  # a frame that big before attach: closed, without an Rauth
+                replies = []
+                while (reply := s.recv()) is not None:
+                    replies.append(type(reply).__name__)
+                assert set(replies) <= {"Rversion"}
                 s.close()
         s = Raw(address)
         s.send(Tversion(NOTAG, 8192, "9P2000"), Tauth(1, 1, "u" * 1000, ""))
