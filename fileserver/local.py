@@ -126,6 +126,7 @@ class LocalTree(Tree):
         if extra & DMEXCL:
             typ |= QTEXCL
         vers = (s.st_mtime_ns // 1000 ^ s.st_size ^ (s.st_ctime_ns // 1000) << 7) & 0xFFFFFFFF
+        vers = vers or 1  # never 0: an empty file with qid.vers 0 reads as a stream (docs/mount.md)
         dev, ino = entry if entry is not None else (s.st_dev, s.st_ino)
         return Qid(typ, vers, (ino ^ (dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 

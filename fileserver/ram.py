@@ -64,6 +64,7 @@ class _File:
     children: dict[str, _File] = field(default_factory=dict)
     removed: bool = False
     exclusive_open: bool = False
+    opens: int = 0  # fids open on it: a removed file keeps its bytes until the last is clunked
 
     @property
     def qid(self) -> Qid:
@@ -197,6 +198,7 @@ class RamTree(Tree):
         f = node.file
         self._open_check(f, node.uname, mode)
         node.omode = mode
+        f.opens += 1
         if mode & OTRUNC and not f.is_dir and not f.mode & DMAPPEND:
             self._resize(f, 0)
             self._touch(f, node.uname)
@@ -227,9 +229,11 @@ class RamTree(Tree):
             d.gid,
             next(self._paths),
             parent=d,
+            vers=1,  # never 0: an empty file with qid.vers 0 reads as a stream (docs/mount.md)
             atime=now,
             mtime=now,
             muid=node.uname,
+            opens=1,
         )
         d.children[name] = f
         self._touch(d, node.uname)
@@ -327,12 +331,21 @@ class RamTree(Tree):
                 del f.parent.children[f.name]
                 self._touch(f.parent, node.uname)
             f.removed = True
-            self.used_bytes -= len(f.data)
-            f.data = Pieces()
+            if not f.opens:
+                self._free(f)
         finally:
             await self.clunk(node)
 
+    def _free(self, f: _File) -> None:
+        self.used_bytes -= len(f.data)
+        f.data = Pieces()
+
     async def clunk(self, node: _Node) -> None:
-        if node.omode is not None and node.file.mode & DMEXCL:
-            node.file.exclusive_open = False
+        f = node.file
+        if node.omode is not None:
+            if f.mode & DMEXCL:
+                f.exclusive_open = False
+            f.opens -= 1
+            if f.removed and not f.opens:
+                self._free(f)  # remove(5) took the name; the last open fid takes the bytes
         node.omode = None
