@@ -26,8 +26,9 @@ computed when opened. A pid can be reused, so a node remembers the start time
 of the process it was walked to: once that process is gone the node's files
 do not exist, even if a new process got the same pid, and signals are sent
 through a pidfd after checking the start time, never to the newcomer.
-qid.path is `pid << 8 | file`; qid.vers is the start time, so two processes
-that shared a pid never share a qid.
+qid.path is `start << 30 | pid << 8 | file` (pids stay below 2**22), so two
+processes that shared a pid never share a qid; qid.vers is 0, and with length 0
+that tells a client a file is a stream, to read afresh (docs/mount.md).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class _Node:
         if self.pid is None:
             return _ROOT_QID
         kind = QTDIR if self.file == 0 else QTFILE
-        return Qid(kind, self.start & 0xFFFFFFFF, self.pid << 8 | self.file)
+        return Qid(kind, 0, (self.start << 30 | self.pid << 8 | self.file) & 0xFFFFFFFFFFFFFFFF)
 
 
 class ProcTree(Tree):
