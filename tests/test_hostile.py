@@ -174,6 +174,28 @@ def test_abrupt_disconnects_end_only_their_own_connection(tmp_path, export):
         assert rss_mib(pid) < rss + 64
 
 
+def test_a_killed_reader_of_dev_random_ends_only_its_connection(tmp_path, export):
+    """Under --machine: readers of /dev/random reset mid-read, and a killed `ninefs cat` of it."""
+    with attacked(tmp_path, "--machine", str(export)) as (address, pid, _):
+        fds = fd_count(pid)
+        for _ in range(max(ROUNDS // 4, 10)):
+            s = Raw(address)
+            s.handshake(["dev", "random"])
+            s.send(*(Tread(10 + k, 1, 0, 65536) for k in range(32)))
+            s.sock.recv(4096)
+            s.reset()
+        for _ in range(3):
+            cat = subprocess.Popen(ninefs_command("cat", address, "/dev/random"), stdout=subprocess.PIPE)
+            assert cat.stdout is not None
+            cat.stdout.read(4096)
+            cat.kill()
+            cat.wait()
+            cat.stdout.close()
+        well_behaved(address, "fs/hello", b"hello\n")
+        time.sleep(0.5)
+        assert fd_count(pid) <= fds + 4
+
+
 def test_tls_aborts_and_a_refused_host_key_end_only_their_connection(tmp_path, export, monkeypatch):
     host_key = tmp_path / "host_key"
     listen = "tls!127.0.0.1!0"
