@@ -4,17 +4,23 @@ How it works (DESIGN.md, "Per-process namespace"):
 
 1. This process unshares its mount namespace and makes every mount private,
    so nothing it mounts is seen outside, and nothing outside changes under it.
-2. A private tmpfs holds two directories: `host`, a recursive bind of / taken
-   now (the namespace's view of this machine, untouched by what follows), and
-   `ns`, where the composed namespace (host root + the namespace file) is
-   FUSE-mounted once, served by this process.
+2. A tmpfs mounted in that namespace only holds two directories: `host`, a copy
+   of the mount tree taken now (the namespace's view of this machine, untouched
+   by what follows), and `ns`, where the composed namespace (host root + the
+   namespace file) is FUSE-mounted once, served by this process. The tmpfs is
+   mounted on /tmp and at once covered by a copy of what /tmp showed, so no path
+   reaches it: we reach it through a descriptor (/proc/self/fd/N).
 3. Each top-level mount point of the namespace (/n/alpha, /bin, ...) is
-   bind-mounted from `ns` onto its real path. A mount point whose directory
-   does not exist is created for the run and removed afterwards.
+   bind-mounted from `ns` onto its real path. A mount point that does not exist
+   is made in this namespace only: the nearest directory above it that exists
+   is covered by a tmpfs holding a bind of each of its entries and the missing
+   names (for /, the command's root becomes that tmpfs: chroot). The machine's
+   file system is never written.
 4. The command runs as our child, with our stdin/stdout/stderr, the exit
-   status passed back, and SIGTERM/SIGHUP passed on (Ctrl-C reaches it from
-   the terminal directly). When it exits we unmount everything; the kernel
-   drops the namespace once its last process is gone.
+   status passed back, SIGTERM/SIGHUP passed on (Ctrl-C reaches it from the
+   terminal directly), and SIGKILL when we die, however we die. Everything we
+   mounted lives only in this namespace: the kernel drops it when its last
+   process is gone, a crash included; nothing is left to clean up outside.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import os
 import signal
 import sys
-import tempfile
+from functools import partial
 
 import trio
 
@@ -42,48 +48,100 @@ __all__ = ["register"]
 log = logging.getLogger("ninefs.ns")
 
 
+_WORK_ON = "/tmp"  # where the private tmpfs is mounted (and covered again): any directory would do
+
+
 def _top_mount_points(ns: Namespace) -> list[tuple[str, ...]]:
     """Mount points not below another one (the root mount is the host itself)."""
     points = [p for p in ns.mount_points() if p]
     return [p for p in points if not any(q != p and p[: len(q)] == q for q in points)]
 
 
-def _make_mount_point(real: str, is_dir: bool, created: list[str]) -> None:
-    """Create a missing mount point (recording what we created, to remove it later)."""
-    if os.path.lexists(real):
-        return
-    missing = []
+def _private_work_area() -> tuple[str, LocalTree]:
+    """A tmpfs of this namespace that no path reaches, holding `host` (this machine's
+    files, as LocalTree) and `ns` (for the FUSE mount); the path to it, via our fd."""
+    host_copy = linux.clone_tree("/")
+    cover = linux.clone_tree(_WORK_ON)
+    try:
+        linux.mount_tmpfs(_WORK_ON)
+        fd = os.open(_WORK_ON, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.mkdir(os.path.join(_WORK_ON, "host"))
+        os.mkdir(os.path.join(_WORK_ON, "ns"))
+        linux.attach_tree(host_copy, os.path.join(_WORK_ON, "host"))
+        # LocalTree holds its root by descriptor from here on: the path may be covered.
+        host = LocalTree(os.path.join(_WORK_ON, "host"))
+        linux.attach_tree(cover, _WORK_ON)
+    finally:
+        os.close(host_copy)
+        os.close(cover)
+    return f"/proc/self/fd/{fd}", host
+
+
+def _existing_ancestor(real: str) -> str:
     d = os.path.dirname(real)
     while not os.path.lexists(d):
-        missing.append(d)
         d = os.path.dirname(d)
-    for d in reversed(missing):
-        os.mkdir(d)
-        created.append(d)
-    if is_dir:
-        os.mkdir(real)
-    else:
-        open(real, "x").close()
-    created.append(real)
+    if not os.path.isdir(d):
+        raise NotADirectoryError(f"not a directory: {d} (on the way to the mount point {real})")
+    return d
 
 
-def _remove_created(created: list[str]) -> None:
-    for path in reversed(created):
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
+def _make_mount_points(missing: list[tuple[str, bool]], work: str, cwd: str) -> None:
+    """Make each missing (path, is_dir) appear in this mount namespace only.
+
+    The nearest existing directory above one is covered by a tmpfs with the same owner
+    and mode, holding a bind of each of its entries (a copy of each symlink) and the
+    missing names; for /, our root (and the command's) becomes that tmpfs."""
+    wanted: dict[str, list[tuple[str, bool]]] = {}
+    for real, is_dir in missing:
+        wanted.setdefault(_existing_ancestor(real), []).append((real, is_dir))
+    # Deepest first: a shadow of / then binds the shadows below it with the rest.
+    for i, above in enumerate(sorted(wanted, key=lambda d: (d == "/", -d.count("/"), d))):
+        place = os.path.join(work, f"shadow{i}")
+        os.mkdir(place)
+        st = os.stat(above)
+        linux.mount_tmpfs(place, f"mode={st.st_mode & 0o7777:o},uid={st.st_uid},gid={st.st_gid}")
+        for entry in os.scandir(above):
+            _copy_entry(entry, os.path.join(place, entry.name))
+        for real, is_dir in wanted[above]:
+            inside = os.path.join(place, os.path.relpath(real, above))
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            if is_dir:
+                os.mkdir(inside)
             else:
-                os.unlink(path)
-        except OSError as e:
-            log.warning("could not remove %s: %s", path, e)
+                open(inside, "x").close()
+        if above == "/":
+            os.chroot(place)
+            os.chdir(cwd)
+        else:
+            linux.move_mount(place, above)
 
 
-async def _run_in_namespace(ops: list[Op], command: list[str], work: str, options: FuseOptions) -> int:
-    host, mnt = os.path.join(work, "host"), os.path.join(work, "ns")
+def _copy_entry(entry: os.DirEntry, target: str) -> None:
+    """An entry of a covered directory, as it was: a symlink copied, anything else bound."""
+    try:
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+            st = entry.stat(follow_symlinks=False)
+            os.lchown(target, st.st_uid, st.st_gid)
+            return
+        if entry.is_dir(follow_symlinks=False):
+            os.mkdir(target)
+        else:
+            open(target, "x").close()
+        linux.rbind(entry.path, target)
+    except FileNotFoundError:
+        log.debug("%s went away while we looked", entry.path)
+
+
+async def _run_in_namespace(
+    ops: list[Op], command: list[str], work: str, host: LocalTree, cwd: str, options: FuseOptions
+) -> int:
+    mnt = os.path.join(work, "ns")
     uname = getpass.getuser()
-    async with Namespace(LocalTree(host), uname=uname) as ns:
+    async with Namespace(host, uname=uname) as ns:
         try:
-            cwd = await apply(ns, ops)
+            ns_cwd = await apply(ns, ops)
         except NamespaceFileError as e:
             print(f"ninefs ns run: {e}", file=sys.stderr)
             return 2
@@ -103,38 +161,39 @@ async def _run_in_namespace(ops: list[Op], command: list[str], work: str, option
             nursery.start_soon(serve_fuse)
             with trio.fail_after(30):
                 await ready.wait()
-            created: list[str] = []
             bound: list[str] = []
             try:
-                for path in _top_mount_points(ns):
-                    real = "/" + "/".join(path)
-                    source = os.path.join(mnt, *path)
-                    # Syscalls that look through our own FUSE mount must not block the loop serving it.
-                    is_dir = await trio.to_thread.run_sync(os.path.isdir, source)
-                    await trio.to_thread.run_sync(_make_mount_point, real, is_dir, created)
+                points = [("/" + "/".join(p), os.path.join(mnt, *p)) for p in _top_mount_points(ns)]
+                missing = []
+                for real, source in points:
+                    if not os.path.lexists(real):
+                        # Syscalls that look through our own FUSE mount must not block the loop serving it.
+                        missing.append((real, await trio.to_thread.run_sync(os.path.isdir, source)))
+                if missing:
+                    await trio.to_thread.run_sync(_make_mount_points, missing, work, cwd)
+                for real, source in points:
                     await trio.to_thread.run_sync(linux.bind_mount, source, real)
                     bound.append(real)
-                return await _run_command(command, cwd)
+                return await _run_command(command, ns_cwd or cwd)
             finally:
                 for real in reversed(bound):
                     try:
                         await trio.to_thread.run_sync(linux.unmount_detach, real)
                     except OSError as e:
                         log.warning("%s", e)
-                await trio.to_thread.run_sync(_remove_created, created)
                 import pyfuse3
 
                 if not served.is_set():  # terminate() on a session already closed would crash
                     pyfuse3.terminate()
 
 
-async def _run_command(command: list[str], cwd: str | None) -> int:
+async def _run_command(command: list[str], cwd: str) -> int:
     # A ^C from the terminal reaches the command and us at once; we ignore it (see _run)
     # and must never be interrupted while we serve the command's files.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         try:
             proc = await trio.lowlevel.open_process(
-                command, cwd=cwd or os.getcwd(), preexec_fn=_default_signals
+                command, cwd=cwd, preexec_fn=partial(_in_child, os.getpid())
             )
         except OSError as e:
             print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
@@ -152,10 +211,12 @@ async def _run_command(command: list[str], cwd: str | None) -> int:
     return 128 - code if code < 0 else code
 
 
-def _default_signals() -> None:
-    # In the child: ^C, TERM and HUP act on the command as usual again.
+def _in_child(parent: int) -> None:
+    # ^C, TERM and HUP act on the command as usual again; and without us to serve its
+    # files (killed, crashed) the command goes too, rather than run on in a dead namespace.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    linux.die_with_parent(parent)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -180,25 +241,17 @@ def _run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("ninefs ns run: needs root (it makes a mount namespace and FUSE mounts)", file=sys.stderr)
         return 1
-    linux.unshare_mount_namespace()  # before trio starts any thread
-    linux.make_rprivate("/")
-    work = tempfile.mkdtemp(prefix="ninefs-ns-")
+    cwd = os.getcwd()
     try:
-        linux.mount_tmpfs(work)
-        os.mkdir(os.path.join(work, "host"))
-        os.mkdir(os.path.join(work, "ns"))
-        linux.rbind("/", os.path.join(work, "host"))
+        linux.unshare_mount_namespace()  # before trio starts any thread
+        linux.make_rprivate("/")
+        # Nothing below needs undoing: it is all in our mount namespace, which goes with us.
+        work, host = _private_work_area()
         options = FuseOptions(timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache)
-        return trio.run(_run_in_namespace, ops, command, work, options)
+        return trio.run(_run_in_namespace, ops, command, work, host, cwd, options)
     except OSError as e:
         print(f"ninefs ns run: {e}", file=sys.stderr)
         return 1
-    finally:
-        try:
-            linux.unmount_detach(work)
-        except OSError:
-            pass
-        os.rmdir(work)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
