@@ -26,6 +26,7 @@ to create or remove in it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import grp
 import os
@@ -52,12 +53,14 @@ from ninep.constants import (
     QTEXCL,
     QTFILE,
 )
-from ninep.errors import Exists, IsADirectory, NinePError, PermissionDenied
+from ninep.errors import Exists, IsADirectory, NinePError, NotADirectory, PermissionDenied
 from ninep.messages import Qid, Stat
+from ninep.posix import STATFS_NAME, dm_special, statfs_text, unix_special
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
 from .beneath import NOWHERE, Place, Root, proc_path
-from .owners import group_name, host_user_may, owns, user_name
+from .hostnames import host_name, wire_name
+from .owners import group_name, host_user_may, may_set_special, owns, user_name
 
 __all__ = ["LocalTree"]
 
@@ -83,6 +86,8 @@ class _Node:
     fd: int | None = None
     omode: int | None = None
     regular: bool = True
+    statfs: bool = False  # the synthetic .ninefs.statfs of directory `place` (ninep/posix.py)
+    text: bytes | None = None  # its contents, made at open
 
 
 class LocalTree(Tree):
@@ -131,7 +136,7 @@ class LocalTree(Tree):
         return Qid(typ, vers, (ino ^ (dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 
     def _stat(self, s: os.stat_result, extra: int, name: str, entry: tuple[int, int] | None = None) -> Stat:
-        mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra
+        mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra | dm_special(s.st_mode)
         if st_mod.S_ISDIR(s.st_mode):
             mode |= DMDIR
         user = user_name(s.st_uid)
@@ -152,6 +157,12 @@ class LocalTree(Tree):
         if self.check_users and not host_user_may(node.uname, s, want):
             raise PermissionDenied(f"permission denied: {node.uname} may not {_WANTS[want]} this")
 
+    def _may_special(self, node: _Node, uid: int, gid: int, special: int) -> None:
+        """With check_users the server's own rights act for the attached user: setuid and
+        setgid only as chmod(2) would let that user set them."""
+        if special and self.check_users and not may_set_special(node.uname, uid, gid, special):
+            raise NinePError(f"operation not permitted: {node.uname} may not set setuid/setgid here")
+
     def _writable(self) -> None:
         if self.read_only:
             raise NinePError("read-only file system")
@@ -165,28 +176,39 @@ class LocalTree(Tree):
         place = self._beneath.top
         s = os.fstat(place.fd)
         for name in names:
-            place, s = self._beneath.lookup(place, name, self._searcher(uname))
+            place, s = self._beneath.lookup(place, host_name(name), self._searcher(uname))
         if not st_mod.S_ISDIR(s.st_mode):
             raise NinePError(f"not a directory: {aname}")
         return _Node(place, self._qid(s, 0, place.entry), uname)
 
     async def clone(self, node: _Node) -> _Node:
-        return _Node(node.place, node.qid, node.uname)
+        return _Node(node.place, node.qid, node.uname, statfs=node.statfs)
 
     async def walk1(self, node: _Node, name: str) -> _Node:
         place = node.place
+        if node.statfs:
+            raise NotADirectory("walk in non-directory")
         if name in ("..", "."):
             self._beneath.search(place, self._searcher(node.uname))
             if name == ".." and place.parent is not None:  # lexical, as in Plan 9
                 place = place.parent
             s = os.fstat(place.fd)
+        elif name == STATFS_NAME and st_mod.S_ISDIR(os.fstat(place.fd).st_mode):
+            self._beneath.search(place, self._searcher(node.uname))
+            path = (place.ident[1] ^ (place.ident[0] << 48) ^ (1 << 63)) & 0xFFFFFFFFFFFFFFFF
+            return _Node(place, Qid(QTFILE, 0, path), node.uname, statfs=True)
         else:
-            place, s = self._beneath.lookup(place, name, self._searcher(node.uname))
+            place, s = self._beneath.lookup(place, host_name(name), self._searcher(node.uname))
         return _Node(place, self._qid(s, self._extra_bits(place.fd, s), place.entry), node.uname)
 
     async def open(self, node: _Node, mode: int) -> tuple[Qid, int]:
         place = node.place
         acc = mode & OACCMODE
+        if node.statfs:
+            if mode != OREAD:
+                raise PermissionDenied("permission denied: .ninefs.statfs is read-only")
+            node.omode, node.text = mode, statfs_text(os.statvfs(place.fd))
+            return node.qid, 0
         if acc in (OWRITE, ORDWR) or mode & OTRUNC:
             self._writable()
         s = os.fstat(place.fd)
@@ -233,10 +255,21 @@ class LocalTree(Tree):
     async def create(self, node: _Node, name: str, perm: int, mode: int) -> tuple[Qid, int]:
         self._writable()
         check_name(name)
+        if node.statfs:
+            raise NotADirectory("not a directory")
+        if name == STATFS_NAME:
+            raise Exists("file already exists: .ninefs.statfs is the server's (ninep/posix.py)")
+        try:
+            name = host_name(name)
+        except FileNotFoundError:
+            raise NinePError("invalid argument: not the escaped form of a host name") from None
         dirp = node.place
         dstat = os.fstat(dirp.fd)
         self._may(node, 3, dstat)  # write and search, as the host checks for creat(2)
         extra = perm & _EXTRA_BITS
+        special = unix_special(perm)
+        new_gid = dstat.st_gid if dstat.st_mode & st_mod.S_ISGID else os.getegid()
+        self._may_special(node, os.geteuid(), new_gid, special)  # owned by the server's user
         if perm & DMDIR:
             if mode & OACCMODE not in (OREAD, OEXEC) or mode & OTRUNC:
                 raise IsADirectory("is a directory: cannot create a directory open for writing")
@@ -248,7 +281,8 @@ class LocalTree(Tree):
             pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirp.fd)
             s = os.fstat(pfd)
             node.place = self._beneath.adopt(dirp, name, pfd, s)
-            os.chmod(proc_path(pfd), want)  # Plan 9 applies no umask
+            # Plan 9 applies no umask; a setgid directory's new directories stay setgid (Linux)
+            os.chmod(proc_path(pfd), want | special | (s.st_mode & st_mod.S_ISGID))
             node.omode = mode
             node.qid = self._qid(os.fstat(pfd), 0)
             return node.qid, 0
@@ -262,7 +296,7 @@ class LocalTree(Tree):
         except FileExistsError:
             raise Exists("file already exists") from None
         try:
-            os.fchmod(fd, want)
+            os.fchmod(fd, want | special)
             if extra:
                 os.setxattr(fd, _XATTR, str(extra).encode())
                 if extra & DMAPPEND:
@@ -287,6 +321,8 @@ class LocalTree(Tree):
         return node.fd is not None and node.regular  # pread/pwrite of a file; FIFOs and devices wait
 
     async def read(self, node: _Node, offset: int, count: int) -> bytes:
+        if node.text is not None:
+            return node.text[offset : offset + count]
         fd = node.fd
         if fd is None:
             raise IsADirectory("is a directory")
@@ -303,19 +339,16 @@ class LocalTree(Tree):
             with os.scandir(fd) as it:
                 for dent in it:
                     name = dent.name
-                    try:
-                        name.encode("utf-8")
-                    except UnicodeEncodeError:
-                        continue  # 9P names are UTF-8; a name that is not cannot be sent
+                    wire = wire_name(name)  # 9P names are UTF-8: others are escaped (hostnames.py)
                     try:
                         if dent.is_symlink():
                             place, s = self._beneath.lookup(dirp, name, self._searcher(node.uname))
-                            out.append(self._stat(s, self._extra_bits(place.fd, s), name, place.entry))
+                            out.append(self._stat(s, self._extra_bits(place.fd, s), wire, place.entry))
                             continue
                         s = dent.stat(follow_symlinks=False)
                         in_dir = f"{proc_path(fd)}/{name}"  # the name in the directory held
                         extra = 0 if st_mod.S_ISDIR(s.st_mode) else _xattr_bits(in_dir, follow_symlinks=False)
-                        out.append(self._stat(s, extra, name))
+                        out.append(self._stat(s, extra, wire))
                     except OSError:
                         continue  # dangling or escaping symlink, or removed meanwhile
         finally:
@@ -334,22 +367,27 @@ class LocalTree(Tree):
     async def stat(self, node: _Node) -> Stat:
         place = node.place
         s = os.fstat(place.fd)
-        name = place.name if place.parent is not None else "/"
+        if node.statfs:
+            return dataclasses.replace(self._stat(s, 0, STATFS_NAME), qid=node.qid, mode=0o444, length=0)
+        name = wire_name(place.name) if place.parent is not None else "/"
         return self._stat(s, self._extra_bits(place.fd, s), name, place.entry)
 
     async def wstat(self, node: _Node, st: Stat) -> None:
         place = node.place
         parent = place.parent
-        name_set = st.name != "" and (parent is None or st.name != place.name)
+        name_set = st.name != "" and (parent is None or st.name != wire_name(place.name))
         length_set = st.length != NOT_TOUCHED_U64
         mode_set = st.mode != NOT_TOUCHED_U32
         mtime_set = st.mtime != NOT_TOUCHED_U32
         gid_set = st.gid != ""
         if not (name_set or length_set or mode_set or mtime_set or gid_set):
             # stat(5): a wstat that changes nothing asks for the file on stable storage.
-            await trio.to_thread.run_sync(_fsync, place, node.fd)
+            if not node.statfs:
+                await trio.to_thread.run_sync(_fsync, place, node.fd)
             return
         self._writable()
+        if node.statfs:
+            raise PermissionDenied("permission denied: .ninefs.statfs is the server's")
         s = os.fstat(place.fd)
         is_dir = st_mod.S_ISDIR(s.st_mode)
         if self.check_users:
@@ -364,8 +402,14 @@ class LocalTree(Tree):
             if parent is None:
                 raise PermissionDenied("permission denied: cannot rename the root")
             check_name(st.name)
+            if st.name == STATFS_NAME:
+                raise Exists("file already exists: .ninefs.statfs is the server's (ninep/posix.py)")
             try:
-                os.stat(st.name, dir_fd=parent.fd, follow_symlinks=False)
+                new_name = host_name(st.name)
+            except FileNotFoundError:
+                raise NinePError("invalid argument: not the escaped form of a host name") from None
+            try:
+                os.stat(new_name, dir_fd=parent.fd, follow_symlinks=False)
                 raise Exists("file already exists")
             except FileNotFoundError:
                 pass
@@ -374,6 +418,8 @@ class LocalTree(Tree):
         if mode_set and bool(st.mode & DMDIR) != is_dir:
             raise PermissionDenied("permission denied: cannot change the DMDIR bit")
         gid = _group_id(st.gid) if gid_set else -1
+        if mode_set:
+            self._may_special(node, s.st_uid, s.st_gid if gid < 0 else gid, unix_special(st.mode))
         extra = self._extra_bits(place.fd, s)
         if mode_set and st.mode & _EXTRA_BITS != extra and is_dir:
             raise NinePError("invalid argument: DMAPPEND/DMEXCL apply to files only")
@@ -381,7 +427,7 @@ class LocalTree(Tree):
         if length_set and not is_dir:
             os.truncate(path, st.length)
         if mode_set:
-            os.chmod(path, st.mode & 0o777)
+            os.chmod(path, st.mode & 0o777 | unix_special(st.mode))
             if st.mode & _EXTRA_BITS != extra:
                 _set_extra_bits(path, st.mode & _EXTRA_BITS)
         if mtime_set:
@@ -389,13 +435,13 @@ class LocalTree(Tree):
         if gid_set:
             os.chown(path, -1, gid)
         if name_set:
-            self._beneath.rename(place, st.name)  # a symlink's own name, not its target's
+            self._beneath.rename(place, new_name)  # a symlink's own name, not its target's
 
     async def remove(self, node: _Node) -> None:
         try:
             self._writable()
             place = node.place
-            if place.parent is None:
+            if place.parent is None or node.statfs:
                 raise PermissionDenied("permission denied: cannot remove the root")
             if place.below_link:
                 raise PermissionDenied("permission denied: not removed through a symlinked directory")
@@ -411,7 +457,7 @@ class LocalTree(Tree):
                 s = os.fstat(fd)
                 self._exclusive.discard((s.st_dev, s.st_ino))
             os.close(fd)
-        node.omode = None
+        node.omode, node.text = None, None
         node.place = NOWHERE  # its descriptors close when no other node or place holds them
 
 

@@ -7,7 +7,7 @@ import os
 import pwd
 from functools import lru_cache
 
-__all__ = ["group_name", "host_user_may", "owns", "user_name"]
+__all__ = ["group_name", "host_user_may", "may_set_special", "owns", "user_name"]
 
 
 @lru_cache(maxsize=1024)
@@ -66,3 +66,14 @@ def host_account(uname: str) -> tuple[pwd.struct_passwd, list[int]] | None:
     except KeyError:
         return None
     return pw, os.getgrouplist(uname, pw.pw_gid)
+
+
+def may_set_special(uname: str, uid: int, gid: int, bits: int) -> bool:
+    """May host user `uname` give a file owned by `uid`:`gid` the setuid/setgid/sticky
+    `bits`? As chmod(2) allows: root, or the owner (setgid only in the file's group)."""
+    ids = _ids(uname)
+    if ids is None:
+        return False
+    if ids[0] == 0:
+        return True
+    return ids[0] == uid and (not bits & 0o2000 or gid in ids[1])

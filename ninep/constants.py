@@ -64,6 +64,11 @@ DMMOUNT = 0x10000000
 DMAUTH = 0x08000000
 DMTMP = 0x04000000
 PERM_MASK = 0o777
+# 9P2000.u's bits for setuid, setgid and sticky; ninefs's own servers keep them in 9P2000 too
+# (ninep/posix.py)
+DMSETUID = 0x00080000
+DMSETGID = 0x00040000
+DMSETVTX = 0x00010000
 
 # open(5) modes
 OREAD = 0
