@@ -1,10 +1,24 @@
-"""Reading and writing open files through the mount: readahead and write-behind.
+"""Reading and writing open files through the mount: readahead, write-behind, appends.
 
 Sequential reads are fetched a window (READAHEAD) at a time, AHEAD windows ahead,
 and the kernel's concurrent reads wait on the same fetch; a read-only open knows
 the file's length, so no Tread asks only for "end of file". Sequential writes are
-sent behind the writer (write-behind, WRITE_BEHIND in flight per file), and an
-error is reported at the next write, flush (close) or fsync.
+sent behind the writer (write-behind, WRITE_BEHIND in flight per open file).
+
+Nothing written is lost silently (DESIGN.md). A write-behind that fails (the server
+refused it, the connection broke under it and the file was walked again on a new
+one, or it timed out) is counted on the file, as the kernel's errseq counts
+writeback errors: every descriptor open on the file reports it once at its next
+write, once at its next fsync and once at close, and flush and fsync first wait for
+every write-behind of the file. So an fsync that succeeds means every byte written
+before it is on the server.
+
+An O_APPEND write goes where the server's file ends, not where the kernel thinks it
+ends (its idea of the size may be older than a write through another mount): such
+opens are direct I/O, and each write is placed at the length a Tstat gives just
+before it, one append at a time per file; a DMAPPEND file the server appends to
+itself (open(5)). Across mounts the Tstat and the Twrite are still two steps, as
+NFS's are (docs/mount.md).
 """
 
 from __future__ import annotations
@@ -17,19 +31,33 @@ from typing import Any
 import pyfuse3
 import trio
 
+from ninep.constants import DMAPPEND
 from ninep.messages import Stat
 from ninep.tree import Tree
 
 from .fuseop import errno_of, fuse_op
 from .inodes import Inode
 
-__all__ = ["AHEAD", "READAHEAD", "WRITE_BEHIND", "FileIO", "Handle", "Window"]
+__all__ = ["AHEAD", "READAHEAD", "WRITE_BEHIND", "FileIO", "Handle", "OpenFile", "Window"]
 
 log = logging.getLogger("ninefs.fuse")
 
 WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
 READAHEAD = 1 << 20
 AHEAD = 3  # windows a sequential reader has on their way beyond the one it reads
+# What a lost write is reported as: its own errno when it says why (no space), else EIO.
+_KEPT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@dataclass(eq=False, slots=True)
+class OpenFile:
+    """What the open handles of one file share: its write-behind and its lost writes."""
+
+    handles: int = 0
+    behind: dict[trio.Event, tuple[int, int]] = field(default_factory=dict)  # in flight: (offset, end)
+    lost: int = 0  # write-behinds lost so far (the kernel's errseq): a new one is reported
+    lost_errno: int = errno.EIO
+    appending: trio.Lock = field(default_factory=trio.Lock)  # one O_APPEND write at a time
 
 
 @dataclass(eq=False, slots=True)
@@ -42,11 +70,12 @@ class Handle:
     writable: bool
     stream: bool  # synthetic file (length 0 at open): no page cache, writes in order
     direct: bool = False  # changed behind the kernel's back: bypass its size and pages
+    append: bool = False  # O_APPEND: the mount, not the kernel, says where each write goes
     entries: list[Stat] | None = None
-    error: OSError | None = None
-    in_flight: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) being written
+    file: OpenFile = field(default_factory=OpenFile)  # shared with the file's other handles
+    # file.lost when this handle last reported a loss at a write, an fsync, a close
+    seen: dict[str, int] = field(default_factory=dict)
     limiter: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(WRITE_BEHIND))
-    idle: trio.Event = field(default_factory=trio.Event)
     windows: dict[int, Window] = field(default_factory=dict)  # readahead, by window number
     next_off: int = 0  # where a sequential reader reads next
     length: int = -1  # a read-only open: the file's length then (-1: not known)
@@ -71,18 +100,48 @@ class FileIO:
     nursery: trio.Nursery | None
     options: Any  # FuseOptions
     handles: dict[int, Handle]
+    files: dict[int, OpenFile]  # by inode number, while the file has handles open
+
+    # --- open files ----------------------------------------------------------------
+
+    def _opened(self, h: Handle) -> None:
+        """`h` is a new handle: it shares its file's write-behind, and reports only what
+        that loses from now on."""
+        f = self.files.get(h.inode.ino)
+        if f is None:
+            f = self.files[h.inode.ino] = OpenFile()
+        f.handles += 1
+        h.file = f
+        h.seen = dict.fromkeys(("write", "fsync", "close"), f.lost)
+
+    def _closed(self, h: Handle) -> None:
+        h.file.handles -= 1
+        if h.file.handles <= 0 and self.files.get(h.inode.ino) is h.file:
+            del self.files[h.inode.ino]
+
+    def _report_lost(self, h: Handle, at: str) -> None:
+        """A write-behind of this file lost since `h` last reported one `at` this kind of call
+        (write, fsync, close) fails this call, once (errseq, as the kernel's)."""
+        f = h.file
+        if h.seen[at] != f.lost:
+            h.seen[at] = f.lost
+            raise pyfuse3.FUSEError(f.lost_errno)
 
     async def _drain_inode(self, inode: Inode) -> None:
-        """Wait until write-behind on this inode is done, so a stat sees every write."""
-        if not inode.open_handles:
-            return  # the common case: nothing open, nothing to scan on this hot path
-        for h in list(self.handles.values()):
-            if h.inode is inode and h.in_flight:
-                await h.idle.wait()
+        """Wait for the write-behind of this file in flight now, so what follows sees it."""
+        f = self.files.get(inode.ino)
+        if f is not None and f.behind:
+            for done in list(f.behind):
+                await done.wait()
+
+    async def _drain(self, h: Handle) -> None:
+        await self._drain_inode(h.inode)
+
+    # --- reading -------------------------------------------------------------------
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles.get(fh)
-        if h is not None and not h.in_flight and off == h.next_off:
+        if h is not None and not h.file.behind and off == h.next_off:
             k, start = divmod(off, READAHEAD)
             w = h.windows.get(k)
             if (
@@ -100,8 +159,7 @@ class FileIO:
     @fuse_op
     async def _read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
-        if h.in_flight:
-            await self._drain(h)
+        await self._drain(h)  # a read sees the writes before it
         sequential = off == h.next_off or (off // READAHEAD) in h.windows
         h.next_off = off + size
         if h.stream or not sequential or self.nursery is None:
@@ -166,67 +224,82 @@ class FileIO:
         finally:
             w.done.set()
 
+    # --- writing -------------------------------------------------------------------
+
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handles[fh]
-        self._raise_pending(h)
+        self._report_lost(h, "write")
         h.windows.clear()
         h.inode.stat_time = 0.0
         h.inode.writes += 1
+        if h.append:
+            return await self._append(h, bytes(buf))
         if h.stream or self.nursery is None:
-            n = await self.tree.write(h.node, off, bytes(buf))
-            return n
-        end = off + len(buf)
-        if any(o < end and off < e for o, e in h.in_flight):
-            await self._drain(h)  # an overlapping rewrite must land after the earlier write
+            return await self.tree.write(h.node, off, bytes(buf))
+        f, end = h.file, off + len(buf)
+        for done, (o, e) in list(f.behind.items()):
+            if o < end and off < e:
+                await done.wait()  # an overlapping rewrite must land after the earlier write
         await h.limiter.acquire()
-        h.in_flight.append((off, end))
-        h.idle = trio.Event() if h.idle.is_set() else h.idle
-        self.nursery.start_soon(self._write_behind, h, off, bytes(buf))
+        done = trio.Event()
+        f.behind[done] = (off, end)
+        self.nursery.start_soon(self._write_behind, h, off, bytes(buf), done)
         return len(buf)
 
-    async def _write_behind(self, h: Handle, off: int, data: bytes) -> None:
+    async def _append(self, h: Handle, data: bytes) -> int:
+        """An O_APPEND write, at the end of the file as the server has it now.
+
+        With direct I/O the kernel passes the offset it computed from the size it was
+        told, which another mount's (or the host's) append, or a stale attribute, may
+        have overtaken. One append at a time per file, after the write-behind before it,
+        so the Tstat counts every byte this mount wrote.
+        """
+        async with h.file.appending:
+            await self._drain(h)
+            # open(5): the server writes a DMAPPEND file at its end, whatever the offset
+            dmappend = h.inode.stat.mode & DMAPPEND
+            off = 0 if dmappend else (await self.tree.stat(h.node)).length
+            return await self.tree.write(h.node, off, data)
+
+    async def _write_behind(self, h: Handle, off: int, data: bytes, done: trio.Event) -> None:
+        f = h.file
         try:
             with trio.fail_after(self.options.timeout):
                 n = await self.tree.write(h.node, off, data)
             if n != len(data):
                 raise OSError(errno.EIO, f"short write: {n} of {len(data)} bytes")
         except (OSError, trio.TooSlowError) as e:
-            if h.error is None:
-                h.error = e if isinstance(e, OSError) else OSError(errno.ETIMEDOUT, "write timed out")
-            log.warning("write-behind at offset %d failed: %s", off, e)
+            self._lost(h, off, len(data), e)
         except Exception as e:
             log.exception("write-behind failed")
-            if h.error is None:
-                h.error = OSError(errno.EIO, str(e))
+            self._lost(h, off, len(data), e)
         finally:
-            h.in_flight.remove((off, off + len(data)))
+            del f.behind[done]
+            done.set()
             h.limiter.release()
-            if not h.in_flight:
-                h.idle.set()
 
-    def _raise_pending(self, h: Handle) -> None:
-        if h.error is not None:
-            e, h.error = h.error, None
-            raise pyfuse3.FUSEError(errno_of(e))
-
-    async def _drain(self, h: Handle) -> None:
-        while h.in_flight:
-            await h.idle.wait()
-        self._raise_pending(h)
+    def _lost(self, h: Handle, off: int, size: int, e: BaseException) -> None:
+        """A write the writer was told had succeeded did not reach the server."""
+        code = errno_of(e)
+        h.file.lost += 1
+        h.file.lost_errno = code if code in _KEPT_ERRNOS else errno.EIO
+        log.warning("%s: %d bytes written at offset %d lost: %s", h.inode.name, size, off, e or "timed out")
 
     async def flush(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if h is not None and (h.in_flight or h.error is not None):
+        if h is not None and h.writable and (h.file.behind or h.seen["close"] != h.file.lost):
             await self._flush(h)
 
     @fuse_op
     async def _flush(self, h: Handle) -> None:
-        await self._drain(h)
+        await self._drain(h)  # close(2) waits for every write-behind of the file, as NFS's does
+        self._report_lost(h, "close")
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handles[fh]
         await self._drain(h)
+        self._report_lost(h, "fsync")
         if h.writable:
             await self.tree.wstat(h.node, Stat.dont_touch())  # stat(5): a null wstat is fsync

@@ -41,7 +41,7 @@ from ninep.errors import NinePError
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree, dir_perm, file_perm
 
-from .fileio import READAHEAD, FileIO, Handle, Window
+from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .nodes import Nodes
@@ -79,6 +79,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self.options = options
         self.inodes = InodeTable()
         self.handles: dict[int, Handle] = {}
+        self.files: dict[int, OpenFile] = {}  # what the handles of each open file share
         self._next_fh = 1
         self.nursery: trio.Nursery | None = None
         # ino -> (its parent, its name, a fresh node of that directory) for its next create
@@ -319,7 +320,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self._next_fh += 1
         self.handles[fh] = h
         h.inode.open_handles += 1
-        h.idle.set()
+        self._opened(h)
         return fh
 
     @fuse_op
@@ -350,6 +351,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             await self._drain(h)
         finally:
             h.inode.open_handles -= 1
+            self._closed(h)
             if restat and self.nursery is not None:
                 self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node)
             else:
@@ -522,7 +524,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         h = Handle(i, node, iounit, mode != OREAD, stream)
         if mode == OREAD:
             h.length, h.writes_at_open = stat.length, i.writes
-        if not unchanged and not flags & os.O_TRUNC:
+        if flags & os.O_APPEND and mode != OREAD:
+            h.append = h.direct = True  # the mount places each write at the end (fileio._append)
+            i.last_open_vers = None
+        elif not unchanged and not flags & os.O_TRUNC:
             # Changed since we last told the kernel its size: the kernel may still trust the
             # old one for a while, so this open bypasses it (and the page cache) altogether.
             h.direct = True
@@ -560,6 +565,8 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         )
         inode = self._inode(attr.st_ino)
         h = Handle(inode, node, iounit, True, False)
+        if flags & os.O_APPEND:
+            h.append = h.direct = True  # the mount places each write at the end (fileio._append)
         fh = self._new_handle(h)
         return self._fileinfo(fh, h, qid), attr
 
@@ -568,7 +575,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         h = self.handles.get(fh)
-        if h is None or not (h.writable or h.in_flight):
+        if h is None or not h.writable:
             await self._release_handle(fh)  # nothing to wait for
         else:
             await self._release_written(fh, h)
@@ -586,8 +593,15 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         """
         try:
             with trio.move_on_after(self.options.timeout):
+                writes = inode.writes
                 stat = await self.tree.stat_clunk(node)  # one round trip (RemoteTree)
-                if self.inodes.get(inode.ino) is inode and not inode.fresh(self.options.attr_cache):
+                # Not if written meanwhile: a length older than the kernel's would move the
+                # next write's offset back.
+                if (
+                    self.inodes.get(inode.ino) is inode
+                    and inode.writes == writes
+                    and not inode.fresh(self.options.attr_cache)
+                ):
                     inode.stat, inode.stat_time = stat, time.monotonic()
         except Exception as e:
             log.debug("restat: %s", e)
