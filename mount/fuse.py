@@ -28,23 +28,23 @@ from typing import Any
 
 import pyfuse3
 import trio
-
+from ninep.bounds import check_stat
 from ninep.constants import (
     DMAPPEND,
     DMDIR,
-    ORDWR,
     OREAD,
     OTRUNC,
-    OWRITE,
 )
 from ninep.errors import NinePError
 from ninep.messages import Qid, Stat
+from ninep.posix import dm_special, unix_special
 from ninep.tree import Tree, dir_perm, file_perm
 
 from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .nodes import Nodes
+from .posix import Statfs, check_name, create_mode, open_mode, wstat_keeping, wstat_mode
 
 __all__ = ["FuseOptions", "TreeFS"]
 
@@ -77,6 +77,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self.uname = uname
         self.aname = aname
         self.options = options
+        self.statvfs = Statfs(options.cache)
         self.inodes = InodeTable()
         self.handles: dict[int, Handle] = {}
         self.files: dict[int, OpenFile] = {}  # what the handles of each open file share
@@ -119,7 +120,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.options.cache
         a.attr_timeout = self.options.cache
-        perm = s.mode & 0o777
+        perm = s.mode & 0o777 | unix_special(s.mode)
         if s.mode & DMDIR:
             a.st_mode = st_mod.S_IFDIR | perm
             a.st_nlink = 2
@@ -163,6 +164,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     # here ~50), and only what may wait on the server runs under one.
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        check_name(name)
         parent = self.inodes.by_ino.get(parent_inode)
         if parent is not None:
             ino = parent.children.get(os.fsdecode(name))
@@ -268,20 +270,24 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         if fields.update_size:
             changes["length"] = attr.st_size
         if fields.update_mode:
-            changes["mode"] = (i.stat.mode & ~0o777) | (attr.st_mode & 0o777)
+            changes["mode"] = wstat_mode(i.stat.mode, attr.st_mode)
         if fields.update_mtime:
             changes["mtime"] = attr.st_mtime_ns // 1_000_000_000
-        if fields.update_gid:
+        if fields.update_gid and attr.st_gid != _cached_gid(i.stat.gid, self.gid):  # else cp -a's no-op
             changes["gid"] = grp.getgrgid(attr.st_gid).gr_name if _has_gid(attr.st_gid) else str(attr.st_gid)
         if fields.update_uid and attr.st_uid != _cached_uid(i.stat.uid, self.uid):
             raise pyfuse3.FUSEError(errno.EPERM)  # 9P cannot change a file's owner
+        # EOVERFLOW for times 9P's u32 cannot hold (atime is checked, though wstat(5) cannot set it)
+        check_stat(
+            {**changes, "atime": attr.st_atime_ns // 1_000_000_000} if fields.update_atime else changes, None
+        )
         if "length" in changes:
             i.writes += 1
         with self._pinned(i):
             # An open file's own node will do (futimens, ftruncate): no walk for one of ours.
             node = h.node if h is not None else await self._node(i)
             if changes:
-                await self.tree.wstat(node, Stat.dont_touch(**changes))
+                await wstat_keeping(self.tree, node, changes, i.stat.mode)  # EPERM if setuid is lost
             if changes and "length" not in changes and i.fresh(self.options.attr_cache):
                 # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).
@@ -300,12 +306,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     @fuse_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 30  # 9P has no statfs; like 9pfuse, say "lots"
-        s.f_files = s.f_ffree = s.f_favail = 1 << 20
-        s.f_namemax = 255
-        return s
+        root = self._inode(ROOT_INODE)  # 9P has no statfs: our servers' .ninefs.statfs (posix.py)
+        with self._pinned(root):
+            return await self.statvfs.read(self.tree, await self._node(root))
 
     # --- directories -----------------------------------------------------------------------------
 
@@ -329,10 +332,17 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         if start_id == 0 or h.entries is None:
             h.listed = time.monotonic()
             h.entries = list(await self.tree.readdir(h.node))
-        for i in range(start_id, len(h.entries)):
+        # "." and ".." first (ids 1 and 2; the kernel takes no lookup count for them), then entry
+        # k with id k + 3.
+        for i, name in ((0, b"."), (1, b"..")):
+            if i >= start_id:
+                dot = self.inodes.get(h.inode.parent if i else h.inode.ino) or h.inode
+                if not pyfuse3.readdir_reply(token, name, self._attr(dot), i + 1):
+                    return
+        for i in range(max(start_id - 2, 0), len(h.entries)):
             st = h.entries[i]
             inode = self._learn(h.inode, st.name, st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 3):
                 break
             inode.lookups += 1
             self.inodes.revive(inode)
@@ -364,13 +374,16 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         self._writable()
+        check_name(name)
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         node, qid, _ = await self._create_in(parent, n, DMDIR | (mode & 0o777), OREAD)
-        self._clunk_later(node)
-        attr = self._created(
-            parent, n, self._new_stat(parent, n, qid, dir_perm(mode & 0o777, parent.stat.mode))
-        )
+        try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
+            asked = DMDIR | (mode & 0o777) | dm_special(mode)
+            perm = await create_mode(self.tree, node, asked, dir_perm(mode & 0o777, parent.stat.mode))
+        finally:
+            self._clunk_later(node)
+        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm))
         self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
         return attr
 
@@ -398,6 +411,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     async def _remove(self, parent_inode: int, name: bytes) -> None:
         self._writable()
+        check_name(name)
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         ino = parent.children.get(n)
@@ -432,6 +446,8 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EXDEV)  # wstat(5) renames within a directory; mv copies
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        check_name(name_old)
+        check_name(name_new)
         parent = self._inode(parent_inode_old)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         walked: dict[str, Any] = {}  # name -> its node, or the error its walk met
@@ -489,7 +505,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         i = self._inode(inode)
         acc = flags & os.O_ACCMODE
-        mode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
+        mode = open_mode(flags)  # EINVAL for access mode 3
         if acc != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
         if flags & os.O_TRUNC:
@@ -545,10 +561,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
+        check_name(name)
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
-        acc = flags & os.O_ACCMODE
-        omode = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}[acc]
+        omode = open_mode(flags)  # EINVAL for access mode 3
         try:
             node, qid, iounit = await self._create_in(parent, n, mode & 0o777, omode)
         except FileExistsError:
@@ -560,9 +576,13 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             if not attr.st_ino:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
             return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
-        attr = self._created(
-            parent, n, self._new_stat(parent, n, qid, file_perm(mode & 0o777, parent.stat.mode))
-        )
+        try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
+            asked = (mode & 0o777) | dm_special(mode)
+            perm = await create_mode(self.tree, node, asked, file_perm(mode & 0o777, parent.stat.mode))
+        except BaseException:
+            self._clunk_later(node)
+            raise
+        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm))
         inode = self._inode(attr.st_ino)
         h = Handle(inode, node, iounit, True, False)
         if flags & os.O_APPEND:

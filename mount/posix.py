@@ -1,0 +1,132 @@
+"""POSIX where 9P2000 allows it: what the mount checks before sending, and how it uses
+the conventions of ninefs's own servers (ninep/posix.py) without needing them.
+
+- Names: Linux's NAME_MAX is 255 bytes and so is our server's limit on a 9P name;
+  a longer name is ENAMETOOLONG before anything is sent (a foreign server would say
+  "file does not exist").
+- Open modes: access mode 3 (O_WRONLY|O_RDWR) has no 9P mode: EINVAL, as sshfs says.
+- Modes: open(5) limits a new file's permissions by its directory's, where POSIX
+  applies only the umask (which the kernel has applied already), so after a create
+  that got less than asked, one wstat asks for the rest; a server that refuses
+  leaves the file as open(5) made it. setuid, setgid and sticky travel as 9P2000.u's
+  bits; a chmod that sets them is checked with a stat, and refused with EPERM (the
+  mode put back) where the server did not keep them.
+- statfs: read from `.ninefs.statfs` of the root; a server without it (or anything
+  else it says) gets 9pfuse's answer, "lots".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import time
+from typing import Any
+
+import pyfuse3
+
+from ninep.constants import ORDWR, OREAD, OWRITE
+from ninep.errors import NinePError
+from ninep.messages import Stat
+from ninep.posix import DM_SPECIAL, STATFS_NAME, dm_special, parse_statfs
+from ninep.tree import Tree
+
+__all__ = ["NAME_MAX", "Statfs", "check_name", "create_mode", "open_mode", "wstat_keeping", "wstat_mode"]
+
+log = logging.getLogger("ninefs.fuse")
+
+NAME_MAX = 255
+_OMODES = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}
+
+
+def check_name(name: bytes) -> None:
+    """ENAMETOOLONG for a name longer than a 9P name may be."""
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
+def open_mode(flags: int) -> int:
+    """The open(5) mode of open(2) `flags`' access mode; EINVAL for access mode 3."""
+    try:
+        return _OMODES[flags & os.O_ACCMODE]
+    except KeyError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+
+def wstat_mode(old: int, st_mode: int) -> int:
+    """The 9P mode that gives a file whose mode is `old` the permissions of `st_mode`."""
+    return (old & ~(0o777 | DM_SPECIAL)) | (st_mode & 0o777) | dm_special(st_mode)
+
+
+async def create_mode(tree: Tree, node: Any, asked: int, got: int) -> int:
+    """The mode a file just created on `node` has, after asking for `asked` where the
+    create gave `got` (open(5)'s rule); best effort: a refusal keeps `got`."""
+    if asked == got:
+        return got
+    try:
+        await tree.wstat(node, Stat.dont_touch(mode=asked))
+        if asked & DM_SPECIAL:
+            return (await tree.stat(node)).mode  # kept or not: the server says
+    except (NinePError, OSError) as e:
+        log.debug("mode %o after create: %s", asked, e)
+        return got
+    return asked
+
+
+async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode: int) -> None:
+    """wstat(5) with `changes`; setuid, setgid or sticky in them are kept, or EPERM."""
+    special = changes.get("mode", 0) & DM_SPECIAL
+    try:
+        await tree.wstat(node, Stat.dont_touch(**changes))
+    except NinePError:
+        if special:
+            raise pyfuse3.FUSEError(errno.EPERM) from None
+        raise
+    if special and (await tree.stat(node)).mode & DM_SPECIAL != special:
+        # A server without the convention (ninep/posix.py) dropped them: refuse, not lose.
+        with contextlib.suppress(NinePError, OSError):
+            await tree.wstat(node, Stat.dont_touch(mode=old_mode))
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+
+class Statfs:
+    """The exported file system's statvfs, from the server's `.ninefs.statfs` when it has one."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.supported = True  # until the server says otherwise
+        self._fields: dict[str, int] | None = None
+        self._when = -float("inf")
+
+    async def read(self, tree: Tree, root: Any) -> pyfuse3.StatvfsData:
+        if self.supported and time.monotonic() - self._when >= self.ttl:
+            try:
+                node, _, _, data = await tree.walk_open_read(root, [STATFS_NAME], OREAD, 4096)
+            except FileNotFoundError:
+                self.supported = False  # not one of ours: never ask again
+            except NinePError as e:
+                log.debug("%s: %s", STATFS_NAME, e)
+                return _statvfs(None)
+            else:
+                if not tree.clunk_soon(node):
+                    await tree.clunk(node)
+                self._fields = parse_statfs(data or b"")
+                self.supported = self._fields is not None
+                self._when = time.monotonic()
+        return _statvfs(self._fields if self.supported else None)
+
+
+def _statvfs(f: dict[str, int] | None) -> pyfuse3.StatvfsData:
+    s = pyfuse3.StatvfsData()
+    s.f_namemax = NAME_MAX
+    if f is None:
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 30  # 9P has no statfs; like 9pfuse, say "lots"
+        s.f_files = s.f_ffree = s.f_favail = 1 << 20
+        return s
+    s.f_bsize = s.f_frsize = f["frsize"] or 4096
+    s.f_blocks, s.f_bfree, s.f_bavail = f["blocks"], f["bfree"], f["bavail"]
+    s.f_files, s.f_ffree, s.f_favail = f["files"], f["ffree"], f["ffree"]
+    s.f_namemax = min(f["namemax"], NAME_MAX) or NAME_MAX
+    return s
