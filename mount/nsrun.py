@@ -91,7 +91,9 @@ def _make_mount_points(missing: list[tuple[str, bool]], work: str, cwd: str) -> 
 
     The nearest existing directory above one is covered by a tmpfs with the same owner
     and mode, holding a bind of each of its entries (a copy of each symlink) and the
-    missing names; for /, our root (and the command's) becomes that tmpfs."""
+    missing names; for /, our root (and the command's) becomes that tmpfs. The entries are
+    the real ones; only names made directly in that directory, inside or outside, are not
+    shared for the run (and a rename between two entries is across mounts: EXDEV)."""
     wanted: dict[str, list[tuple[str, bool]]] = {}
     for real, is_dir in missing:
         wanted.setdefault(_existing_ancestor(real), []).append((real, is_dir))
