@@ -28,9 +28,9 @@ from typing import Any
 
 import pyfuse3
 import trio
+
 from ninep.bounds import check_stat
 from ninep.constants import (
-    DMAPPEND,
     DMDIR,
     OREAD,
     OTRUNC,
@@ -42,7 +42,7 @@ from ninep.tree import Tree, dir_perm, file_perm
 
 from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
 from .fuseop import fuse_op
-from .inodes import ROOT_INODE, Inode, InodeTable
+from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
 from .nodes import Nodes
 from .posix import Statfs, check_name, create_mode, open_mode, wstat_keeping, wstat_mode
 
@@ -123,10 +123,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         perm = s.mode & 0o777 | unix_special(s.mode)
         if s.mode & DMDIR:
             a.st_mode = st_mod.S_IFDIR | perm
-            a.st_nlink = 2
+            a.st_nlink = 0 if inode.unlinked else 2
         else:
             a.st_mode = st_mod.S_IFREG | perm
-            a.st_nlink = 1
+            a.st_nlink = 0 if inode.unlinked else 1
         a.st_uid = _cached_uid(s.uid, self.uid)
         a.st_gid = _cached_gid(s.gid, self.gid)
         a.st_rdev = 0
@@ -149,10 +149,27 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
         if not inode.fresh(self.options.attr_cache):
-            with self._pinned(inode):
-                inode.stat = await self.tree.stat(await self._node(inode))
+            opened = self._opened_node(inode)
+            if opened is not None:
+                inode.stat = await self.tree.stat(opened)
+            else:
+                with self._pinned(inode):
+                    inode.stat = await self.tree.stat(await self._node(inode))
             inode.stat_time = time.monotonic()
         return inode.stat
+
+    def _opened_node(self, inode: Inode) -> Any:
+        """The fid of one of `inode`'s open handles, if it has any.
+
+        An open file is the file its fid names, whatever became of its name: 9P keeps an
+        open fid usable after remove(5), so fstat of an unlinked file works (tmpfile(3)),
+        and no walk is needed. pyfuse3's getattr brings the inode only, not the handle.
+        """
+        if inode.open_handles:
+            for h in self.handles.values():
+                if h.inode is inode:
+                    return h.node
+        return None
 
     def _forget_stat(self, inode: Inode) -> None:
         inode.stat_time = 0.0
@@ -266,6 +283,8 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         h = self.handles.get(fh) if fh is not None else None
         if h is not None:
             await self._drain(h)
+        else:
+            await self._drain_inode(i)  # a truncate lands after the writes before it
         changes: dict[str, Any] = {}
         if fields.update_size:
             changes["length"] = attr.st_size
@@ -284,8 +303,11 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         if "length" in changes:
             i.writes += 1
         with self._pinned(i):
-            # An open file's own node will do (futimens, ftruncate): no walk for one of ours.
-            node = h.node if h is not None else await self._node(i)
+            # An open file's own node will do (futimens, ftruncate, fchmod, which comes without
+            # its handle): no walk for one of ours, and it works on an unlinked file too.
+            node = h.node if h is not None else self._opened_node(i)
+            if node is None:
+                node = await self._node(i)
             if changes:
                 await wstat_keeping(self.tree, node, changes, i.stat.mode)  # EPERM if setuid is lost
             if changes and "length" not in changes and i.fresh(self.options.attr_cache):
@@ -420,7 +442,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             self._let_go(child)  # its clunks go out with the remove, not one by one after it
         with self._pinned(parent):
             await self.tree.walk_remove(await self._node(parent), [n])
-        self.inodes.forget_name(parent, n)
+        self.inodes.unlink(parent, n)
         self._dir_changed(parent)
 
     @fuse_op
@@ -478,7 +500,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
                         raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
                     del walked[new]  # remove(5) clunks it, whatever the answer
                     await self.tree.remove(target)
-                    self.inodes.forget_name(parent, new)
+                    self.inodes.unlink(parent, new)
                 await self.tree.wstat(node, Stat.dont_touch(name=new))
             finally:
                 for n in walked.values():
@@ -535,8 +557,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             self._clunk_later(node)
             raise
         i.stat, i.stat_time = stat, time.monotonic()
-        # Synthetic files (Plan 9 devices, ctl files) say length 0: no page cache, writes in order.
-        stream = stat.length == 0 and not flags & os.O_TRUNC and not stat.mode & DMAPPEND
+        # Streams (devices, ctl files: length 0 and qid.vers 0) go past the page cache, in order;
+        # an empty file is a file (mmap, SQLite's -shm), and one we made never is a stream.
+        stream = is_stream(stat) and not i.regular
         h = Handle(i, node, iounit, mode != OREAD, stream)
         if mode == OREAD:
             h.length, h.writes_at_open = stat.length, i.writes
@@ -584,6 +607,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             raise
         attr = self._created(parent, n, self._new_stat(parent, n, qid, perm))
         inode = self._inode(attr.st_ino)
+        inode.regular = True
         h = Handle(inode, node, iounit, True, False)
         if flags & os.O_APPEND:
             h.append = h.direct = True  # the mount places each write at the end (fileio._append)

@@ -10,6 +10,10 @@ kernel forgets an inode, its node is clunked.
 Each inode also caches the last stat we saw and when (our own attribute cache,
 which lets a stat after the kernel dropped its caches be answered without a
 round trip), and each directory caches the names it has seen.
+
+An inode outlives its name while it is open: after unlink, its stat comes through
+an open handle's fid (9P keeps an open fid usable after remove(5)) and it has no
+links. `is_stream` says which files the kernel must read and write directly.
 """
 
 from __future__ import annotations
@@ -21,9 +25,23 @@ from typing import Any
 
 import trio
 
+from ninep.constants import DMDIR
 from ninep.messages import Stat
 
+__all__ = ["ROOT_INODE", "Inode", "InodeTable", "is_stream"]
+
 ROOT_INODE = 1
+
+
+def is_stream(stat: Stat) -> bool:
+    """A file whose content is made when read (a device, a ctl file): length 0 and qid.vers 0.
+
+    Plan 9's devices and ctl files say so, and so do ours (/dev, /proc, /cmd); our file
+    trees never give a file qid.vers 0, so an empty file there is a file (docs/mount.md).
+    The kernel reads and writes a stream directly, in order, without its page cache
+    (which would end every read at the length 0 it was told).
+    """
+    return stat.length == 0 and stat.qid.vers == 0 and not stat.mode & DMDIR
 
 
 @dataclass(eq=False, slots=True)
@@ -39,6 +57,8 @@ class Inode:
     pins: int = 0  # operations using `node` right now: it is not given back meanwhile
     writes: int = 0  # writes and truncations through this mount: read-ahead older than that is stale
     open_handles: int = 0
+    unlinked: bool = False  # its name was removed while the kernel still had it: no links
+    regular: bool = False  # created through this mount: a file, never a stream
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
     listed: float = 0.0  # when `children` was last known to be the whole directory
@@ -99,11 +119,16 @@ class InodeTable:
                     inode.node = node
                 else:
                     unneeded.append(node)
+        inode.unlinked = False  # the server just showed it under a name
         parent.children[name] = inode.ino
         return inode, unneeded
 
-    def forget_name(self, parent: Inode, name: str) -> None:
-        parent.children.pop(name, None)
+    def unlink(self, parent: Inode, name: str) -> None:
+        """`name` in `parent` was removed: its inode, if the kernel still has it, has no links."""
+        ino = parent.children.pop(name, None)
+        inode = self.by_ino.get(ino) if ino is not None else None
+        if inode is not None:
+            inode.unlinked = True
 
     def retire(self, inode: Inode, ttl: float) -> Any:
         """The kernel forgot `inode`: keep it (without a node) while its stat is fresh.
