@@ -56,7 +56,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import FrameReader, send_frame
+from .transport import FrameReader, abort, send_frame
 
 __all__ = ["Connection", "FidPool", "TagPool", "single_error"]
 
@@ -476,7 +476,7 @@ class Connection:
             if scope.cancelled_caught:  # a server that never answers a flush cannot be trusted
                 log.warning("no Rflush for tag %d after %ss; closing", oldtag, FLUSH_TIMEOUT)
                 self._fail(TimedOut("timed out: no answer to Tflush"))
-                await self.stream.aclose()
+                await abort(self.stream)  # what it has not sent yet must never arrive
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:

@@ -21,7 +21,7 @@ import trio
 from .codec import CodecError
 from .constants import DEFAULT_MSIZE
 
-__all__ = ["Address", "FrameReader", "FrameTooLarge", "dial", "listeners", "parse_address"]
+__all__ = ["Address", "FrameReader", "FrameTooLarge", "abort", "dial", "listeners", "parse_address"]
 
 DEFAULT_PORT = 564  # 9P's registered port
 _SIZE = struct.Struct("<I")
@@ -328,6 +328,24 @@ async def dial(address: str | Address) -> trio.abc.Stream:
             await stream.aclose()
             raise
     return stream
+
+
+async def abort(stream: trio.abc.Stream) -> None:
+    """Close `stream` now and drop what it has not sent yet (SO_LINGER 0: a TCP reset).
+
+    For a connection given up with requests on it: closed gracefully, its kernel would
+    still deliver them once the network is back, and a write its caller was told had
+    failed would land later, over what was written since (on a new connection).
+    """
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            inner.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # not a socket that lingers (a Unix socket says so): closing is enough
+    await trio.aclose_forcefully(stream)
 
 
 def keepalive(stream: trio.SocketStream, idle: int = 30, interval: int = 10, count: int = 3) -> None:
