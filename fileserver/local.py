@@ -61,6 +61,7 @@ from ninep.tree import Tree, check_name, dir_perm, file_perm
 from .beneath import NOWHERE, Place, Root, proc_path
 from .hostnames import host_name, wire_name
 from .owners import group_name, host_user_may, may_set_special, owns, user_name
+from .streams import is_stream
 
 __all__ = ["LocalTree"]
 
@@ -130,8 +131,11 @@ class LocalTree(Tree):
             typ |= QTAPPEND
         if extra & DMEXCL:
             typ |= QTEXCL
-        vers = (s.st_mtime_ns // 1000 ^ s.st_size ^ (s.st_ctime_ns // 1000) << 7) & 0xFFFFFFFF
-        vers = vers or 1  # never 0: an empty file with qid.vers 0 reads as a stream (docs/mount.md)
+        if is_stream(s):
+            vers = 0  # with length 0: read it afresh, as a device (docs/mount.md)
+        else:
+            vers = (s.st_mtime_ns // 1000 ^ s.st_size ^ (s.st_ctime_ns // 1000) << 7) & 0xFFFFFFFF
+            vers = vers or 1  # never 0 for a file: an empty one is not a stream
         dev, ino = entry if entry is not None else (s.st_dev, s.st_ino)
         return Qid(typ, vers, (ino ^ (dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 
