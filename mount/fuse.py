@@ -567,10 +567,11 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             h.append = h.direct = True  # the mount places each write at the end (fileio._append)
             i.last_open_vers = None
         elif not unchanged and not flags & os.O_TRUNC:
-            # Changed since we last told the kernel its size: the kernel may still trust the
-            # old one for a while, so this open bypasses it (and the page cache) altogether.
-            h.direct = True
+            # Changed since we last told the kernel its size: it drops its pages (no keep_cache)
+            # and forgets the size, so a read past the old one asks getattr. Not direct I/O,
+            # which refuses mmap (SQLite's -shm, opened while another process writes it).
             i.last_open_vers = None
+            _forget_kernel_attributes(i.ino)
         fh = self._new_handle(h)
         if first is not None and len(first) >= stat.length:
             w = h.windows[0] = Window(data=first, writes=i.writes)  # the whole file, read with the open
@@ -663,6 +664,14 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     async def readlink(self, *args: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EINVAL)
+
+
+def _forget_kernel_attributes(ino: int) -> None:
+    """Tell the kernel to ask getattr again for `ino` (its pages stay: safe in any request)."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError as e:  # the kernel forgot the inode already: nothing to do
+        log.debug("invalidate %d: %s", ino, e)
 
 
 @functools.lru_cache(maxsize=1024)
