@@ -21,8 +21,9 @@ pipe is mounted at /mnt/term). Anything else is an Rerror
 ("unknown ctl request 'x'").
 
 Files are streams, as in cmd(3): offsets are ignored and every file reports
-length 0. `data` is append-only (DMAPPEND/QTAPPEND), so clients write it in
-order instead of pipelining writes out of order. Reads of `data` and `stderr`
+length 0 and qid.vers 0 (so a mount reads them directly: docs/mount.md). `data`
+is append-only (DMAPPEND/QTAPPEND), so clients write it in order instead of
+pipelining writes out of order. Reads of `data` and `stderr`
 return output as it arrives (a read blocks until there is some, or EOF, which
 reads as b""); concurrent reads of one stream are served one at a time, in the
 order they reach the tree, so read a stream with sequential reads (as cat(1)

@@ -9,7 +9,8 @@ like local files: `cat /n/beta/dev/load`.
 Values are fresh on every read: a file's content is computed when it is
 opened and reads are served from that snapshot, so a sequence of reads
 through one open sees one consistent value (as Plan 9's synthetic files do).
-Like them, every file reports length 0; `random` never ends.
+Like them, every file reports length 0 and qid.vers 0, which tells a mount it is a
+stream, to read afresh (docs/mount.md); `random` never ends.
 """
 
 from __future__ import annotations
