@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         command = rest
     command = command or ["/bin/sh", "-i"]
     try:
-        with single_error():  # a connect that timed out, say: one line, not a group's traceback
+        with single_error(), _first_os_error():  # a connect that timed out, a server that died
             return trio.run(partial(_main, args, command))
     except NamespaceFileError as e:
         print(f"ninefs cpu: {e}", file=sys.stderr)
@@ -257,6 +257,21 @@ def _run(args: argparse.Namespace) -> int:
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
         print(f"ninefs cpu: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _first_os_error() -> Iterator[None]:
+    """A group of OSErrors only (a server that died fails every task reading from it at
+    once) as its first one: one line for the user, not a traceback of the group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if group.split(OSError)[1] is not None or not isinstance(first, OSError):
+            raise
+        raise first from None
 
 
 def _options(p: argparse.ArgumentParser) -> None:

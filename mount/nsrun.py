@@ -31,7 +31,6 @@ import logging
 import os
 import signal
 import sys
-from functools import partial
 
 import trio
 
@@ -194,23 +193,61 @@ async def _run_command(command: list[str], cwd: str) -> int:
     # and must never be interrupted while we serve the command's files.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         try:
-            proc = await trio.lowlevel.open_process(
-                command, cwd=cwd, preexec_fn=partial(_in_child, os.getpid())
-            )
+            pid = await _spawn(command, cwd)
         except OSError as e:
             print(f"ninefs ns run: {command[0]}: {e.strerror or e}", file=sys.stderr)
             return 127 if isinstance(e, FileNotFoundError) else 126
-        async with trio.open_nursery() as nursery:
+        pidfd = os.pidfd_open(pid)
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def forward() -> None:
-                async for signum in signals:
-                    proc.send_signal(signum)
+                async def forward() -> None:
+                    async for signum in signals:
+                        os.kill(pid, signum)  # not reaped before the wait below: still ours
 
-            nursery.start_soon(forward)
-            await proc.wait()
-            nursery.cancel_scope.cancel()
-    code = proc.returncode
+                nursery.start_soon(forward)
+                await trio.lowlevel.wait_readable(pidfd)
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+async def _spawn(command: list[str], cwd: str) -> int:
+    """Start the command as our child, forked by this (the main) thread; its pid.
+
+    Not trio.lowlevel.open_process: that forks in a worker thread, and PR_SET_PDEATHSIG
+    fires when the *thread* that forked exits (prctl(2)), which a worker does when idle.
+    Nor subprocess.Popen here: it waits for the exec, and an exec of a program on our
+    own FUSE mount (/n/alpha/bin/tool) needs this loop to serve it. So: fork, and learn
+    how the exec went from a close-on-exec pipe, read without blocking the loop."""
+    parent = os.getpid()
+    r, w = os.pipe()  # both close-on-exec (PEP 446)
+    pid = os.fork()
+    if pid == 0:  # the child: only what is safe after fork in a threaded process, then exec
+        try:
+            os.close(r)
+            os.closerange(3, w)
+            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
+            _in_child(parent)
+            os.chdir(cwd)
+            os.execvp(command[0], command)
+        except OSError as e:
+            os.write(w, str(e.errno or 0).encode())
+        finally:
+            os._exit(127)
+    os.close(w)
+    async with trio.lowlevel.FdStream(r) as stream:
+        report = b""
+        while chunk := await stream.receive_some():
+            report += chunk
+    if report:  # the exec failed: the child is gone already
+        os.waitpid(pid, 0)
+        err = int(report)
+        raise OSError(err, os.strerror(err))
+    return pid
 
 
 def _in_child(parent: int) -> None:

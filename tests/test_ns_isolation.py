@@ -157,6 +157,39 @@ def test_concurrent_sessions_over_the_same_mount_points_keep_their_own_and_leave
     wait_for(lambda: not processes_with(token), "the killed session's command to go", timeout=60)
 
 
+@pytest.mark.fuse
+@needs_fuse
+def test_the_command_runs_on_after_idle_worker_threads_exit(tmp_path):
+    # PR_SET_PDEATHSIG fires when the *thread* that forked exits: the command must be
+    # forked by a thread that lives as long as ns run (trio's workers go after 10 s idle).
+    (tmp_path / "f").write_text("still here\n")
+    r = ns_run("-e", f"bind {tmp_path} /n/ninefs-test-{uuid.uuid4().hex[:8]}", "--",
+               "sh", "-c", f"sleep 12; cat {tmp_path}/f")  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+
+
+@pytest.mark.fuse
+@needs_fuse
+def test_a_killed_cpu_server_leaves_nothing_and_cpu_says_so_in_one_line(tmp_path):
+    token = f"nsiso-{uuid.uuid4().hex[:10]}"
+    ready = tmp_path / "ready"
+    work_dirs_before = set(glob.glob("/tmp/ninefs-ns-*"))
+    term_before = os.path.exists("/mnt/term")
+    with server_process("--machine", str(tmp_path), "--allow-exec") as (machine, server):
+        script = (
+            f": {token}; touch {ready}; while cat /mnt/term{tmp_path}/ready >/dev/null; do sleep 0.2; done"
+        )
+        with started(ninefs_command("cpu", machine, "-T", "--", "sh", "-c", script)) as cpu:
+            wait_for(ready.exists, "the remote command to start")
+            server.kill()
+            assert cpu.wait(timeout=120) == 1
+            err = cpu.stderr.read().decode()
+    assert err.count("\n") == 1 and "connection closed" in err, err
+    assert os.path.exists("/mnt/term") == term_before
+    assert set(glob.glob("/tmp/ninefs-ns-*")) <= work_dirs_before
+    wait_for(lambda: not processes_with(token), "the remote command to go", timeout=60)
+
+
 # --- MCREATE ------------------------------------------------------------------------------------
 
 
