@@ -2,7 +2,8 @@
 
 9P maps onto the host file system the way u9fs does it: qid.path from the
 inode, qid.vers from mtime and size, owners and groups as names, rename and
-truncate through wstat, fsync on a null wstat. Plan 9's DMAPPEND and DMEXCL
+truncate through wstat, fsync on a null wstat; past wstat(5), the owner and atime
+change too, as chown(2) and utimensat(2) allow (docs/mount.md). Plan 9's DMAPPEND and DMEXCL
 have no host bit, so they live in an extended attribute (`user.ninefs.dm`).
 
 Confinement is by descriptors (fileserver/beneath.py): a node holds the
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import grp
 import os
 import stat as st_mod
 from collections.abc import Sequence
@@ -59,24 +59,14 @@ from ninep.posix import STATFS_NAME, dm_special, statfs_text, unix_special
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
 from .beneath import NOWHERE, Place, Root, proc_path
+from .dmbits import EXTRA_BITS, XATTR, set_extra_bits, xattr_bits
 from .hostnames import host_name, wire_name
-from .owners import group_name, host_user_may, may_set_special, owns, user_name
+from .owners import group_id, group_name, host_user_may, is_root, may_set_special, owns, user_id, user_name
 from .streams import is_stream
 
 __all__ = ["LocalTree"]
 
-_XATTR = "user.ninefs.dm"
-_EXTRA_BITS = DMAPPEND | DMEXCL
 _WANTS = {1: "enter", 2: "write", 4: "read", 5: "read", 6: "read and write", 3: "write", 7: "use"}
-
-
-def _group_id(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        if name.isdigit():
-            return int(name)
-        raise NinePError(f"invalid argument: unknown group {name!r}") from None
 
 
 @dataclass(eq=False, slots=True)
@@ -120,7 +110,7 @@ class LocalTree(Tree):
     def _extra_bits(self, fd: int, s: os.stat_result) -> int:
         if st_mod.S_ISDIR(s.st_mode):
             return 0  # DMAPPEND and DMEXCL are for files (wstat refuses them on directories)
-        return _xattr_bits(proc_path(fd))
+        return xattr_bits(proc_path(fd))
 
     def _qid(self, s: os.stat_result, extra: int, entry: tuple[int, int] | None = None) -> Qid:
         """The qid of the file `s` is the stat of; qid.path from the inode of its name,
@@ -270,7 +260,7 @@ class LocalTree(Tree):
         dirp = node.place
         dstat = os.fstat(dirp.fd)
         self._may(node, 3, dstat)  # write and search, as the host checks for creat(2)
-        extra = perm & _EXTRA_BITS
+        extra = perm & EXTRA_BITS
         special = unix_special(perm)
         new_gid = dstat.st_gid if dstat.st_mode & st_mod.S_ISGID else os.getegid()
         self._may_special(node, os.geteuid(), new_gid, special)  # owned by the server's user
@@ -302,7 +292,7 @@ class LocalTree(Tree):
         try:
             os.fchmod(fd, want | special)
             if extra:
-                os.setxattr(fd, _XATTR, str(extra).encode())
+                os.setxattr(fd, XATTR, str(extra).encode())
                 if extra & DMAPPEND:
                     fd, old = os.open(proc_path(fd), flags | os.O_APPEND | os.O_CLOEXEC), fd
                     os.close(old)
@@ -351,7 +341,7 @@ class LocalTree(Tree):
                             continue
                         s = dent.stat(follow_symlinks=False)
                         in_dir = f"{proc_path(fd)}/{name}"  # the name in the directory held
-                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else _xattr_bits(in_dir, follow_symlinks=False)
+                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else xattr_bits(in_dir, follow_symlinks=False)
                         out.append(self._stat(s, extra, wire))
                     except OSError:
                         continue  # dangling or escaping symlink, or removed meanwhile
@@ -384,7 +374,11 @@ class LocalTree(Tree):
         mode_set = st.mode != NOT_TOUCHED_U32
         mtime_set = st.mtime != NOT_TOUCHED_U32
         gid_set = st.gid != ""
-        if not (name_set or length_set or mode_set or mtime_set or gid_set):
+        # Ours, past wstat(5) (docs/mount.md): the owner and atime change too, as chown(2) and
+        # utimensat(2) would let the user.
+        atime_set = st.atime != NOT_TOUCHED_U32
+        uid_set = st.uid != ""
+        if not (name_set or length_set or mode_set or mtime_set or gid_set or atime_set or uid_set):
             # stat(5): a wstat that changes nothing asks for the file on stable storage.
             if not node.statfs:
                 await trio.to_thread.run_sync(_fsync, place, node.fd)
@@ -394,13 +388,19 @@ class LocalTree(Tree):
             raise PermissionDenied("permission denied: .ninefs.statfs is the server's")
         s = os.fstat(place.fd)
         is_dir = st_mod.S_ISDIR(s.st_mode)
+        uid = user_id(st.uid) if uid_set else -1
+        uid = -1 if uid == s.st_uid else uid  # the owner it has: chown(2) lets the owner do that
         if self.check_users:
             if name_set and parent is not None:
                 self._may(node, 3, os.fstat(parent.fd))
             if length_set:
                 self._may(node, 2, s)
-            if (mode_set or mtime_set or gid_set) and not owns(node.uname, s):
+            if (mode_set or mtime_set or gid_set or atime_set or uid_set) and not owns(node.uname, s):
                 raise PermissionDenied(f"permission denied: {node.uname} does not own this")
+            if uid >= 0 and not is_root(node.uname):
+                raise NinePError(f"operation not permitted: only root may give a file away, not {node.uname}")
+        if uid >= 0 and os.geteuid() != 0:
+            raise NinePError("operation not permitted: the server's user may not change owners")
         # Check everything before changing anything: all changes or none (stat(5)).
         if name_set:
             if parent is None:
@@ -421,23 +421,26 @@ class LocalTree(Tree):
             raise IsADirectory("is a directory: cannot set a directory's length")
         if mode_set and bool(st.mode & DMDIR) != is_dir:
             raise PermissionDenied("permission denied: cannot change the DMDIR bit")
-        gid = _group_id(st.gid) if gid_set else -1
+        gid = group_id(st.gid) if gid_set else -1
         if mode_set:
-            self._may_special(node, s.st_uid, s.st_gid if gid < 0 else gid, unix_special(st.mode))
+            owner, group = s.st_uid if uid < 0 else uid, s.st_gid if gid < 0 else gid
+            self._may_special(node, owner, group, unix_special(st.mode))
         extra = self._extra_bits(place.fd, s)
-        if mode_set and st.mode & _EXTRA_BITS != extra and is_dir:
+        if mode_set and st.mode & EXTRA_BITS != extra and is_dir:
             raise NinePError("invalid argument: DMAPPEND/DMEXCL apply to files only")
         path = proc_path(place.fd)  # the file held, whatever its name is now
         if length_set and not is_dir:
             os.truncate(path, st.length)
+        if uid >= 0 or gid_set:
+            os.chown(path, uid, gid)  # before chmod: it clears setuid/setgid, a mode asked stays
         if mode_set:
             os.chmod(path, st.mode & 0o777 | unix_special(st.mode))
-            if st.mode & _EXTRA_BITS != extra:
-                _set_extra_bits(path, st.mode & _EXTRA_BITS)
-        if mtime_set:
-            os.utime(path, (s.st_atime, st.mtime))
-        if gid_set:
-            os.chown(path, -1, gid)
+            if st.mode & EXTRA_BITS != extra:
+                set_extra_bits(path, st.mode & EXTRA_BITS)
+        if atime_set or mtime_set:
+            now = os.fstat(place.fd)  # after a truncate: the time it did not ask to set is kept
+            atime = st.atime * 10**9 if atime_set else now.st_atime_ns
+            os.utime(path, ns=(atime, st.mtime * 10**9 if mtime_set else now.st_mtime_ns))
         if name_set:
             self._beneath.rename(place, new_name)  # a symlink's own name, not its target's
 
@@ -465,13 +468,6 @@ class LocalTree(Tree):
         node.place = NOWHERE  # its descriptors close when no other node or place holds them
 
 
-def _xattr_bits(path: str, *, follow_symlinks: bool = True) -> int:
-    try:
-        return int(os.getxattr(path, _XATTR, follow_symlinks=follow_symlinks)) & _EXTRA_BITS
-    except (OSError, ValueError):
-        return 0
-
-
 def _fsync(place: Place, fd: int | None) -> None:
     if fd is not None:
         os.fsync(fd)
@@ -481,17 +477,3 @@ def _fsync(place: Place, fd: int | None) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _set_extra_bits(path: str, extra: int) -> None:
-    try:
-        if extra:
-            os.setxattr(path, _XATTR, str(extra).encode())
-        else:
-            os.removexattr(path, _XATTR)
-    except OSError as e:
-        if e.errno == errno.ENODATA:
-            return
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise NinePError("operation not supported: DMAPPEND/DMEXCL need user xattrs here") from None
-        raise

@@ -7,7 +7,18 @@ import os
 import pwd
 from functools import lru_cache
 
-__all__ = ["group_name", "host_user_may", "may_set_special", "owns", "user_name"]
+from ninep.errors import NinePError
+
+__all__ = [
+    "group_id",
+    "group_name",
+    "host_user_may",
+    "is_root",
+    "may_set_special",
+    "owns",
+    "user_id",
+    "user_name",
+]
 
 
 @lru_cache(maxsize=1024)
@@ -26,6 +37,26 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
+def user_id(name: str) -> int:
+    """The host uid a wstat's owner names: a host user, or digits for one without a name."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise NinePError(f"invalid argument: unknown user {name!r}") from None
+
+
+def group_id(name: str) -> int:
+    """The host gid a wstat's group names: a host group, or digits."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise NinePError(f"invalid argument: unknown group {name!r}") from None
+
+
 @lru_cache(maxsize=256)
 def _ids(uname: str) -> tuple[int, frozenset[int]] | None:
     """A host user's uid and all its group ids; None for a name the host does not know."""
@@ -39,6 +70,11 @@ def _ids(uname: str) -> tuple[int, frozenset[int]] | None:
 def owns(uname: str, st: os.stat_result) -> bool:
     ids = _ids(uname)
     return ids is not None and (ids[0] == 0 or ids[0] == st.st_uid)
+
+
+def is_root(uname: str) -> bool:
+    ids = _ids(uname)
+    return ids is not None and ids[0] == 0
 
 
 def host_user_may(uname: str, st: os.stat_result, want: int) -> bool:

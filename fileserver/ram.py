@@ -276,9 +276,13 @@ class RamTree(Tree):
         mode_set = st.mode != NOT_TOUCHED_U32
         mtime_set = st.mtime != NOT_TOUCHED_U32
         gid_set = st.gid != ""
-        if not (name_set or length_set or mode_set or mtime_set or gid_set):
+        atime_set = st.atime != NOT_TOUCHED_U32  # ours, past wstat(5) (docs/mount.md)
+        uid_set = st.uid != "" and st.uid != f.uid
+        if not (name_set or length_set or mode_set or mtime_set or gid_set or atime_set or uid_set):
             return  # stat(5): a null wstat asks to sync; memory is as synced as it gets
         self._check_writable()
+        if uid_set:  # stat(5): the owner cannot change (a RAM tree has no root to do it)
+            raise PermissionDenied("permission denied: cannot change a file's owner")
         # Check everything first: stat(5) wants all changes or none.
         if name_set and st.name != f.name:
             if f.parent is None:
@@ -299,7 +303,7 @@ class RamTree(Tree):
                 raise PermissionDenied("permission denied: cannot change the DMDIR bit")
             if uname != f.uid:
                 raise PermissionDenied("permission denied: not the owner")
-        if (mtime_set or gid_set) and uname != f.uid:
+        if (mtime_set or gid_set or atime_set) and uname != f.uid:
             raise PermissionDenied("permission denied: not the owner")
         # Apply.
         if name_set and st.name != f.name and f.parent is not None:
@@ -315,6 +319,8 @@ class RamTree(Tree):
             f.vers = (f.vers + 1) & 0xFFFFFFFF
         if mtime_set:
             f.mtime = st.mtime
+        if atime_set:
+            f.atime = st.atime
         if gid_set:
             f.gid = st.gid
 

@@ -44,7 +44,7 @@ from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
 from .nodes import Nodes
-from .posix import Statfs, check_name, create_mode, open_mode, wstat_keeping, wstat_mode
+from .posix import Statfs, check_name, create_mode, open_mode, owner_name, wstat_keeping, wstat_mode
 
 __all__ = ["FuseOptions", "TreeFS"]
 
@@ -295,11 +295,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         if fields.update_gid and attr.st_gid != _cached_gid(i.stat.gid, self.gid):  # else cp -a's no-op
             changes["gid"] = grp.getgrgid(attr.st_gid).gr_name if _has_gid(attr.st_gid) else str(attr.st_gid)
         if fields.update_uid and attr.st_uid != _cached_uid(i.stat.uid, self.uid):
-            raise pyfuse3.FUSEError(errno.EPERM)  # 9P cannot change a file's owner
-        # EOVERFLOW for times 9P's u32 cannot hold (atime is checked, though wstat(5) cannot set it)
-        check_stat(
-            {**changes, "atime": attr.st_atime_ns // 1_000_000_000} if fields.update_atime else changes, None
-        )
+            changes["uid"] = owner_name(attr.st_uid)  # ours past wstat(5); EPERM from others (posix.py)
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns // 1_000_000_000  # the same; others drop it
+        check_stat(changes, None)  # EOVERFLOW for times 9P's u32 cannot hold
         if "length" in changes:
             i.writes += 1
         with self._pinned(i):
@@ -309,7 +308,8 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             if node is None:
                 node = await self._node(i)
             if changes:
-                await wstat_keeping(self.tree, node, changes, i.stat.mode)  # EPERM if setuid is lost
+                # EPERM for a setuid bit or an owner the server did not take; an atime it refused is left out
+                changes = await wstat_keeping(self.tree, node, changes, i.stat.mode)
             if changes and "length" not in changes and i.fresh(self.options.attr_cache):
                 # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).

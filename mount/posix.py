@@ -11,6 +11,10 @@ the conventions of ninefs's own servers (ninep/posix.py) without needing them.
   leaves the file as open(5) made it. setuid, setgid and sticky travel as 9P2000.u's
   bits; a chmod that sets them is checked with a stat, and refused with EPERM (the
   mode put back) where the server did not keep them.
+- Owners and atime: wstat(5) changes neither; our servers take both (a host user name,
+  or digits, in `uid`; `atime` not all ones). A new owner a server refuses, or takes
+  without keeping, is EPERM; an atime it refuses is dropped, as before, and the rest
+  of the wstat sent again.
 - statfs: read from `.ninefs.statfs` of the root; a server without it (or anything
   else it says) gets 9pfuse's answer, "lots".
 """
@@ -21,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import time
 from typing import Any
 
@@ -32,7 +37,16 @@ from ninep.messages import Stat
 from ninep.posix import DM_SPECIAL, STATFS_NAME, dm_special, parse_statfs
 from ninep.tree import Tree
 
-__all__ = ["NAME_MAX", "Statfs", "check_name", "create_mode", "open_mode", "wstat_keeping", "wstat_mode"]
+__all__ = [
+    "NAME_MAX",
+    "Statfs",
+    "check_name",
+    "create_mode",
+    "open_mode",
+    "owner_name",
+    "wstat_keeping",
+    "wstat_mode",
+]
 
 log = logging.getLogger("ninefs.fuse")
 
@@ -74,20 +88,47 @@ async def create_mode(tree: Tree, node: Any, asked: int, got: int) -> int:
     return asked
 
 
-async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode: int) -> None:
-    """wstat(5) with `changes`; setuid, setgid or sticky in them are kept, or EPERM."""
+def owner_name(uid: int) -> str:
+    """The 9P name a chown to host uid `uid` sends: the user's name, or the digits."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode: int) -> dict[str, Any]:
+    """wstat(5) with `changes`; setuid, setgid or sticky in them are kept, or EPERM; so is
+    a new owner (`uid`). An `atime` the server refuses is left out (wstat(5) has none).
+    Returns the changes made."""
     special = changes.get("mode", 0) & DM_SPECIAL
     try:
         await tree.wstat(node, Stat.dont_touch(**changes))
     except NinePError:
-        if special:
+        if special or "uid" in changes:
             raise pyfuse3.FUSEError(errno.EPERM) from None
-        raise
+        if "atime" not in changes:
+            raise
+        # Not one of ours, or not for this user: what 9P2000 can do, as before (all or
+        # none: the refused wstat changed nothing).
+        rest = {k: v for k, v in changes.items() if k != "atime"}
+        if rest:
+            await tree.wstat(node, Stat.dont_touch(**rest))
+        return rest
+    if "uid" in changes and _uid((await tree.stat(node)).uid) != _uid(changes["uid"]):
+        raise pyfuse3.FUSEError(errno.EPERM)  # a server that took the wstat but not the owner
     if special and (await tree.stat(node)).mode & DM_SPECIAL != special:
         # A server without the convention (ninep/posix.py) dropped them: refuse, not lose.
         with contextlib.suppress(NinePError, OSError):
             await tree.wstat(node, Stat.dont_touch(mode=old_mode))
         raise pyfuse3.FUSEError(errno.EPERM)
+    return changes
 
 
 class Statfs:

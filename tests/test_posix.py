@@ -182,7 +182,6 @@ def test_chown_and_chgrp_that_change_nothing_succeed(mnt):
     os.chown(mp / "file", st.st_uid, st.st_gid)
     os.chown(mp / "file", -1, st.st_gid)
     assert sh(f"chgrp {st.st_gid} {mp}/file && chown {st.st_uid}:{st.st_gid} {mp}/file").returncode == 0
-    assert errno_of(os.chown, mp / "file", st.st_uid + 1, -1) == errno.EPERM  # 9P keeps the owner
 
 
 @real_mount
@@ -328,3 +327,131 @@ async def test_mount_statfs_falls_back_once_for_a_server_without_the_file():
     s = Statfs(ttl=1.0)
     assert (await s.read(tree, root)).f_blocks == 1 << 30
     assert not s.supported
+
+
+# --- owners and atime: our servers' extension of wstat(5) ------------------------------
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@real_mount
+@needs_root
+def test_chown_as_root_through_the_mount_changes_the_host_owner(mnt):
+    export, mp, log = mnt
+    assert sh(f"chown 65534 {mp}/file").returncode == 0
+    assert os.stat(export / "file").st_uid == 65534
+    assert os.stat(mp / "file").st_uid == 65534
+    os.chown(mp / "file", 0, 65534)
+    assert (os.stat(export / "file").st_uid, os.stat(export / "file").st_gid) == (0, 65534)
+    os.chmod(mp / "file", 0o4755)
+    os.chown(mp / "file", 4242, -1)  # a uid without a name travels as digits
+    got = os.stat(export / "file")
+    assert got.st_uid == 4242
+    assert not got.st_mode & stat.S_ISUID  # as chown(2) on the host: a new owner clears setuid
+    assert not os.stat(mp / "file").st_mode & stat.S_ISUID
+    quiet(log)
+
+
+@real_mount
+@needs_root
+def test_cp_a_as_root_of_files_another_user_owns_keeps_the_owners(mnt, tmp_path):
+    export, mp, log = mnt
+    src = tmp_path / "src"
+    (src / "home").mkdir(parents=True)
+    (src / "home" / "note").write_text("nobody's")
+    (src / "mine").write_text("root's")
+    os.chown(src / "home", 65534, 65534)
+    os.chown(src / "home" / "note", 65534, 65534)
+    r = sh(f"cp -a {src} {mp}/copy")
+    assert r.returncode == 0, r.stderr
+    for rel, owner in (("home", 65534), ("home/note", 65534), ("mine", 0)):
+        assert os.stat(export / "copy" / rel).st_uid == owner, rel
+        assert os.stat(mp / "copy" / rel).st_uid == owner, rel
+    assert os.stat(export / "copy" / "home").st_gid == 65534
+    quiet(log)
+
+
+@real_mount
+def test_utime_sets_atime_and_mtime_on_the_host(mnt):
+    export, mp, log = mnt
+    os.utime(mp / "file", (1_000_000_000, 1_500_000_000))
+    got = os.stat(export / "file")
+    assert (got.st_atime, got.st_mtime) == (1_000_000_000, 1_500_000_000)
+    assert os.stat(mp / "file").st_atime == 1_000_000_000
+    assert sh(f"touch -a -d @1200000000 {mp}/file").returncode == 0
+    got = os.stat(export / "file")
+    assert (got.st_atime, got.st_mtime) == (1_200_000_000, 1_500_000_000)  # -a: mtime kept
+    quiet(log)
+
+
+@real_mount
+def test_chown_on_a_ram_tree_is_eperm_and_changes_nothing(tmp_path):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with server_process() as (address, _), mounted_logged(address, mp, tmp_path / "log"):  # a RAM tree
+        (mp / "f").write_text("x")
+        before = os.stat(mp / "f")
+        assert errno_of(os.chown, mp / "f", before.st_uid + 1, -1) == errno.EPERM
+        r = sh(f"chown 65534 {mp}/f")
+        assert r.returncode == 1 and "Operation not permitted" in r.stderr
+        assert os.stat(mp / "f").st_uid == before.st_uid
+        os.utime(mp / "f", (1_000_000_000, 1_100_000_000))  # atime: the RAM tree keeps it too
+        assert os.stat(mp / "f").st_atime == 1_000_000_000
+
+
+async def test_a_ram_tree_refuses_a_new_owner_but_takes_its_own():
+    tree = RamTree("glenda")
+    root = await tree.attach("glenda", "")
+    _, node = await tree.walk(root, [])
+    await tree.create(node, "f", 0o644, 0)
+    with pytest.raises(PermissionError):
+        await tree.wstat(node, ninep.Stat.dont_touch(uid="nobody", mtime=5))
+    assert (await tree.stat(node)).mtime != 5  # all or none
+    await tree.wstat(node, ninep.Stat.dont_touch(uid="glenda", atime=7))
+    assert (await tree.stat(node)).atime == 7
+
+
+async def test_a_mount_leaves_out_an_atime_a_server_refuses():
+    class NoAtime(RamTree):  # as a server that keeps to wstat(5)
+        async def wstat(self, node, st):  # type: ignore[no-untyped-def]
+            if st.atime != ninep.Stat.dont_touch().atime:
+                raise ninep.NinePError("wstat -- attempt to change atime")
+            await super().wstat(node, st)
+
+    tree = NoAtime("glenda")
+    root = await tree.attach("glenda", "")
+    _, node = await tree.walk(root, [])
+    await tree.create(node, "f", 0o644, 0)
+    assert await wstat_keeping(tree, node, {"atime": 3, "mtime": 4}, 0o644) == {"mtime": 4}
+    assert (await tree.stat(node)).mtime == 4
+    assert await wstat_keeping(tree, node, {"atime": 3}, 0o644) == {}
+
+
+@needs_root
+async def test_with_check_users_only_root_gives_a_file_away(tmp_path):
+    root = tmp_path / "export"
+    root.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(root, 0o777)
+    (root / "f").write_text("x")
+    os.chown(root / "f", 65534, 65534)
+    os.utime(root / "f", (100, 200))
+    tree = LocalTree(str(root), check_users=True)
+
+    async def file_as(uname: str):  # type: ignore[no-untyped-def]
+        return await tree.walk1(await tree.attach(uname, ""), "f")
+
+    node = await file_as("nobody")
+    with pytest.raises(ninep.NinePError, match="operation not permitted"):
+        await tree.wstat(node, ninep.Stat.dont_touch(uid="root", mtime=300))
+    got = os.stat(root / "f")
+    assert (got.st_uid, got.st_mtime) == (65534, 200)  # all or none
+    await tree.wstat(node, ninep.Stat.dont_touch(uid="nobody", atime=150))  # its own owner, its atime
+    assert os.stat(root / "f").st_atime == 150
+    os.chown(root / "f", 0, 0)
+    with pytest.raises(PermissionError):
+        await tree.wstat(await file_as("nobody"), ninep.Stat.dont_touch(atime=1))  # not its file
+    await tree.wstat(await file_as("root"), ninep.Stat.dont_touch(uid="nobody", atime=1))
+    got = os.stat(root / "f")
+    assert (got.st_uid, got.st_atime) == (65534, 1)
