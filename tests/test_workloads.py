@@ -211,10 +211,6 @@ def test_sqlite_journal_mode_two_writers(mnt: tuple[Path, Path]) -> None:
     sqlite_two_writers(export, mp, "DELETE", 60)
 
 
-@pytest.mark.xfail(
-    reason="issue #16: the second process's mmap(MAP_SHARED) of the empty -shm file gives ENODEV: disk I/O error",
-    strict=False,
-)
 def test_sqlite_wal_mode_two_writers(mnt: tuple[Path, Path]) -> None:
     export, mp = mnt
     sqlite_two_writers(export, mp, "WAL", 60)
@@ -279,9 +275,6 @@ def test_editor_style_atomic_save(mnt: tuple[Path, Path]) -> None:
     assert os.stat(export / "notes.txt").st_ino == host_new_ino
 
 
-@pytest.mark.xfail(
-    reason="issue #16: TemporaryFile unlinks its file at once; reading it then gives ENOENT", strict=False
-)
 def test_tempfile_temporary_file_in_the_mount(mnt: tuple[Path, Path]) -> None:
     export, mp = mnt
     data = random.Random(1).randbytes(300_000)
@@ -300,16 +293,7 @@ def test_tempfile_temporary_file_in_the_mount(mnt: tuple[Path, Path]) -> None:
 
 @pytest.mark.parametrize(
     "made_by",
-    [
-        "this open",
-        pytest.param(
-            "another process",
-            marks=pytest.mark.xfail(
-                reason="issue #16: an existing empty file opens direct_io, so mmap(MAP_SHARED) gives ENODEV",
-                strict=False,
-            ),
-        ),
-    ],
+    ["this open", "another process"],
 )
 def test_mmap_shared_of_a_new_empty_file(mnt: tuple[Path, Path], made_by: str) -> None:
     """What SQLite does with its -shm file: open (maybe made a moment ago by another
