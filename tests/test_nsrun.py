@@ -210,7 +210,11 @@ def netns_host(index: int):
     name = f"nf{uuid.uuid4().hex[:6]}"
     outer, inner = f"{name}a", f"{name}b"
     host_ip, ns_ip = f"10.231.{index}.1", f"10.231.{index}.2"
+    # While the veth is down (a test cutting the link) or gone, its /30 must not fall
+    # through to the default route: nothing a test sends may leave this machine.
+    guard = f"unreachable 10.231.{index}.0/30 metric 4000"
     cmds = [
+        f"ip route replace {guard}",
         f"ip netns add {name}",
         f"ip link add {outer} type veth peer name {inner}",
         f"ip link set {inner} netns {name}",
@@ -227,6 +231,7 @@ def netns_host(index: int):
     finally:
         subprocess.run(f"ip link del {outer}", shell=True, capture_output=True)
         subprocess.run(f"ip netns del {name}", shell=True, capture_output=True)
+        subprocess.run(f"ip route del {guard}", shell=True, capture_output=True)
 
 
 @contextmanager
