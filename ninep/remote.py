@@ -24,6 +24,7 @@ import trio
 
 from .bounds import Opening, read_dir
 from .client import Connection, single_error
+from .codec import CodecError
 from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
 from .errors import NinePError, NotFound, ProtocolError
 from .messages import (
@@ -147,7 +148,14 @@ class RemoteTree(Tree):
             try:
                 with trio.fail_after(REDIAL_TIMEOUT):
                     self.conn = await self._redial()
-            except (OSError, trio.TooSlowError) as e:
+            except (
+                OSError,
+                CodecError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ) as e:
+                # Whatever answers at the old address (or does not) is one error, not a traceback.
                 raise ProtocolError(f"connection lost; reconnecting failed: {e or 'timed out'}") from None
             log.info("reconnected to %s", self.address)  # not a fault: -v shows it
 
