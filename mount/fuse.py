@@ -400,17 +400,20 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         node, qid, _ = await self._create_in(parent, n, DMDIR | (mode & 0o777), OREAD)
+        owner = owner_name(ctx.uid) if ctx.uid != self.uid else None  # allow_other: the maker's
         try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
             asked = DMDIR | (mode & 0o777) | dm_special(mode)
-            perm = await create_mode(self.tree, node, asked, dir_perm(mode & 0o777, parent.stat.mode))
+            got = dir_perm(mode & 0o777, parent.stat.mode)
+            perm, given = await create_mode(self.tree, node, asked, got, owner)
         finally:
             self._clunk_later(node)
-        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm))
+        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm, owner if given else None))
         self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
         return attr
 
-    def _new_stat(self, parent: Inode, name: str, qid: Qid, mode: int) -> Stat:
-        """The stat a conforming server gives a file we just created (open(5)), without asking."""
+    def _new_stat(self, parent: Inode, name: str, qid: Qid, mode: int, owner: str | None = None) -> Stat:
+        """The stat a conforming server gives a file we just created (open(5)), without asking;
+        `owner`: the user it was given to after (posix.create_mode)."""
         now = int(time.time())
         return Stat(
             qid=qid,
@@ -419,7 +422,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             mtime=now,
             length=0,
             name=name,
-            uid=self.uname,
+            uid=owner or self.uname,
             gid=parent.stat.gid,
             muid=self.uname,
         )
@@ -600,13 +603,15 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             if not attr.st_ino:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
             return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
+        owner = owner_name(ctx.uid) if ctx.uid != self.uid else None  # allow_other: the maker's
         try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
             asked = (mode & 0o777) | dm_special(mode)
-            perm = await create_mode(self.tree, node, asked, file_perm(mode & 0o777, parent.stat.mode))
+            got = file_perm(mode & 0o777, parent.stat.mode)
+            perm, given = await create_mode(self.tree, node, asked, got, owner)
         except BaseException:
             self._clunk_later(node)
             raise
-        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm))
+        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm, owner if given else None))
         inode = self._inode(attr.st_ino)
         inode.regular = True
         h = Handle(inode, node, iounit, True, False)

@@ -14,7 +14,9 @@ the conventions of ninefs's own servers (ninep/posix.py) without needing them.
 - Owners and atime: wstat(5) changes neither; our servers take both (a host user name,
   or digits, in `uid`; `atime` not all ones). A new owner a server refuses, or takes
   without keeping, is EPERM; an atime it refuses is dropped, as before, and the rest
-  of the wstat sent again.
+  of the wstat sent again. A file made by a process of another user than the mount's
+  (an `allow_other` mount) is given to that user in the wstat after the create; a server
+  that refuses leaves it the mount's user's, as open(5) made it.
 - statfs: read from `.ninefs.statfs` of the root; a server without it (or anything
   else it says) gets 9pfuse's answer, "lots".
 """
@@ -73,19 +75,31 @@ def wstat_mode(old: int, st_mode: int) -> int:
     return (old & ~(0o777 | DM_SPECIAL)) | (st_mode & 0o777) | dm_special(st_mode)
 
 
-async def create_mode(tree: Tree, node: Any, asked: int, got: int) -> int:
+async def create_mode(
+    tree: Tree, node: Any, asked: int, got: int, owner: str | None = None
+) -> tuple[int, bool]:
     """The mode a file just created on `node` has, after asking for `asked` where the
-    create gave `got` (open(5)'s rule); best effort: a refusal keeps `got`."""
-    if asked == got:
-        return got
+    create gave `got` (open(5)'s rule), and whether it was given to `owner` (the user of
+    the process that made it, where that is not the mount's: POSIX's owner of a new file,
+    which our servers take in the same wstat). Best effort: a refusal keeps `got` and
+    open(5)'s owner, the mount's user."""
+    changes: dict[str, Any] = {}
+    if asked != got:
+        changes["mode"] = asked
+    if owner is not None:
+        changes["uid"] = owner
+    if not changes:
+        return got, False
     try:
-        await tree.wstat(node, Stat.dont_touch(mode=asked))
+        await tree.wstat(node, Stat.dont_touch(**changes))
         if asked & DM_SPECIAL:
-            return (await tree.stat(node)).mode  # kept or not: the server says
+            return (await tree.stat(node)).mode, owner is not None  # kept or not: the server says
     except (NinePError, OSError) as e:
-        log.debug("mode %o after create: %s", asked, e)
-        return got
-    return asked
+        log.debug("%s after create: %s", changes, e)
+        if owner is not None and asked != got:  # all or none: the mode alone, as 9P2000 allows
+            return (await create_mode(tree, node, asked, got))[0], False
+        return got, False
+    return asked, owner is not None
 
 
 def owner_name(uid: int) -> str:

@@ -455,3 +455,22 @@ async def test_with_check_users_only_root_gives_a_file_away(tmp_path):
     await tree.wstat(await file_as("root"), ninep.Stat.dont_touch(uid="nobody", atime=1))
     got = os.stat(root / "f")
     assert (got.st_uid, got.st_atime) == (65534, 1)
+
+
+@real_mount
+@needs_root
+def test_a_file_another_user_makes_through_the_mount_is_that_users(mnt):
+    export, mp, log = mnt
+    (export / "pub").mkdir()
+    os.chmod(export / "pub", 0o777)
+    as_nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups"
+    # From inside: tmp_path's ancestors are root's 0700 directories.
+    r = sh(f"cd {mp}/pub && {as_nobody} sh -c 'umask 022; echo x > f && mkdir d && chmod 600 f'")
+    assert r.returncode == 0, r.stderr  # chmod: nobody owns what it made
+    for rel, mode in (("pub/f", 0o600), ("pub/d", 0o755)):
+        assert os.stat(export / rel).st_uid == 65534, rel
+        assert os.stat(mp / rel).st_uid == 65534, rel
+        assert stat.S_IMODE(os.stat(export / rel).st_mode) == mode, rel
+    (mp / "pub" / "root-made").write_text("y")
+    assert os.stat(export / "pub" / "root-made").st_uid == 0  # the mount's own user: no wstat
+    quiet(log)
