@@ -235,6 +235,7 @@ class FileIO:
         h.inode.writes += 1
         if h.append:
             return await self._append(h, bytes(buf))
+        h.inode.written_end = max(h.inode.written_end, off + len(buf))
         if h.stream or self.nursery is None:
             return await self.tree.write(h.node, off, bytes(buf))
         f, end = h.file, off + len(buf)

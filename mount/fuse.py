@@ -130,9 +130,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         a.st_uid = _cached_uid(s.uid, self.uid)
         a.st_gid = _cached_gid(s.gid, self.gid)
         a.st_rdev = 0
-        a.st_size = s.length
+        a.st_size = size = s.length if s.mode & DMDIR else inode.length()
         a.st_blksize = 128 * 1024
-        a.st_blocks = (s.length + 511) // 512
+        a.st_blocks = (size + 511) // 512
         a.st_atime_ns = s.atime * 1_000_000_000
         a.st_mtime_ns = s.mtime * 1_000_000_000
         a.st_ctime_ns = s.mtime * 1_000_000_000
@@ -301,6 +301,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         check_stat(changes, None)  # EOVERFLOW for times 9P's u32 cannot hold
         if "length" in changes:
             i.writes += 1
+            i.written_end = 0  # the server's length is the file's again
         with self._pinned(i):
             # An open file's own node will do (futimens, ftruncate, fchmod, which comes without
             # its handle): no walk for one of ours, and it works on an unlinked file too.
@@ -552,8 +553,11 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             node, qid, iounit = await self._walk_open(i, mode)
         try:
             unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
-            if unchanged and not mode & OTRUNC:
-                stat = i.stat  # unchanged since we last saw it: no Tstat
+            if unchanged and i.stat_time > 0 and not mode & OTRUNC:
+                # Unchanged since we last saw it: no Tstat. Not when our own writes made the
+                # stat we hold old (_forget_stat): a server whose qid.vers never moves (py9p)
+                # would have the file read as the length it had before them.
+                stat = i.stat
             else:
                 stat = await self.tree.stat(node)
         except BaseException:
@@ -564,8 +568,10 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         # an empty file is a file (mmap, SQLite's -shm), and one we made never is a stream.
         stream = is_stream(stat) and not i.regular
         h = Handle(i, node, iounit, mode != OREAD, stream)
+        if mode & OTRUNC:
+            i.written_end = 0
         if mode == OREAD:
-            h.length, h.writes_at_open = stat.length, i.writes
+            h.length, h.writes_at_open = i.length(), i.writes
         if flags & os.O_APPEND and mode != OREAD:
             h.append = h.direct = True  # the mount places each write at the end (fileio._append)
             i.last_open_vers = None

@@ -59,10 +59,22 @@ class Inode:
     open_handles: int = 0
     unlinked: bool = False  # its name was removed while the kernel still had it: no links
     regular: bool = False  # created through this mount: a file, never a stream
+    # The end of what this mount wrote since it last truncated the file: a server may show
+    # a shorter length until the writer's fid is clunked (py9p buffers writes), and the
+    # size the kernel is told must not go back over bytes written here (length()).
+    written_end: int = 0
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
     listed: float = 0.0  # when `children` was last known to be the whole directory
     lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def length(self) -> int:
+        """The file's length: the server's, or the end of our own writes where that is later
+        (forgotten once the server shows them all)."""
+        n = self.stat.length
+        if self.written_end and n >= self.written_end:
+            self.written_end = 0
+        return max(n, self.written_end)
 
     def fresh(self, ttl: float) -> bool:
         return time.monotonic() - self.stat_time < ttl
