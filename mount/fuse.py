@@ -44,7 +44,7 @@ from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
 from .nodes import Nodes
-from .posix import Statfs, check_name, create_mode, open_mode, owner_name, wstat_keeping, wstat_mode
+from .posix import Statfs, check_name, create_mode, maker, open_mode, owner_name, wstat_keeping, wstat_mode
 
 __all__ = ["FuseOptions", "TreeFS"]
 
@@ -401,7 +401,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         node, qid, _ = await self._create_in(parent, n, DMDIR | (mode & 0o777), OREAD)
-        owner = owner_name(ctx.uid) if ctx.uid != self.uid else None  # allow_other: the maker's
+        owner = maker(ctx.uid, ctx.gid, self.uid, parent.stat)  # allow_other: the maker's
         try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
             asked = DMDIR | (mode & 0o777) | dm_special(mode)
             got = dir_perm(mode & 0o777, parent.stat.mode)
@@ -412,9 +412,11 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
         return attr
 
-    def _new_stat(self, parent: Inode, name: str, qid: Qid, mode: int, owner: str | None = None) -> Stat:
+    def _new_stat(
+        self, parent: Inode, name: str, qid: Qid, mode: int, owner: tuple[str, str] | None = None
+    ) -> Stat:
         """The stat a conforming server gives a file we just created (open(5)), without asking;
-        `owner`: the user it was given to after (posix.create_mode)."""
+        `owner`: the user and group it was given to after (posix.create_mode)."""
         now = int(time.time())
         return Stat(
             qid=qid,
@@ -423,8 +425,8 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             mtime=now,
             length=0,
             name=name,
-            uid=owner or self.uname,
-            gid=parent.stat.gid,
+            uid=owner[0] if owner else self.uname,
+            gid=owner[1] if owner else parent.stat.gid,
             muid=self.uname,
         )
 
@@ -609,7 +611,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             if not attr.st_ino:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
             return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
-        owner = owner_name(ctx.uid) if ctx.uid != self.uid else None  # allow_other: the maker's
+        owner = maker(ctx.uid, ctx.gid, self.uid, parent.stat)  # allow_other: the maker's
         try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
             asked = (mode & 0o777) | dm_special(mode)
             got = file_perm(mode & 0o777, parent.stat.mode)

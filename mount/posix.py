@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import logging
 import os
 import pwd
@@ -33,7 +34,7 @@ from typing import Any
 
 import pyfuse3
 
-from ninep.constants import ORDWR, OREAD, OWRITE
+from ninep.constants import DMSETGID, ORDWR, OREAD, OWRITE
 from ninep.errors import NinePError
 from ninep.messages import Stat
 from ninep.posix import DM_SPECIAL, STATFS_NAME, dm_special, parse_statfs
@@ -44,6 +45,7 @@ __all__ = [
     "Statfs",
     "check_name",
     "create_mode",
+    "maker",
     "open_mode",
     "owner_name",
     "wstat_keeping",
@@ -75,19 +77,32 @@ def wstat_mode(old: int, st_mode: int) -> int:
     return (old & ~(0o777 | DM_SPECIAL)) | (st_mode & 0o777) | dm_special(st_mode)
 
 
+def maker(uid: int, gid: int, mount_uid: int, parent: Stat) -> tuple[str, str] | None:
+    """The owner and group POSIX gives a file a process of `uid`:`gid` makes in the
+    directory `parent` (its group where that is setgid), as 9P names; None for the mount's
+    own user, whose files open(5) already makes."""
+    if uid == mount_uid:
+        return None
+    if parent.mode & DMSETGID:
+        return owner_name(uid), parent.gid
+    try:
+        return owner_name(uid), grp.getgrgid(gid).gr_name
+    except KeyError:
+        return owner_name(uid), str(gid)
+
+
 async def create_mode(
-    tree: Tree, node: Any, asked: int, got: int, owner: str | None = None
+    tree: Tree, node: Any, asked: int, got: int, owner: tuple[str, str] | None = None
 ) -> tuple[int, bool]:
     """The mode a file just created on `node` has, after asking for `asked` where the
-    create gave `got` (open(5)'s rule), and whether it was given to `owner` (the user of
-    the process that made it, where that is not the mount's: POSIX's owner of a new file,
-    which our servers take in the same wstat). Best effort: a refusal keeps `got` and
-    open(5)'s owner, the mount's user."""
+    create gave `got` (open(5)'s rule), and whether it was given to `owner` (`maker`'s
+    owner and group, which our servers take in the same wstat). Best effort: a refusal
+    keeps `got` and open(5)'s owner, the mount's user."""
     changes: dict[str, Any] = {}
     if asked != got:
         changes["mode"] = asked
     if owner is not None:
-        changes["uid"] = owner
+        changes["uid"], changes["gid"] = owner
     if not changes:
         return got, False
     try:

@@ -459,7 +459,7 @@ async def test_with_check_users_only_root_gives_a_file_away(tmp_path):
 
 @real_mount
 @needs_root
-def test_a_file_another_user_makes_through_the_mount_is_that_users(mnt):
+def test_a_file_another_user_makes_through_the_mount_is_that_users_and_group(mnt):
     export, mp, log = mnt
     (export / "pub").mkdir()
     os.chmod(export / "pub", 0o777)
@@ -468,8 +468,8 @@ def test_a_file_another_user_makes_through_the_mount_is_that_users(mnt):
     r = sh(f"cd {mp}/pub && {as_nobody} sh -c 'umask 022; echo x > f && mkdir d && chmod 600 f'")
     assert r.returncode == 0, r.stderr  # chmod: nobody owns what it made
     for rel, mode in (("pub/f", 0o600), ("pub/d", 0o755)):
-        assert os.stat(export / rel).st_uid == 65534, rel
-        assert os.stat(mp / rel).st_uid == 65534, rel
+        assert (os.stat(export / rel).st_uid, os.stat(export / rel).st_gid) == (65534, 65534), rel
+        assert (os.stat(mp / rel).st_uid, os.stat(mp / rel).st_gid) == (65534, 65534), rel
         assert stat.S_IMODE(os.stat(export / rel).st_mode) == mode, rel
     (mp / "pub" / "root-made").write_text("y")
     assert os.stat(export / "pub" / "root-made").st_uid == 0  # the mount's own user: no wstat
