@@ -15,8 +15,8 @@ the conventions of ninefs's own servers (ninep/posix.py) without needing them.
   or digits, in `uid`; `atime` not all ones). A new owner a server refuses, or takes
   without keeping, is EPERM; an atime it refuses is dropped, as before, and the rest
   of the wstat sent again. A file made by a process of another user than the mount's
-  (an `allow_other` mount) is given to that user in the wstat after the create; a server
-  that refuses leaves it the mount's user's, as open(5) made it.
+  (an `allow_other` mount) is given to that user and group in the wstat after the
+  create; a server that refuses leaves it the mount's user's, as open(5) made it.
 - statfs: read from `.ninefs.statfs` of the root; a server without it (or anything
   else it says) gets 9pfuse's answer, "lots".
 """
