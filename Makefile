@@ -47,10 +47,10 @@ bench-mount: $(STAMP)
 	$(PY) benchmarks/bench_mount.py
 
 # The hostile-traffic suites at length: random and malformed frames (hypothesis), and every
-# attack of tests/test_hostile.py a thousand times over. About 10 minutes on two cores.
+# attack of tests/test_hostile.py a thousand times over. About 5 minutes on two cores.
 fuzz: $(STAMP)
 	NINEFS_FUZZ_EXAMPLES=$${NINEFS_FUZZ_EXAMPLES:-1500} NINEFS_HOSTILE_ROUNDS=$${NINEFS_HOSTILE_ROUNDS:-1000} \
-	  $(PY) -m pytest -q -p no:timeout tests/test_fuzz.py tests/test_hostile.py
+	  $(PY) -m pytest -q --timeout=0 tests/test_fuzz.py tests/test_hostile.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
