@@ -16,7 +16,6 @@ lock out a client that does, whichever address they come from.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
@@ -25,8 +24,6 @@ import trio
 from .constants import DEFAULT_MSIZE
 
 __all__ = ["Admission", "Limits", "Slot"]
-
-log = logging.getLogger("ninefs.server")
 
 MiB = 1 << 20
 
