@@ -28,13 +28,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyfuse3
 import trio
 
 from ninep.constants import DMAPPEND
 from ninep.messages import Stat
 from ninep.tree import Tree
 
+from .fuseabi import FuseError
 from .fuseop import errno_of, fuse_op
 from .inodes import Inode
 
@@ -125,7 +125,7 @@ class FileIO:
         f = h.file
         if h.seen[at] != f.lost:
             h.seen[at] = f.lost
-            raise pyfuse3.FUSEError(f.lost_errno)
+            raise FuseError(f.lost_errno)
 
     async def _drain_inode(self, inode: Inode) -> None:
         """Wait for the write-behind of this file in flight now, so what follows sees it."""
@@ -163,7 +163,7 @@ class FileIO:
         sequential = off == h.next_off or (off // READAHEAD) in h.windows
         h.next_off = off + size
         if h.stream or not sequential or self.nursery is None:
-            return bytes(await self.tree.read(h.node, off, size))  # pyfuse3 wants bytes, not a view
+            return bytes(await self.tree.read(h.node, off, size))  # the reply is bytes, not a view
         # Sequential: whole windows fetched once each (the kernel sends several reads at a
         # time, and they wait on the same fetch), and the next window fetched ahead.
         first, last = off // READAHEAD, (off + size - 1) // READAHEAD

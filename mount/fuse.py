@@ -1,4 +1,4 @@
-"""Any tree shown to the kernel through FUSE (pyfuse3: libfuse 3's low-level API on trio).
+"""Any tree shown to the kernel through FUSE (our own /dev/fuse session on trio, fusesession.py).
 
 Every FUSE request is a coroutine in the same trio loop as the 9P client, under
 a deadline, so a dead server becomes an error, never a hang (fuseop.py). Inodes
@@ -26,7 +26,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import pyfuse3
 import trio
 
 from ninep.bounds import check_stat
@@ -41,6 +40,8 @@ from ninep.posix import dm_special, unix_special
 from ninep.tree import Tree, dir_perm, file_perm
 
 from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
+from .fuseabi import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, FileInfo, FuseError, StatvfsData
+from .fusecodec import DirentBuffer
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
 from .nodes import Nodes
@@ -60,14 +61,12 @@ class FuseOptions:
     # open revalidates through the qid.vers in Ropen (and bypasses stale kernel state).
     attr_cache: float = 10.0
     read_only: bool = False
+    # Other users' processes may use the mount (then the kernel checks modes: default_permissions).
+    allow_other: bool = False
 
 
-class TreeFS(Nodes, FileIO, pyfuse3.Operations):
-    """pyfuse3 operations over a `Tree` attached as `uname`."""
-
-    supports_dot_lookup = True
-    enable_writeback_cache = False
-    enable_acl = False
+class TreeFS(Nodes, FileIO):
+    """The FUSE operations (fusesession.py calls them) over a `Tree` attached as `uname`."""
 
     def __init__(
         self, tree: Tree, *, uname: str, aname: str = "", options: FuseOptions = FuseOptions()
@@ -89,6 +88,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         self.held: OrderedDict[int, Inode] = OrderedDict()
         self.uid = os.getuid()
         self.gid = os.getgid()
+        self.kernel: Any = None  # the FuseSession serving us, for invalidations (mounter.py)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Attach the root; `nursery` hosts write-behind and readahead tasks."""
@@ -113,9 +113,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     # --- attributes ----------------------------------------------------------------
 
-    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Inode) -> Attr:
         s = inode.stat
-        a = pyfuse3.EntryAttributes()
+        a = Attr()
         a.st_ino = inode.ino
         a.generation = 0
         a.entry_timeout = self.options.cache
@@ -163,7 +163,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
         An open file is the file its fid names, whatever became of its name: 9P keeps an
         open fid usable after remove(5), so fstat of an unlinked file works (tmpfile(3)),
-        and no walk is needed. pyfuse3's getattr brings the inode only, not the handle.
+        and no walk is needed.
         """
         if inode.open_handles:
             for h in self.handles.values():
@@ -180,7 +180,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     # nothing to wait for: those skip fuse_op (a deadline costs ~10 us, a FUSE request
     # here ~50), and only what may wait on the server runs under one.
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Attr:
         check_name(name)
         parent = self.inodes.by_ino.get(parent_inode)
         if parent is not None:
@@ -197,7 +197,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         return await self._lookup(parent_inode, name)
 
     @fuse_op
-    async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
+    async def _lookup(self, parent_inode: int, name: bytes) -> Attr:
         parent = self._inode(parent_inode)
         n = os.fsdecode(name)
         if n == ".":
@@ -234,7 +234,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
                 return await self.tree.walk_stat(pnode, [name])
             _, node = await self.tree.walk(pnode, [name])
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FuseError(errno.ENOENT)
         cached = known.stat if known is not None else None
         if cached is not None and cached.qid.path == node.qid.path and cached.qid.vers == node.qid.vers:
             return node, cached  # qid.vers unchanged: the file is as we saw it, no Tstat needed
@@ -244,9 +244,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             self._clunk_later(node)
             raise
 
-    def _negative(self) -> pyfuse3.EntryAttributes:
+    def _negative(self) -> Attr:
         """ "No such file", which the kernel may remember for the cache time (st_ino 0)."""
-        a = pyfuse3.EntryAttributes()
+        a = Attr()
         a.st_ino = 0
         a.entry_timeout = self.options.cache
         return a
@@ -262,22 +262,20 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
                 if node is not None:
                     self._clunk_later(node)
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: Any = None, fh: int | None = None) -> Attr:
         i = self.inodes.by_ino.get(inode)
         if i is not None and not i.open_handles and i.fresh(self.options.attr_cache):
             return self._attr(i)
         return await self._getattr(inode)
 
     @fuse_op
-    async def _getattr(self, inode: int) -> pyfuse3.EntryAttributes:
+    async def _getattr(self, inode: int) -> Attr:
         i = self._inode(inode)
         await self._refresh(i)
         return self._attr(i)
 
     @fuse_op
-    async def setattr(
-        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
-    ) -> pyfuse3.EntryAttributes:
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Attr:
         i = self._inode(inode)
         self._writable()
         h = self.handles.get(fh) if fh is not None else None
@@ -322,13 +320,13 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     def _writable(self) -> None:
         if self.options.read_only:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            raise FuseError(errno.EROFS)
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # the server decides; with default_permissions the kernel checks modes
 
     @fuse_op
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: Any) -> StatvfsData:
         root = self._inode(ROOT_INODE)  # 9P has no statfs: our servers' .ninefs.statfs (posix.py)
         with self._pinned(root):
             return await self.statvfs.read(self.tree, await self._node(root))
@@ -350,7 +348,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         return fh
 
     @fuse_op
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
             h.listed = time.monotonic()
@@ -360,15 +358,16 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         for i, name in ((0, b"."), (1, b"..")):
             if i >= start_id:
                 dot = self.inodes.get(h.inode.parent if i else h.inode.ino) or h.inode
-                if not pyfuse3.readdir_reply(token, name, self._attr(dot), i + 1):
+                if not buf.add(name, self._attr(dot), i + 1):
                     return
         for i in range(max(start_id - 2, 0), len(h.entries)):
             st = h.entries[i]
             inode = self._learn(h.inode, st.name, st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(st.name), self._attr(inode), i + 3):
+            if not buf.add(os.fsencode(st.name), self._attr(inode), i + 3):
                 break
-            inode.lookups += 1
-            self.inodes.revive(inode)
+            if buf.plus:  # READDIRPLUS: each entry is a lookup the kernel will forget
+                inode.lookups += 1
+                self.inodes.revive(inode)
         else:
             h.inode.listed = h.listed  # every name is learned: lookup may answer "no such file"
 
@@ -395,7 +394,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
                     self._clunk_later(node)
 
     @fuse_op
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Attr:
         self._writable()
         check_name(name)
         parent = self._inode(parent_inode)
@@ -430,7 +429,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             muid=self.uname,
         )
 
-    def _created(self, parent: Inode, name: str, stat: Stat) -> pyfuse3.EntryAttributes:
+    def _created(self, parent: Inode, name: str, stat: Stat) -> Attr:
         self._dir_changed(parent)
         inode = self._learn(parent, name, stat)
         inode.lookups += 1
@@ -471,9 +470,9 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     ) -> None:
         self._writable()
         if parent_inode_old != parent_inode_new:
-            raise pyfuse3.FUSEError(errno.EXDEV)  # wstat(5) renames within a directory; mv copies
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            raise FuseError(errno.EXDEV)  # wstat(5) renames within a directory; mv copies
+        if flags & RENAME_EXCHANGE:
+            raise FuseError(errno.EINVAL)
         check_name(name_old)
         check_name(name_new)
         parent = self._inode(parent_inode_old)
@@ -496,14 +495,14 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
                 if isinstance(node, BaseException):
                     raise node
                 if node is None:
-                    raise pyfuse3.FUSEError(errno.ENOENT)
+                    raise FuseError(errno.ENOENT)
                 if target is not None and not isinstance(target, BaseException):
-                    if flags & pyfuse3.RENAME_NOREPLACE:
-                        raise pyfuse3.FUSEError(errno.EEXIST)
+                    if flags & RENAME_NOREPLACE:
+                        raise FuseError(errno.EEXIST)
                     # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
                     tstat = await self.tree.stat(target)
                     if tstat.is_dir != (await self.tree.stat(node)).is_dir:
-                        raise pyfuse3.FUSEError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
+                        raise FuseError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
                     del walked[new]  # remove(5) clunks it, whatever the answer
                     await self.tree.remove(target)
                     self.inodes.unlink(parent, new)
@@ -523,14 +522,14 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
 
     # --- files -------------------------------------------------------------------------------------
 
-    def _fileinfo(self, fh: int, h: Handle, qid: Qid) -> pyfuse3.FileInfo:
+    def _fileinfo(self, fh: int, h: Handle, qid: Qid) -> FileInfo:
         inode = h.inode
         keep = not (h.stream or h.direct) and inode.last_open_vers == qid.vers
         inode.last_open_vers = None if h.direct else qid.vers
-        return pyfuse3.FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep)
+        return FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep)
 
     @fuse_op
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
         i = self._inode(inode)
         acc = flags & os.O_ACCMODE
         mode = open_mode(flags)  # EINVAL for access mode 3
@@ -582,7 +581,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             # and forgets the size, so a read past the old one asks getattr. Not direct I/O,
             # which refuses mmap (SQLite's -shm, opened while another process writes it).
             i.last_open_vers = None
-            _forget_kernel_attributes(i.ino)
+            self._forget_kernel_attributes(i.ino)
         fh = self._new_handle(h)
         if first is not None and len(first) >= stat.length:
             w = h.windows[0] = Window(data=first, writes=i.writes)  # the whole file, read with the open
@@ -594,7 +593,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
     @fuse_op
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    ) -> tuple[FileInfo, Attr]:
         self._writable()
         check_name(name)
         parent = self._inode(parent_inode)
@@ -609,7 +608,7 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
             # open(2) without O_EXCL opens what is there (it appeared after the kernel looked).
             attr = await self.lookup(parent_inode, name, ctx)
             if not attr.st_ino:
-                raise pyfuse3.FUSEError(errno.ENOENT) from None
+                raise FuseError(errno.ENOENT) from None
             return await self.open(attr.st_ino, flags & ~os.O_CREAT, ctx), attr
         owner = maker(ctx.uid, ctx.gid, self.uid, parent.stat)  # allow_other: the maker's
         try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
@@ -664,27 +663,24 @@ class TreeFS(Nodes, FileIO, pyfuse3.Operations):
         except Exception as e:
             log.debug("restat: %s", e)
 
+    def _forget_kernel_attributes(self, ino: int) -> None:
+        """Tell the kernel to ask getattr again for `ino` (its pages stay: safe in any request)."""
+        if self.kernel is not None:
+            self.kernel.notify_inval_inode(ino)
+
     # --- not in 9P2000 ---------------------------------------------------------------------------------
 
     async def symlink(self, *args: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        raise FuseError(errno.EPERM)
 
     async def link(self, *args: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        raise FuseError(errno.EPERM)
 
     async def mknod(self, *args: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        raise FuseError(errno.EPERM)
 
     async def readlink(self, *args: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EINVAL)
-
-
-def _forget_kernel_attributes(ino: int) -> None:
-    """Tell the kernel to ask getattr again for `ino` (its pages stay: safe in any request)."""
-    try:
-        pyfuse3.invalidate_inode(ino, attr_only=True)
-    except OSError as e:  # the kernel forgot the inode already: nothing to do
-        log.debug("invalidate %d: %s", ino, e)
+        raise FuseError(errno.EINVAL)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,10 +12,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import pyfuse3
 import trio
 
 from ninep.errors import NinePError, ProtocolError, errno_for
+
+from .fuseabi import FuseError
 
 __all__ = ["errno_of", "fuse_op"]
 
@@ -24,7 +25,7 @@ T = TypeVar("T")
 
 
 def errno_of(exc: BaseException) -> int:
-    if isinstance(exc, pyfuse3.FUSEError):
+    if isinstance(exc, FuseError):
         return exc.errno
     if isinstance(exc, trio.TooSlowError):
         return errno.ETIMEDOUT
@@ -50,15 +51,15 @@ def fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             with trio.CancelScope(deadline=trio.current_time() + self.options.timeout):
                 return await fn(self, *args)
             raise trio.TooSlowError
-        except pyfuse3.FUSEError:
+        except FuseError:
             raise
         except (OSError, trio.TooSlowError) as e:
             code = errno_of(e)
             if code in (errno.EIO, errno.ETIMEDOUT):
                 log.warning("%s: %s", fn.__name__, e or "timed out")
-            raise pyfuse3.FUSEError(code) from None
+            raise FuseError(code) from None
         except Exception:
             log.exception("%s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise FuseError(errno.EIO) from None
 
     return op

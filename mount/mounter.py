@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
@@ -31,6 +32,8 @@ from ninep.client import single_error
 from ninep.errors import TimedOut
 
 from .fuse import FuseOptions, TreeFS
+from .fusedev import MountSpec, fuse_mount, fuse_unmount
+from .fusesession import FuseSession
 
 __all__ = ["mount_tree", "register", "unmount"]
 
@@ -48,16 +51,21 @@ async def mount_tree(
     fsname: str = "ninefs",
     ready: Callable[[], None] | None = None,
     unmount_on_signals: bool = True,
+    counts: Counter[str] | None = None,
 ) -> None:
-    """Mount `tree` on `mountpoint` and serve the kernel until unmounted or signalled."""
-    import pyfuse3
+    """Mount `tree` on `mountpoint` and serve the kernel until unmounted, signalled or cancelled.
 
+    `counts`, when given, counts the kernel's requests by opcode name (tests, benchmarks)."""
     ops = TreeFS(tree, uname=uname or getpass.getuser(), aname=aname, options=options)
-    fuse_options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=ninefs"}
-    if options.read_only:
-        fuse_options.add("ro")
-    if os.getuid() == 0:
-        fuse_options.add("allow_other")  # processes of other users (e.g. in a namespace) may look
+    spec = MountSpec(
+        mountpoint,
+        fsname=fsname,
+        read_only=options.read_only,
+        allow_other=options.allow_other,
+        # Without allow_other the kernel admits only the mounting user, and the server checks
+        # rights; with it, the kernel must check modes, or every local user would act as us.
+        default_permissions=options.allow_other,
+    )
     with single_error():
         async with trio.open_nursery() as nursery:
             # An operation like any other: a tree that never answers fails the mount.
@@ -68,7 +76,9 @@ async def mount_tree(
                     f"timed out: no answer to the attach and stat of the root within {options.timeout:g} s",
                     fsname,
                 )
-            pyfuse3.init(ops, mountpoint, fuse_options)
+            fd = await fuse_mount(spec)
+            session = FuseSession(fd, ops, counts=counts)
+            ops.kernel = session
             try:
                 # SIGTERM/SIGINT/SIGHUP unmount (ninefs mount); `ns run` and `cpu` pass False:
                 # there a ^C belongs to the command, which still needs its files.
@@ -79,22 +89,23 @@ async def mount_tree(
                 )
                 with receiver as signals:
                     if signals is not None:
-                        nursery.start_soon(_terminate_on_signal, signals)
-                    if ready is not None:
-                        ready()
-                    await pyfuse3.main()
+                        nursery.start_soon(_terminate_on_signal, signals, session)
+                    await session.run(ready)
             finally:
-                pyfuse3.close(unmount=True)
-                await ops.close()
+                with trio.CancelScope(shield=True):
+                    try:
+                        fuse_unmount(mountpoint, fd)
+                    except OSError as e:
+                        log.warning("%s", e)
+                    os.close(fd)
+                    await ops.close()
                 nursery.cancel_scope.cancel()
 
 
-async def _terminate_on_signal(signals: trio.abc.ReceiveChannel) -> None:
-    import pyfuse3
-
+async def _terminate_on_signal(signals: trio.abc.ReceiveChannel, session: FuseSession) -> None:
     async for signum in signals:
         log.info("unmounting on %s", signal.Signals(signum).name)
-        pyfuse3.terminate()
+        session.stop()
         return
 
 
@@ -108,7 +119,13 @@ def _timeouts(args: argparse.Namespace) -> tuple[float, float]:
 
 async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> None:
     timeout, connect_timeout = _timeouts(args)
-    options = FuseOptions(timeout=timeout, cache=args.cache, attr_cache=args.attr_cache, read_only=args.ro)
+    options = FuseOptions(
+        timeout=timeout,
+        cache=args.cache,
+        attr_cache=args.attr_cache,
+        read_only=args.ro,
+        allow_other=args.allow_other,
+    )
     async with RemoteTree.connect(
         args.addr,
         uname=args.uname,
@@ -168,9 +185,6 @@ def _run_mount(args: argparse.Namespace) -> int:
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
         print(f"ninefs mount: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:  # pyfuse3.init failing, e.g. a mount point already in use
-        print(f"ninefs mount: {args.mountpoint}: {e}", file=sys.stderr)
-        return 1
     except Exception as e:  # still one line, and an exit that lets the caller go
         print(f"ninefs mount: {args.addr}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -196,6 +210,8 @@ def _background(args: argparse.Namespace) -> int:
         argv.append("--no-reconnect")
     if args.ro:
         argv.append("--ro")
+    if args.allow_other:
+        argv.append("--allow-other")
     argv += [args.addr, args.mountpoint]
     proc = subprocess.Popen(
         argv, pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, cwd=_package_root()
@@ -258,6 +274,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aname", "-A", default="", help="tree to attach")
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--ro", action="store_true", help="mount read-only")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users' processes use the mount (the kernel then checks modes; "
+        "non-root needs user_allow_other in /etc/fuse.conf)",
+    )
     p.add_argument("--key", "-k", default=None, help="private key, when the server asks for one")
     p.add_argument(
         "--no-reconnect", action="store_true", help="when the server goes away, fail instead of reconnecting"

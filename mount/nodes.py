@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pyfuse3
 import trio
 
 from ninep.messages import Qid, Stat
 from ninep.tree import Tree
 
+from .fuseabi import FuseError
 from .inodes import ROOT_INODE, Inode, InodeTable
 
 __all__ = ["HELD_FIDS", "SPARES", "Nodes"]
@@ -71,7 +71,7 @@ class Nodes:
     def _inode(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
         if inode is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)
+            raise FuseError(errno.ESTALE)
         return inode
 
     async def _node(self, inode: Inode) -> Any:
@@ -85,7 +85,7 @@ class Nodes:
             with self._pinned(parent):
                 _qids, node = await self.tree.walk(await self._node(parent), [inode.name])
             if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                raise FuseError(errno.ENOENT)
             inode.node = node
             self._hold(inode)
             return node
@@ -136,7 +136,7 @@ class Nodes:
         with self._pinned(base):
             _, node = await self.tree.walk(await self._node(base), names)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FuseError(errno.ENOENT)
         return node
 
     async def _walk_open(self, inode: Inode, mode: int) -> tuple[Any, Qid, int]:

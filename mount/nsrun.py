@@ -182,10 +182,8 @@ async def _run_in_namespace(
                         await trio.to_thread.run_sync(linux.unmount_detach, real)
                     except OSError as e:
                         log.warning("%s", e)
-                import pyfuse3
-
-                if not served.is_set():  # terminate() on a session already closed would crash
-                    pyfuse3.terminate()
+                if not served.is_set():
+                    nursery.cancel_scope.cancel()  # unmounts (mount_tree's finally)
 
 
 async def _run_command(command: list[str], cwd: str) -> int:
@@ -286,7 +284,10 @@ def _run(args: argparse.Namespace) -> int:
         linux.make_rprivate("/")
         # Nothing below needs undoing: it is all in our mount namespace, which goes with us.
         work, host = _private_work_area()
-        options = FuseOptions(timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache)
+        # a namespace's commands may change user (su, setpriv): the kernel checks their modes
+        options = FuseOptions(
+            timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache, allow_other=True
+        )
         return trio.run(_run_in_namespace, ops, command, work, host, cwd, options)
     except OSError as e:
         print(f"ninefs ns run: {e}", file=sys.stderr)

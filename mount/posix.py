@@ -32,13 +32,13 @@ import pwd
 import time
 from typing import Any
 
-import pyfuse3
-
 from ninep.constants import DMSETGID, ORDWR, OREAD, OWRITE
 from ninep.errors import NinePError
 from ninep.messages import Stat
 from ninep.posix import DM_SPECIAL, STATFS_NAME, dm_special, parse_statfs
 from ninep.tree import Tree
+
+from .fuseabi import FuseError, StatvfsData
 
 __all__ = [
     "NAME_MAX",
@@ -61,7 +61,7 @@ _OMODES = {os.O_RDONLY: OREAD, os.O_WRONLY: OWRITE, os.O_RDWR: ORDWR}
 def check_name(name: bytes) -> None:
     """ENAMETOOLONG for a name longer than a 9P name may be."""
     if len(name) > NAME_MAX:
-        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        raise FuseError(errno.ENAMETOOLONG)
 
 
 def open_mode(flags: int) -> int:
@@ -69,7 +69,7 @@ def open_mode(flags: int) -> int:
     try:
         return _OMODES[flags & os.O_ACCMODE]
     except KeyError:
-        raise pyfuse3.FUSEError(errno.EINVAL) from None
+        raise FuseError(errno.EINVAL) from None
 
 
 def wstat_mode(old: int, st_mode: int) -> int:
@@ -141,7 +141,7 @@ async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode
         await tree.wstat(node, Stat.dont_touch(**changes))
     except NinePError:
         if special or "uid" in changes:
-            raise pyfuse3.FUSEError(errno.EPERM) from None
+            raise FuseError(errno.EPERM) from None
         if "atime" not in changes:
             raise
         # Not one of ours, or not for this user: what 9P2000 can do, as before (all or
@@ -151,12 +151,12 @@ async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode
             await tree.wstat(node, Stat.dont_touch(**rest))
         return rest
     if "uid" in changes and _uid((await tree.stat(node)).uid) != _uid(changes["uid"]):
-        raise pyfuse3.FUSEError(errno.EPERM)  # a server that took the wstat but not the owner
+        raise FuseError(errno.EPERM)  # a server that took the wstat but not the owner
     if special and (await tree.stat(node)).mode & DM_SPECIAL != special:
         # A server without the convention (ninep/posix.py) dropped them: refuse, not lose.
         with contextlib.suppress(NinePError, OSError):
             await tree.wstat(node, Stat.dont_touch(mode=old_mode))
-        raise pyfuse3.FUSEError(errno.EPERM)
+        raise FuseError(errno.EPERM)
     return changes
 
 
@@ -169,7 +169,7 @@ class Statfs:
         self._fields: dict[str, int] | None = None
         self._when = -float("inf")
 
-    async def read(self, tree: Tree, root: Any) -> pyfuse3.StatvfsData:
+    async def read(self, tree: Tree, root: Any) -> StatvfsData:
         if self.supported and time.monotonic() - self._when >= self.ttl:
             try:
                 node, _, _, data = await tree.walk_open_read(root, [STATFS_NAME], OREAD, 4096)
@@ -187,8 +187,8 @@ class Statfs:
         return _statvfs(self._fields if self.supported else None)
 
 
-def _statvfs(f: dict[str, int] | None) -> pyfuse3.StatvfsData:
-    s = pyfuse3.StatvfsData()
+def _statvfs(f: dict[str, int] | None) -> StatvfsData:
+    s = StatvfsData()
     s.f_namemax = NAME_MAX
     if f is None:
         s.f_bsize = s.f_frsize = 4096

@@ -474,7 +474,7 @@ def _ninefs_processes(mountpoint: str) -> list[int]:
 
 
 @pytest.mark.fuse
-@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and pyfuse3")
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
 @pytest.mark.parametrize("server", ["never_answers", "wrong_tags", "no_stat"])
 async def test_a_failed_mount_exits_non_zero_and_leaves_nothing_behind(tmp_path, server):
     handler = {
@@ -499,7 +499,7 @@ async def test_a_failed_mount_exits_non_zero_and_leaves_nothing_behind(tmp_path,
 
 
 @pytest.mark.fuse
-@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and pyfuse3")
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
 async def test_a_mount_of_a_silent_host_fails_within_its_deadline(tmp_path):
     mp = tmp_path / "mnt"
     mp.mkdir()

@@ -704,7 +704,7 @@ def test_a_py9p_tree_mounted_works_with_shell_commands(py9p_server, py9p_root, t
     from .fuse_helpers import fuse_available, mounted, sh
 
     if not fuse_available():
-        pytest.skip("needs /dev/fuse and pyfuse3")
+        pytest.skip("needs /dev/fuse")
     (py9p_root / "notes.txt").write_text("from py9p\n")
     mp = tmp_path / "mnt"
     mp.mkdir()

@@ -105,7 +105,7 @@ def test_a_dmappend_file_is_appended_by_the_server(export_mp):
 
 MIB = 48  # the file each writer writes, in 1 MiB chunks
 # A writer as programs are: `once` writes every chunk whatever happens, then fsync and close;
-# `retry` repeats each pwrite that failed, and the whole file (a new pattern each round)
+# `retry` repeats each open and pwrite that failed, and the whole file (a new pattern each round)
 # until an fsync and a close succeed. Prints what every call said.
 WRITER = r"""
 import json, os, sys, time
@@ -115,7 +115,13 @@ rounds = []
 for r in range(20):
     got = {"write_errors": 0, "fsync": None, "close": None}
     rounds.append(got)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if r else os.O_TRUNC), 0o644)
+    for attempt in range(100 if retry else 1):  # the server may still be down: retry the open too
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if r else os.O_TRUNC), 0o644)
+            break
+        except OSError:
+            got["write_errors"] += 1
+            time.sleep(0.1)
     for i in range(mib):
         for attempt in range(100 if retry else 1):
             try:

@@ -35,10 +35,12 @@ def real_mount(test):  # type: ignore[no-untyped-def]
 
 
 @contextmanager
-def mounted_logged(address: str, mountpoint: Path, log: Path) -> Iterator[Path]:
-    """`ninefs mount --foreground` with its log in `log`; unmounted afterwards."""
+def mounted_logged(address: str, mountpoint: Path, log: Path, *args: str) -> Iterator[Path]:
+    """`ninefs mount --foreground ARGS` with its log in `log`; unmounted afterwards."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen(ninefs_command("mount", "--foreground", address, str(mountpoint)), stderr=err)
+        proc = subprocess.Popen(
+            ninefs_command("mount", "--foreground", *args, address, str(mountpoint)), stderr=err
+        )
     try:
         for _ in range(300):
             if str(mountpoint) in ninefs_mounts():
@@ -66,7 +68,8 @@ def mnt(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     mp.mkdir()
     (export / "file").write_text("hello\n")
     log = tmp_path / "mount.log"
-    with server_process(str(export)) as (address, _), mounted_logged(address, mp, log):
+    # Shared with other users, as pjdfstest runs it (the kernel checks modes: default_permissions)
+    with server_process(str(export)) as (address, _), mounted_logged(address, mp, log, "--allow-other"):
         yield export, mp, log
 
 

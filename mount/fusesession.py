@@ -1,0 +1,427 @@
+"""One mount's conversation with the kernel over /dev/fuse, on trio.
+
+The session answers INIT, then serves requests with a pool of worker tasks, as
+pyfuse3 did but without libfuse: a worker takes the device's read lock, reads one
+request (waiting only when none is queued), lets go of the lock, and handles the
+request itself; when no worker is left waiting to read, it starts another (up to
+MAX_WORKERS), so a request that waits on the network never holds up the next. A
+request runs in a cancel scope of its own: an INTERRUPT cancels it (the 9P client
+then flushes what it had asked, flush(5)) and the answer is EINTR.
+
+The file system (TreeFS) sees values, never bytes: each opcode maps to one of its
+methods in `_HANDLERS`, with the arguments pyfuse3 gave. Opcodes it lacks are
+answered ENOSYS, which the kernel remembers for the ones that allow it (xattrs,
+access); a request that cannot be parsed is answered EINVAL (or dropped, when not
+even its header is whole), never a crash. The session ends when the kernel ends
+the connection (ENODEV: unmounted, or aborted), on DESTROY, or when cancelled.
+
+The file system may push invalidations (notify_* below): attributes and entries
+the kernel must ask about again, because the mount learned they changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from . import fuseabi as abi
+from . import fusecodec as codec
+from .fuseabi import Context, FileInfo, FuseError, Op
+
+__all__ = ["MAX_WRITE", "FuseSession", "SessionOptions"]
+
+log = logging.getLogger("ninefs.fuse")
+
+MAX_WRITE = 128 * 1024  # bytes per WRITE (and READ) request
+MAX_WORKERS = 64  # requests handled at once
+MAX_BACKGROUND = 64  # the kernel's readahead and async requests in flight at once (libfuse: 12)
+_NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
+
+
+class SessionOptions:
+    """What the session asks of the kernel at INIT."""
+
+    def __init__(self, *, max_write: int = MAX_WRITE, max_background: int = MAX_BACKGROUND) -> None:
+        self.max_write = max_write
+        self.max_background = max_background
+
+
+class FuseSession:
+    """Serves `fs` on the mounted /dev/fuse descriptor `fd` until the kernel lets go."""
+
+    def __init__(
+        self,
+        fd: int,
+        fs: Any,
+        options: SessionOptions | None = None,
+        *,
+        counts: Counter[str] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.fs = fs
+        self.options = options or SessionOptions()
+        self.counts = counts  # requests by opcode name, when a test or benchmark counts them
+        self.minor = abi.KERNEL_MINOR
+        self.kernel_flags = 0
+        self._running: dict[int, trio.CancelScope] = {}
+        self._read_lock = trio.Lock()
+        self._waiting = 0  # workers waiting to read the next request
+        self._workers = 0
+        self._nursery: trio.Nursery | None = None
+        self._bufsize = self.options.max_write + 4096
+        self.ended = trio.Event()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """INIT, then serve; returns when the connection ends (or raises if INIT fails)."""
+        await self._init()
+        if ready is not None:
+            ready()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._start_worker()
+        finally:
+            self.ended.set()
+
+    def stop(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _read(self, buf: bytearray) -> int | None:
+        """One request into `buf`: its length, or None when the kernel ended the connection."""
+        while True:
+            try:
+                return os.readv(self.fd, [buf])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    continue  # interrupted before we read it: the kernel dropped it
+                if e.errno == errno.ENODEV:
+                    return None  # unmounted
+                raise
+
+    async def _init(self) -> None:
+        buf = bytearray(max(self._bufsize, 8192))
+        while True:
+            n = await self._read(buf)
+            if n is None:
+                raise OSError(errno.ENODEV, "FUSE connection ended before INIT")
+            try:
+                req = codec.parse(memoryview(buf)[:n])
+            except codec.BadRequest as e:
+                if e.unique is not None:
+                    self._send(codec.reply_error(e.unique, e.errno))
+                continue
+            if req.opcode != Op.INIT:
+                self._send(codec.reply_error(req.unique, errno.EIO))
+                continue
+            init: codec.Init = req.args
+            if init.major > abi.KERNEL_MAJOR:
+                # fuse.h: answer with the major we speak and expect INIT again
+                self._send(
+                    codec.reply(req.unique, abi.INIT_OUT.pack(abi.KERNEL_MAJOR, abi.KERNEL_MINOR, *[0] * 9))
+                )
+                continue
+            if init.major < abi.KERNEL_MAJOR or init.minor < abi.MIN_MINOR:
+                self._send(codec.reply_error(req.unique, errno.EPROTO))
+                raise OSError(errno.EPROTO, f"FUSE protocol {init.major}.{init.minor} is too old (need 7.12)")
+            self.minor = min(init.minor, abi.KERNEL_MINOR)
+            self.kernel_flags = init.flags
+            want = (
+                abi.FUSE_ASYNC_READ
+                | abi.FUSE_ATOMIC_O_TRUNC
+                | abi.FUSE_BIG_WRITES
+                | abi.FUSE_EXPORT_SUPPORT
+                | abi.FUSE_AUTO_INVAL_DATA
+                | abi.FUSE_DO_READDIRPLUS
+                | abi.FUSE_ASYNC_DIO
+                | abi.FUSE_PARALLEL_DIROPS
+                | abi.FUSE_MAX_PAGES
+            ) & init.flags
+            bg = self.options.max_background
+            out = codec.init_out(
+                self.minor, init.max_readahead, want, bg, bg * 3 // 4, self.options.max_write
+            )
+            if self.minor < 23:
+                out = out[:24]  # FUSE_COMPAT_22_INIT_OUT_SIZE
+            self._send(codec.reply(req.unique, out))
+            return
+
+    def _start_worker(self) -> None:
+        assert self._nursery is not None
+        self._workers += 1
+        self._nursery.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        buf = bytearray(self._bufsize)
+        view = memoryview(buf)
+        try:
+            while True:
+                self._waiting += 1
+                try:
+                    async with self._read_lock:
+                        n = await self._read(buf)
+                finally:
+                    self._waiting -= 1
+                if n is None:
+                    self.stop()
+                    return
+                if self._waiting == 0 and self._workers < MAX_WORKERS:
+                    self._start_worker()  # someone must be reading while we handle this one
+                await self._handle(view[:n])
+        finally:
+            self._workers -= 1
+
+    async def _handle(self, data: memoryview) -> None:
+        try:
+            req = codec.parse(data, self.minor)
+        except codec.BadRequest as e:
+            log.warning("bad FUSE request: %s", e)
+            if e.unique is not None:
+                self._send(codec.reply_error(e.unique, e.errno))
+            return
+        op = req.opcode
+        if self.counts is not None:
+            self.counts[abi.OP_NAMES.get(op, str(op))] += 1
+        if op == Op.INTERRUPT:
+            scope = self._running.get(req.args.unique)
+            if scope is not None:
+                scope.cancel()
+            return
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            if op not in _NO_REPLY:
+                self._send(codec.reply_error(req.unique, errno.ENOSYS))
+            return
+        if op in _NO_REPLY:
+            try:
+                await handler(self, req)
+            except Exception:
+                log.exception("%s failed", abi.OP_NAMES.get(op))
+            return
+        out: bytes | None = None
+        with trio.CancelScope() as scope:
+            self._running[req.unique] = scope
+            try:
+                out = codec.reply(req.unique, await handler(self, req))
+            except FuseError as e:
+                out = codec.reply_error(req.unique, e.errno)
+            except Exception:
+                log.exception("%s failed", abi.OP_NAMES.get(op))
+                out = codec.reply_error(req.unique, errno.EIO)
+            finally:
+                del self._running[req.unique]
+        if out is None:  # interrupted (the caller got a signal): it will not wait for the answer
+            out = codec.reply_error(req.unique, errno.EINTR)
+        self._send(out)
+        if op == Op.DESTROY:
+            self.stop()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            os.write(self.fd, data)
+        except OSError as e:
+            # ENOENT: the request was interrupted and is gone; ENODEV: the mount is gone
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                log.warning("FUSE reply: %s", e)
+
+    # --- notifications -------------------------------------------------------------------
+
+    def notify_inval_inode(self, ino: int, *, attr_only: bool = True) -> None:
+        """The kernel asks getattr again for `ino` (and, unless attr_only, rereads its pages).
+
+        Attributes only is safe from inside a request; dropping pages is not (a READ of
+        the inode in flight holds page locks the kernel would wait for), so that goes
+        out from a thread of its own."""
+        msg = codec.notify_inval_inode(ino, -1 if attr_only else 0, 0)
+        if attr_only:
+            self._notify(msg)
+        else:
+            self._notify_later(msg)
+
+    def notify_inval_entry(self, parent: int, name: bytes) -> None:
+        """The kernel looks `name` up in `parent` again. From a thread: the kernel takes the
+        directory's lock, which a request of ours in that directory may hold."""
+        self._notify_later(codec.notify_inval_entry(parent, name))
+
+    def _notify(self, msg: bytes) -> None:
+        try:
+            os.write(self.fd, msg)
+        except OSError as e:  # ENOENT: the kernel does not know the inode (any more)
+            if e.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                log.debug("FUSE notify: %s", e)
+
+    def _notify_later(self, msg: bytes) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._notify_in_thread, msg)
+
+    async def _notify_in_thread(self, msg: bytes) -> None:
+        await trio.to_thread.run_sync(self._notify, msg, abandon_on_cancel=True)
+
+
+# --- opcodes onto the file system's methods ---------------------------------------------------
+
+
+def _ctx(req: codec.Request) -> Context:
+    return Context(req.uid, req.gid, req.pid)
+
+
+async def _lookup(s: FuseSession, req: codec.Request) -> bytes:
+    return codec.entry_out(await s.fs.lookup(req.nodeid, req.args.name, _ctx(req)))
+
+
+async def _forget(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.forget([(req.nodeid, req.args.nlookup)])
+    return b""
+
+
+async def _batch_forget(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.forget(req.args.items)
+    return b""
+
+
+async def _getattr(s: FuseSession, req: codec.Request) -> bytes:
+    return codec.attr_out(await s.fs.getattr(req.nodeid, _ctx(req), fh=req.args.fh))
+
+
+async def _setattr(s: FuseSession, req: codec.Request) -> bytes:
+    c = req.args.changes
+    return codec.attr_out(await s.fs.setattr(req.nodeid, c, c, c.fh if c.has_fh else None, _ctx(req)))
+
+
+async def _mkdir(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    return codec.entry_out(await s.fs.mkdir(req.nodeid, a.name, a.mode, _ctx(req)))
+
+
+async def _unlink(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.unlink(req.nodeid, req.args.name, _ctx(req))
+    return b""
+
+
+async def _rmdir(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.rmdir(req.nodeid, req.args.name, _ctx(req))
+    return b""
+
+
+async def _rename(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    await s.fs.rename(req.nodeid, a.old, a.newdir, a.new, a.flags, _ctx(req))
+    return b""
+
+
+async def _refuse_eperm(s: FuseSession, req: codec.Request) -> bytes:
+    raise FuseError(errno.EPERM)  # symlink, link, mknod: not in 9P2000
+
+
+async def _readlink(s: FuseSession, req: codec.Request) -> bytes:
+    raise FuseError(errno.EINVAL)  # 9P2000 has no symlinks: nothing is one
+
+
+async def _open(s: FuseSession, req: codec.Request) -> bytes:
+    return codec.open_out(await s.fs.open(req.nodeid, req.args.flags, _ctx(req)))
+
+
+async def _read(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    return await s.fs.read(a.fh, a.offset, a.size)
+
+
+async def _write(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    return codec.write_out(await s.fs.write(a.fh, a.offset, a.data))
+
+
+async def _statfs(s: FuseSession, req: codec.Request) -> bytes:
+    return codec.statfs_out(await s.fs.statfs(_ctx(req)))
+
+
+async def _release(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.release(req.args.fh)
+    return b""
+
+
+async def _flush(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.flush(req.args.fh)
+    return b""
+
+
+async def _fsync(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.fsync(req.args.fh, req.args.datasync)
+    return b""
+
+
+async def _opendir(s: FuseSession, req: codec.Request) -> bytes:
+    got = await s.fs.opendir(req.nodeid, _ctx(req))
+    return codec.open_out(got if isinstance(got, FileInfo) else FileInfo(fh=got))
+
+
+async def _readdir(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    buf = codec.DirentBuffer(a.size, a.plus)
+    await s.fs.readdir(a.fh, a.offset, buf)
+    return buf.bytes()
+
+
+async def _releasedir(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.releasedir(req.args.fh)
+    return b""
+
+
+async def _fsyncdir(s: FuseSession, req: codec.Request) -> bytes:
+    await s.fs.fsyncdir(req.args.fh, req.args.datasync)
+    return b""
+
+
+async def _create(s: FuseSession, req: codec.Request) -> bytes:
+    a = req.args
+    fi, attr = await s.fs.create(req.nodeid, a.name, a.mode, a.flags, _ctx(req))
+    return codec.entry_out(attr) + codec.open_out(fi)
+
+
+async def _destroy(s: FuseSession, req: codec.Request) -> bytes:
+    return b""
+
+
+_HANDLERS: dict[int, Callable[[FuseSession, codec.Request], Awaitable[bytes]]] = {
+    Op.LOOKUP: _lookup,
+    Op.FORGET: _forget,
+    Op.BATCH_FORGET: _batch_forget,
+    Op.GETATTR: _getattr,
+    Op.SETATTR: _setattr,
+    Op.MKNOD: _refuse_eperm,
+    Op.MKDIR: _mkdir,
+    Op.UNLINK: _unlink,
+    Op.RMDIR: _rmdir,
+    Op.RENAME: _rename,
+    Op.RENAME2: _rename,
+    Op.SYMLINK: _refuse_eperm,
+    Op.LINK: _refuse_eperm,
+    Op.READLINK: _readlink,
+    Op.OPEN: _open,
+    Op.READ: _read,
+    Op.WRITE: _write,
+    Op.STATFS: _statfs,
+    Op.RELEASE: _release,
+    Op.FLUSH: _flush,
+    Op.FSYNC: _fsync,
+    Op.OPENDIR: _opendir,
+    Op.READDIR: _readdir,
+    Op.READDIRPLUS: _readdir,
+    Op.RELEASEDIR: _releasedir,
+    Op.FSYNCDIR: _fsyncdir,
+    Op.CREATE: _create,
+    Op.DESTROY: _destroy,
+    # ACCESS, the xattrs and the rest: ENOSYS, which the kernel remembers and stops asking
+}
