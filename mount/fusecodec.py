@@ -10,11 +10,37 @@ values of fuseabi.py. Layouts are linux/fuse.h's (fuseabi.py).
 from __future__ import annotations
 
 import errno as errno_mod
-from dataclasses import dataclass
-from typing import Any
 
 from . import fuseabi as abi
 from .fuseabi import Attr, FileInfo, Op, SetattrIn, StatvfsData
+from .fuseargs import (
+    BARE,
+    Access,
+    BatchForget,
+    Create,
+    Flush,
+    Forget,
+    Fsync,
+    Getattr,
+    Init,
+    Interrupt,
+    Link,
+    Lookup,
+    Mkdir,
+    Mknod,
+    Open,
+    Read,
+    Readdir,
+    Release,
+    Rename,
+    Request,
+    Rmdir,
+    Setattr,
+    Symlink,
+    Unlink,
+    Write,
+    Xattr,
+)
 
 __all__ = [
     "BadRequest",
@@ -44,175 +70,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.unique = unique
         self.errno = errno
-
-
-# --- request values -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Forget:
-    nlookup: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchForget:
-    items: list[tuple[int, int]]  # (nodeid, nlookup)
-
-
-@dataclass(frozen=True, slots=True)
-class Getattr:
-    fh: int | None  # the open file it is asked through (fstat), if any
-
-
-@dataclass(frozen=True, slots=True)
-class Setattr:
-    changes: SetattrIn
-
-
-@dataclass(frozen=True, slots=True)
-class Mknod:
-    name: bytes
-    mode: int
-    rdev: int
-    umask: int
-
-
-@dataclass(frozen=True, slots=True)
-class Mkdir:
-    name: bytes
-    mode: int
-    umask: int
-
-
-@dataclass(frozen=True, slots=True)
-class Unlink:
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Rmdir:
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Rename:
-    newdir: int
-    old: bytes
-    new: bytes
-    flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class Symlink:
-    name: bytes
-    target: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    oldnodeid: int
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    fh: int
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    fh: int
-    offset: int
-    data: bytes
-    write_flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    fh: int
-    flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class Flush:
-    fh: int
-
-
-@dataclass(frozen=True, slots=True)
-class Fsync:
-    fh: int
-    datasync: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Readdir:
-    fh: int
-    offset: int
-    size: int
-    plus: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    mask: int
-
-
-@dataclass(frozen=True, slots=True)
-class Create:
-    name: bytes
-    flags: int
-    mode: int
-    umask: int
-
-
-@dataclass(frozen=True, slots=True)
-class Interrupt:
-    unique: int
-
-
-@dataclass(frozen=True, slots=True)
-class Init:
-    major: int
-    minor: int
-    max_readahead: int
-    flags: int
-
-
-@dataclass(frozen=True, slots=True)
-class Xattr:
-    name: bytes
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Bare:
-    """A request whose body the mount does not read (STATFS, DESTROY, READLINK, the rest)."""
-
-
-_BARE = Bare()
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    opcode: int
-    unique: int
-    nodeid: int
-    uid: int
-    gid: int
-    pid: int
-    args: Any
 
 
 # --- parsing --------------------------------------------------------------------------
@@ -245,7 +102,7 @@ def parse(buf: bytes | bytearray | memoryview, minor: int = abi.KERNEL_MINOR) ->
         raise BadRequest("extensions longer than the request", unique)
     body = view[abi.IN_HEADER.size : end]
     decode = _DECODERS.get(opcode)
-    args = _BARE if decode is None else decode(body, unique, minor)
+    args = BARE if decode is None else decode(body, unique, minor)
     return Request(opcode, unique, nodeid, uid, gid, pid, args)
 
 

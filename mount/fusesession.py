@@ -33,6 +33,7 @@ import trio
 from . import fuseabi as abi
 from . import fusecodec as codec
 from .fuseabi import Context, FileInfo, FuseError, Op
+from .fuseargs import Init, Request
 
 __all__ = ["MAX_WRITE", "FuseSession", "SessionOptions"]
 
@@ -126,7 +127,7 @@ class FuseSession:
             if req.opcode != Op.INIT:
                 self._send(codec.reply_error(req.unique, errno.EIO))
                 continue
-            init: codec.Init = req.args
+            init: Init = req.args
             if init.major > abi.KERNEL_MAJOR:
                 # fuse.h: answer with the major we speak and expect INIT again
                 self._send(
@@ -273,128 +274,128 @@ class FuseSession:
 # --- opcodes onto the file system's methods ---------------------------------------------------
 
 
-def _ctx(req: codec.Request) -> Context:
+def _ctx(req: Request) -> Context:
     return Context(req.uid, req.gid, req.pid)
 
 
-async def _lookup(s: FuseSession, req: codec.Request) -> bytes:
+async def _lookup(s: FuseSession, req: Request) -> bytes:
     return codec.entry_out(await s.fs.lookup(req.nodeid, req.args.name, _ctx(req)))
 
 
-async def _forget(s: FuseSession, req: codec.Request) -> bytes:
+async def _forget(s: FuseSession, req: Request) -> bytes:
     await s.fs.forget([(req.nodeid, req.args.nlookup)])
     return b""
 
 
-async def _batch_forget(s: FuseSession, req: codec.Request) -> bytes:
+async def _batch_forget(s: FuseSession, req: Request) -> bytes:
     await s.fs.forget(req.args.items)
     return b""
 
 
-async def _getattr(s: FuseSession, req: codec.Request) -> bytes:
+async def _getattr(s: FuseSession, req: Request) -> bytes:
     return codec.attr_out(await s.fs.getattr(req.nodeid, _ctx(req), fh=req.args.fh))
 
 
-async def _setattr(s: FuseSession, req: codec.Request) -> bytes:
+async def _setattr(s: FuseSession, req: Request) -> bytes:
     c = req.args.changes
     return codec.attr_out(await s.fs.setattr(req.nodeid, c, c, c.fh if c.has_fh else None, _ctx(req)))
 
 
-async def _mkdir(s: FuseSession, req: codec.Request) -> bytes:
+async def _mkdir(s: FuseSession, req: Request) -> bytes:
     a = req.args
     return codec.entry_out(await s.fs.mkdir(req.nodeid, a.name, a.mode, _ctx(req)))
 
 
-async def _unlink(s: FuseSession, req: codec.Request) -> bytes:
+async def _unlink(s: FuseSession, req: Request) -> bytes:
     await s.fs.unlink(req.nodeid, req.args.name, _ctx(req))
     return b""
 
 
-async def _rmdir(s: FuseSession, req: codec.Request) -> bytes:
+async def _rmdir(s: FuseSession, req: Request) -> bytes:
     await s.fs.rmdir(req.nodeid, req.args.name, _ctx(req))
     return b""
 
 
-async def _rename(s: FuseSession, req: codec.Request) -> bytes:
+async def _rename(s: FuseSession, req: Request) -> bytes:
     a = req.args
     await s.fs.rename(req.nodeid, a.old, a.newdir, a.new, a.flags, _ctx(req))
     return b""
 
 
-async def _refuse_eperm(s: FuseSession, req: codec.Request) -> bytes:
+async def _refuse_eperm(s: FuseSession, req: Request) -> bytes:
     raise FuseError(errno.EPERM)  # symlink, link, mknod: not in 9P2000
 
 
-async def _readlink(s: FuseSession, req: codec.Request) -> bytes:
+async def _readlink(s: FuseSession, req: Request) -> bytes:
     raise FuseError(errno.EINVAL)  # 9P2000 has no symlinks: nothing is one
 
 
-async def _open(s: FuseSession, req: codec.Request) -> bytes:
+async def _open(s: FuseSession, req: Request) -> bytes:
     return codec.open_out(await s.fs.open(req.nodeid, req.args.flags, _ctx(req)))
 
 
-async def _read(s: FuseSession, req: codec.Request) -> bytes:
+async def _read(s: FuseSession, req: Request) -> bytes:
     a = req.args
     return await s.fs.read(a.fh, a.offset, a.size)
 
 
-async def _write(s: FuseSession, req: codec.Request) -> bytes:
+async def _write(s: FuseSession, req: Request) -> bytes:
     a = req.args
     return codec.write_out(await s.fs.write(a.fh, a.offset, a.data))
 
 
-async def _statfs(s: FuseSession, req: codec.Request) -> bytes:
+async def _statfs(s: FuseSession, req: Request) -> bytes:
     return codec.statfs_out(await s.fs.statfs(_ctx(req)))
 
 
-async def _release(s: FuseSession, req: codec.Request) -> bytes:
+async def _release(s: FuseSession, req: Request) -> bytes:
     await s.fs.release(req.args.fh)
     return b""
 
 
-async def _flush(s: FuseSession, req: codec.Request) -> bytes:
+async def _flush(s: FuseSession, req: Request) -> bytes:
     await s.fs.flush(req.args.fh)
     return b""
 
 
-async def _fsync(s: FuseSession, req: codec.Request) -> bytes:
+async def _fsync(s: FuseSession, req: Request) -> bytes:
     await s.fs.fsync(req.args.fh, req.args.datasync)
     return b""
 
 
-async def _opendir(s: FuseSession, req: codec.Request) -> bytes:
+async def _opendir(s: FuseSession, req: Request) -> bytes:
     got = await s.fs.opendir(req.nodeid, _ctx(req))
     return codec.open_out(got if isinstance(got, FileInfo) else FileInfo(fh=got))
 
 
-async def _readdir(s: FuseSession, req: codec.Request) -> bytes:
+async def _readdir(s: FuseSession, req: Request) -> bytes:
     a = req.args
     buf = codec.DirentBuffer(a.size, a.plus)
     await s.fs.readdir(a.fh, a.offset, buf)
     return buf.bytes()
 
 
-async def _releasedir(s: FuseSession, req: codec.Request) -> bytes:
+async def _releasedir(s: FuseSession, req: Request) -> bytes:
     await s.fs.releasedir(req.args.fh)
     return b""
 
 
-async def _fsyncdir(s: FuseSession, req: codec.Request) -> bytes:
+async def _fsyncdir(s: FuseSession, req: Request) -> bytes:
     await s.fs.fsyncdir(req.args.fh, req.args.datasync)
     return b""
 
 
-async def _create(s: FuseSession, req: codec.Request) -> bytes:
+async def _create(s: FuseSession, req: Request) -> bytes:
     a = req.args
     fi, attr = await s.fs.create(req.nodeid, a.name, a.mode, a.flags, _ctx(req))
     return codec.entry_out(attr) + codec.open_out(fi)
 
 
-async def _destroy(s: FuseSession, req: codec.Request) -> bytes:
+async def _destroy(s: FuseSession, req: Request) -> bytes:
     return b""
 
 
-_HANDLERS: dict[int, Callable[[FuseSession, codec.Request], Awaitable[bytes]]] = {
+_HANDLERS: dict[int, Callable[[FuseSession, Request], Awaitable[bytes]]] = {
     Op.LOOKUP: _lookup,
     Op.FORGET: _forget,
     Op.BATCH_FORGET: _batch_forget,

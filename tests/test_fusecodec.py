@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mount import fuseabi as abi
+from mount import fuseargs as args
 from mount import fusecodec as codec
 from mount.fuseabi import Attr, FileInfo, Op
 
@@ -23,7 +24,9 @@ names = st.binary(min_size=1, max_size=255).filter(lambda b: b"\0" not in b)
 
 def request(opcode: int, body: bytes, unique: int = 7, nodeid: int = 1, uid=0, gid=0, pid=1) -> bytes:
     """A request as the kernel frames it: fuse_in_header, then the opcode's body."""
-    return abi.IN_HEADER.pack(abi.IN_HEADER.size + len(body), opcode, unique, nodeid, uid, gid, pid, 0, 0) + body
+    return (
+        abi.IN_HEADER.pack(abi.IN_HEADER.size + len(body), opcode, unique, nodeid, uid, gid, pid, 0, 0) + body
+    )
 
 
 @given(unique=u64, nodeid=u64, name=names, uid=u32, gid=u32, pid=u32)
@@ -31,14 +34,14 @@ def request(opcode: int, body: bytes, unique: int = 7, nodeid: int = 1, uid=0, g
 def test_a_lookup_names_its_parent_and_the_name(unique, nodeid, name, uid, gid, pid):
     r = codec.parse(request(Op.LOOKUP, name + b"\0", unique, nodeid, uid, gid, pid))
     assert (r.opcode, r.unique, r.nodeid, r.uid, r.gid, r.pid) == (Op.LOOKUP, unique, nodeid, uid, gid, pid)
-    assert r.args == codec.Lookup(name)
+    assert r.args == args.Lookup(name)
 
 
 @given(fh=u64, offset=u64, data=st.binary(max_size=4096), flags=u32)
 @settings(max_examples=EXAMPLES)
 def test_a_write_carries_exactly_its_bytes(fh, offset, data, flags):
     body = abi.WRITE_IN.pack(fh, offset, len(data), flags, 0, 0, 0) + data
-    assert codec.parse(request(Op.WRITE, body)).args == codec.Write(fh, offset, data, flags)
+    assert codec.parse(request(Op.WRITE, body)).args == args.Write(fh, offset, data, flags)
 
 
 def test_a_write_whose_size_disagrees_with_its_data_is_refused_with_its_unique():
@@ -52,9 +55,9 @@ def test_a_write_whose_size_disagrees_with_its_data_is_refused_with_its_unique()
 @settings(max_examples=EXAMPLES)
 def test_rename2_gives_both_names_and_its_flags(newdir, old, new, flags):
     body = abi.RENAME2_IN.pack(newdir, flags, 0) + old + b"\0" + new + b"\0"
-    assert codec.parse(request(Op.RENAME2, body)).args == codec.Rename(newdir, old, new, flags)
+    assert codec.parse(request(Op.RENAME2, body)).args == args.Rename(newdir, old, new, flags)
     body = abi.RENAME_IN.pack(newdir) + old + b"\0" + new + b"\0"
-    assert codec.parse(request(Op.RENAME, body)).args == codec.Rename(newdir, old, new, 0)
+    assert codec.parse(request(Op.RENAME, body)).args == args.Rename(newdir, old, new, 0)
 
 
 @given(items=st.lists(st.tuples(u64, u64), max_size=100))
@@ -70,7 +73,16 @@ def test_a_batch_forget_counting_more_than_it_carries_is_refused():
         codec.parse(request(Op.BATCH_FORGET, body))
 
 
-@given(valid=u32, fh=u64, size=u64, mode=u32, uid=u32, gid=u32, at=st.integers(0, 2**33), mt=st.integers(0, 2**33))
+@given(
+    valid=u32,
+    fh=u64,
+    size=u64,
+    mode=u32,
+    uid=u32,
+    gid=u32,
+    at=st.integers(0, 2**33),
+    mt=st.integers(0, 2**33),
+)
 @settings(max_examples=EXAMPLES)
 def test_setattr_says_which_fields_count(valid, fh, size, mode, uid, gid, at, mt):
     valid &= ~(abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW)
@@ -95,9 +107,9 @@ def test_utime_now_is_the_clocks_now():
 @settings(max_examples=EXAMPLES)
 def test_create_and_mkdir_carry_mode_umask_and_name(flags, mode, umask, name):
     body = abi.CREATE_IN.pack(flags, mode, umask, 0) + name + b"\0"
-    assert codec.parse(request(Op.CREATE, body)).args == codec.Create(name, flags, mode, umask)
+    assert codec.parse(request(Op.CREATE, body)).args == args.Create(name, flags, mode, umask)
     body = abi.MKDIR_IN.pack(mode, umask) + name + b"\0"
-    assert codec.parse(request(Op.MKDIR, body)).args == codec.Mkdir(name, mode, umask)
+    assert codec.parse(request(Op.MKDIR, body)).args == args.Mkdir(name, mode, umask)
 
 
 def test_getattr_through_an_open_file_names_its_handle():
@@ -107,7 +119,7 @@ def test_getattr_through_an_open_file_names_its_handle():
 
 def test_an_opcode_the_mount_does_not_read_still_parses():
     r = codec.parse(request(Op.IOCTL, b"\x01" * 32))
-    assert r.opcode == Op.IOCTL and isinstance(r.args, codec.Bare)
+    assert r.opcode == Op.IOCTL and isinstance(r.args, args.Bare)
     assert codec.parse(request(9999, b"")).opcode == 9999
 
 
@@ -174,7 +186,14 @@ def test_entry_and_attr_replies_are_the_kernels_sizes_and_fields(a):
     assert len(e) == 128  # sizeof(struct fuse_entry_out)
     nodeid, _, entry_valid, attr_valid, _, _ = abi.ENTRY_OUT.unpack_from(e)
     f = abi.ATTR.unpack_from(e, abi.ENTRY_OUT.size)
-    assert (nodeid, f[0], f[1], f[9], f[11], f[12]) == (a.st_ino, a.st_ino, a.st_size, a.st_mode, a.st_uid, a.st_gid)
+    assert (nodeid, f[0], f[1], f[9], f[11], f[12]) == (
+        a.st_ino,
+        a.st_ino,
+        a.st_size,
+        a.st_mode,
+        a.st_uid,
+        a.st_gid,
+    )
     assert f[4] * 10**9 + f[7] == a.st_mtime_ns
     assert entry_valid == int(a.entry_timeout) and attr_valid == int(a.attr_timeout)
     assert len(codec.attr_out(a)) == 104  # sizeof(struct fuse_attr_out)
@@ -228,6 +247,6 @@ def test_notifications_have_unique_zero_and_the_code_in_the_error_field():
 
 def test_init_reply_asks_for_the_pages_of_its_max_write():
     out = codec.init_out(38, 131072, abi.FUSE_ASYNC_READ | abi.FUSE_MAX_PAGES, 64, 48, 1 << 20)
-    major, minor, ra, flags, bg, cong, max_write, gran, pages, _, flags2 = abi.INIT_OUT.unpack(out)
+    major, minor, ra, _, bg, cong, max_write, _, pages, _, flags2 = abi.INIT_OUT.unpack(out)
     assert (major, minor, ra, bg, cong, max_write, pages, flags2) == (7, 38, 131072, 64, 48, 1 << 20, 256, 0)
     assert len(out) == 64
