@@ -1,7 +1,7 @@
 """ninefs as a mounted file system, side by side with the alternatives, over the same data.
 
     .venv/bin/python benchmarks/bench_mount.py [--quick] [--json PATH] [--configs direct,ninefs,...]
-                                              [--profile DIR] [--no-install] [--keep-going]
+                                              [--passes N] [--profile DIR] [--no-install] [--keep-going]
 
 Configurations (each one works in its own subdirectory of one export directory
 under /tmp, so the disk is the same for all):
@@ -9,8 +9,14 @@ under /tmp, so the disk is the same for all):
   direct   the exported directory itself, no FUSE
   ninefs   `ninefs serve DIR` + `ninefs mount tcp!127.0.0.1!PORT MP` (default --cache 1)
   sshfs    sshfs to a private sshd the benchmark starts on 127.0.0.1 (own host and user
-           keys in the temp dir), Ciphers=aes128-gcm@openssh.com, no compression,
-           sshfs's default caching; "n/a" when sshfs/openssh-server cannot be installed
+           keys in the temp dir), tuned for speed on loopback:
+             -o Ciphers=aes128-gcm@openssh.com,Compression=no,kernel_cache,max_conns=2,dir_cache=yes
+           kernel_cache: the kernel keeps a file's pages across opens (nothing else writes
+           the export during a pass); max_conns=2: two SSH connections, one per core here;
+           dir_cache=yes: sshfs's own cache of names and attributes (its default, 20 s);
+           the kernel's entry/attr timeouts stay at libfuse's 1 s, as for ninefs and the
+           ceiling. An option that `sshfs -h` does not list is left out, and the note says
+           so. "n/a" when sshfs/openssh-server cannot be installed
   ceiling  benchmarks/passthrough.py: a bare pyfuse3 passthrough (no network, same
            kernel options as ninefs: 1 s entry/attr timeouts, no writeback cache)
 
@@ -28,6 +34,39 @@ Rows, per configuration, in this order:
   cold stat    os.stat of the N files after drop_caches           stats/s (+ p50 in µs)
   unlink       os.unlink of the N files                            files/s
   tar          `tar cf - TREE | cat > /dev/null` of a tree of M files after drop_caches   s
+
+Workload rows, then, on a generated tree of W files (2,000; quick 300): directories
+p*/m*/s* three deep (every 10th file one level up), 70 % text files of words (200 B to
+16 KiB, .txt .py .c .md; every 7th holds one line with the word "zyzzyva") and 30 %
+binary (256 B to 64 KiB), sizes log-uniform, the same bytes every run. It is made once
+per run on local disk outside the export (TMP/src), with a bare git repository of it
+(one commit, packed) and a tar archive of its first A files (500; quick 150). Each row
+runs real programs (a new process) and is timed in seconds:
+
+  git clone        git clone -q --no-hardlinks file://TMP/src/repo.git DEST, onto the mount
+  git status cold  `git status` in that clone after drop_caches (it must say "working tree
+                   clean"; the first status may re-read files whose mtime is too close to
+                   the index's and rewrite the index, as git does)
+  git status warm  the same again, at once
+  tar xf           the A-file archive extracted onto the mount (`tar xf ARCHIVE -C DEST`)
+  rsync -a         the tree, from local disk into a new directory on the mount
+  du -s            that tree, after drop_caches
+  find | wc -l     that tree, after drop_caches (the count is checked)
+  grep -r          `grep -r zyzzyva` over that tree, after drop_caches (matches checked)
+  rm -rf           that tree, right after grep (no drop_caches)
+  sqlite 200 tx    python's sqlite3, a database file on the mount, 200 transactions of one
+                   INSERT and commit each, in-process; sqlite's defaults: journal_mode=DELETE,
+                   synchronous=FULL, so every commit creates, writes, fsyncs and deletes a
+                   -journal file and writes and fsyncs the database
+
+The local sources are read into the page cache just before git clone, tar xf and rsync,
+so no configuration pays for the local disk. "After drop_caches" drops the kernel's
+caches only: sshfs's own 20 s cache of names and attributes and ninefs' 10 s
+--attr-cache live in the daemons and survive it. A workload row that fails is n/a, the
+reason is printed under the table, the other rows go on, and the exit status is 1.
+git runs with a config of its own (GIT_CONFIG_GLOBAL in the temp dir, no system config,
+LC_ALL=C). git, rsync, tar, grep, findutils and coreutils are installed with apt-get if
+missing (unless --no-install; their rows are then n/a).
 
 Ratios compare ninefs with each other column and are always "how many times better
 ninefs is": rate_ninefs / rate_other for rates, time_other / time_ninefs for times.
@@ -47,10 +86,12 @@ import argparse
 import contextlib
 import getpass
 import json
+import math
 import os
 import platform
 import random
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -61,6 +102,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+try:
+    import sqlite3
+except ImportError:  # a Python built without libsqlite3: the sqlite row is n/a
+    sqlite3 = None  # type: ignore[assignment]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -75,10 +121,13 @@ class Sizes:
     files: int  # small files
     small: int  # bytes of each small file
     tree: int  # files in the tar tree
+    wl_files: int = 2000  # files in the generated workload tree
+    wl_archive: int = 500  # files in the tar xf archive (the first of that tree)
+    sqlite_tx: int = 200  # transactions of the sqlite row
 
 
-FULL = Sizes(big=256 * MiB, files=2000, small=4096, tree=500)
-QUICK = Sizes(big=32 * MiB, files=300, small=4096, tree=150)
+FULL = Sizes(big=256 * MiB, files=2000, small=4096, tree=500, wl_files=2000, wl_archive=500, sqlite_tx=200)
+QUICK = Sizes(big=32 * MiB, files=300, small=4096, tree=150, wl_files=300, wl_archive=150, sqlite_tx=200)
 
 
 @dataclass(frozen=True)
@@ -102,7 +151,41 @@ ROWS = (
     Row("cold_stat_p50", "  cold stat p50", "µs", False),
     Row("unlink", "unlink {files}", "files/s", True),
     Row("tar", "tar {tree}-file tree (cold)", "s", False),
+    Row("git_clone", "git clone ({wl} files)", "s", False),
+    Row("git_status_cold", "git status (cold)", "s", False),
+    Row("git_status_warm", "git status (warm)", "s", False),
+    Row("tar_x", "tar xf {archive}-file archive", "s", False),
+    Row("rsync", "rsync -a {wl}-file tree in", "s", False),
+    Row("du", "du -s tree (cold)", "s", False),
+    Row("find", "find | wc -l (cold)", "s", False),
+    Row("grep", "grep -r WORD (cold)", "s", False),
+    Row("rm_rf", "rm -rf tree", "s", False),
+    Row("sqlite", "sqlite {tx} tx (journal DELETE)", "s", False),
 )
+# The programs each workload row needs: missing ones make the row n/a.
+ROW_TOOLS = {
+    "git_clone": ("git",),
+    "git_status_cold": ("git",),
+    "git_status_warm": ("git",),
+    "tar_x": ("tar",),
+    "rsync": ("rsync",),
+    "du": ("du",),
+    "find": ("find", "wc"),
+    "grep": ("grep",),
+    "rm_rf": ("rm",),
+    "sqlite": ("sqlite3",),
+}
+# Debian packages of those programs (sqlite3 is python's module: apt cannot add it).
+TOOL_PACKAGES = {
+    "git": "git",
+    "rsync": "rsync",
+    "tar": "tar",
+    "grep": "grep",
+    "find": "findutils",
+    "du": "coreutils",
+    "wc": "coreutils",
+    "rm": "coreutils",
+}
 
 
 # --- processes and clean-up ---------------------------------------------------------------------
@@ -309,6 +392,33 @@ def _ninefs_umount(mp: str) -> None:
         unmount(mp)
 
 
+_apt_updated = False
+
+
+def apt_install(packages: list[str], install: bool) -> str:
+    """apt-get install packages: '' when it ran and said yes, else why not."""
+    global _apt_updated
+    if not install:
+        return "--no-install"
+    if os.getuid() != 0 or not shutil.which("apt-get"):
+        return "cannot apt-get install (not root)"
+    print(f"bench_mount: installing {' '.join(packages)} with apt-get ...", file=sys.stderr, flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+        _apt_updated = True
+    r = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *packages],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if r.returncode != 0:
+        return f"apt-get install {' '.join(packages)} failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return ""
+
+
 def ensure_sshfs(install: bool) -> str:
     """'' when sshfs and sshd are there (installing them if allowed), else why not."""
 
@@ -321,26 +431,40 @@ def ensure_sshfs(install: bool) -> str:
 
     if have():
         return ""
-    if not install:
-        return "sshfs/sshd missing (--no-install)"
-    if os.getuid() != 0 or not shutil.which("apt-get"):
-        return "sshfs/sshd missing and cannot apt-get install them (not root)"
-    print("bench_mount: installing sshfs and openssh-server with apt-get ...", file=sys.stderr, flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
-    r = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "sshfs", "openssh-server", "openssh-client"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if r.returncode != 0 or not have():
-        return "apt-get install sshfs openssh-server failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    why = apt_install(["sshfs", "openssh-server", "openssh-client"], install)
+    if why or not have():
+        return f"sshfs/sshd missing ({why or 'not there after apt-get install'})"
     return ""
 
 
-def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Config:
+def ensure_tools(install: bool) -> dict[str, str]:
+    """The workload rows' programs: installs missing ones if allowed; returns tool -> why missing."""
+    missing = sorted(t for t in TOOL_PACKAGES if not shutil.which(t))
+    why = ""
+    if missing:
+        why = apt_install(sorted({TOOL_PACKAGES[t] for t in missing}), install)
+    out = {
+        t: f"{t} missing ({why or 'not there after apt-get install'})" for t in missing if not shutil.which(t)
+    }
+    if sqlite3 is None:
+        out["sqlite3"] = "this Python has no sqlite3 module (apt-get cannot add it)"
+    return out
+
+
+# sshfs options for speed on loopback (see the docstring); each is used if `sshfs -h` lists it.
+SSHFS_TUNED = ("kernel_cache", "max_conns=2", "dir_cache=yes")
+
+
+def sshfs_tuned_options() -> tuple[list[str], list[str]]:
+    """(the options of SSHFS_TUNED this sshfs has, those it lacks)."""
+    r = subprocess.run(["sshfs", "-h"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+    text = r.stdout + r.stderr
+    have = [o for o in SSHFS_TUNED if f"-o {o.split('=')[0]}" in text]
+    return have, [o for o in SSHFS_TUNED if o not in have]
+
+
+def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool, tuned: bool = False) -> Config:
+    """sshfs of export; tuned adds SSHFS_TUNED (bench_mount), else sshfs's defaults (pjdfstest)."""
     why = ensure_sshfs(install)
     if why:
         return Config("sshfs", why_na=why)
@@ -391,6 +515,13 @@ def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Confi
         "Ciphers=aes128-gcm@openssh.com",
         "Compression=no",
     ]
+    note = "aes128-gcm"
+    if tuned:
+        have, lacking = sshfs_tuned_options()
+        opts += have
+        note = ",".join(["Ciphers=aes128-gcm@openssh.com", "Compression=no", *have])
+        if lacking:
+            note += f" (this sshfs lacks {','.join(lacking)})"
     cleanup.push("sshfs mount", lambda: unmount(mp))
     r = subprocess.run(
         ["sshfs", "-p", str(port), "-o", ",".join(opts), f"{getpass.getuser()}@127.0.0.1:{export}", mp],
@@ -405,7 +536,7 @@ def setup_sshfs(export: str, tmp: str, cleanup: Cleanup, install: bool) -> Confi
     if r.returncode != 0:
         raise RuntimeError(f"sshfs failed: {r.stderr.strip()}")
     wait_mounted(mp, None, 10)
-    return Config("sshfs", root=mp, pids={"sshfs": pid or 0}, note=f"sshd on 127.0.0.1:{port}, aes128-gcm")
+    return Config("sshfs", root=mp, pids={"sshfs": pid or 0}, note=f"sshd on 127.0.0.1:{port}, {note}")
 
 
 def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
@@ -502,6 +633,304 @@ def make_tree(root: str, n: int) -> int:
             f.write(blob[:size])
         total += size
     return total
+
+
+NEEDLE = "zyzzyva"  # what grep -r looks for: one line in every 7th text file, nowhere else
+_TEXT = """the of and to in is it that for on with as was at by be this from or an are not but
+    have you they which one all were when we there can been has more if will would so what
+    out up about into than them then some could time these two may first any like over
+    such make only new most very after also many where just those through file server
+    tree name mount read write open close walk stat clunk remove create directory kernel
+    buffer cache page inode entry attribute socket message reply request version error
+    length offset count mode owner group return value table index import print range list
+    string integer struct static void const unsigned while break switch case default"""
+WORDS = tuple(_TEXT.split())  # what the text files are made of
+
+
+@dataclass
+class Workload:
+    """The generated tree and what is made of it, on local disk outside the export."""
+
+    base: str  # TMP/src: everything below is read into the page cache before a row copies it in
+    tree: str
+    files: int
+    dirs: int  # directories below tree
+    nbytes: int
+    needles: int  # lines holding NEEDLE
+    repo: str  # a bare git repository of the tree
+    archive: str  # a tar of the first files of the tree
+    archived: int  # files in it
+    env: dict[str, str]  # for git: a config of our own, C locale
+    missing: dict[str, str]  # tool -> why it is missing
+
+
+def make_workload_tree(root: str, n: int) -> tuple[list[str], int, int, int]:
+    """n files in p*/m*/s* directories, the same bytes every run: (file paths in order, dirs,
+    bytes, lines holding NEEDLE). 250 files per p, 50 per m, 9 per s and every 10th file in
+    its m; 70 % text of WORDS, 200 B-16 KiB, 30 % binary, 256 B-64 KiB, sizes log-uniform."""
+    rnd = random.Random(17)
+    dirs: set[str] = set()
+    files: list[str] = []
+    total = needles = texts = 0
+    for i in range(n):
+        mid = os.path.join(f"p{i // 250}", f"m{i // 50 % 5}")
+        where = mid if i % 10 == 0 else os.path.join(mid, f"s{i // 10 % 5}")
+        for d in (f"p{i // 250}", mid, where):
+            if d not in dirs:
+                dirs.add(d)
+                os.makedirs(os.path.join(root, d), exist_ok=True)
+        if rnd.random() < 0.7:
+            texts += 1
+            ext = rnd.choice((".txt", ".py", ".c", ".md"))
+            size = int(math.exp(rnd.uniform(math.log(200), math.log(16 * 1024))))
+            lines, length = [], 0
+            while length < size:
+                line = " ".join(rnd.choices(WORDS, k=rnd.randint(3, 12)))
+                lines.append(line)
+                length += len(line) + 1
+            if texts % 7 == 0:
+                lines.insert(rnd.randrange(len(lines) + 1), f"here is the {NEEDLE} of file {i}")
+                needles += 1
+            data = ("\n".join(lines) + "\n").encode()
+        else:
+            ext = ".bin"
+            data = rnd.randbytes(int(math.exp(rnd.uniform(math.log(256), math.log(64 * 1024)))))
+        rel = os.path.join(where, f"f{i:04d}{ext}")
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+        files.append(rel)
+        total += len(data)
+    return files, len(dirs), total, needles
+
+
+def run_tool(
+    cmd: list[str] | str, what: str, cwd: str | None = None, env: dict[str, str] | None = None
+) -> bytes:
+    """Run a program (a str: a bash command line with pipefail) and return its stdout."""
+    shell = isinstance(cmd, str)
+    r = subprocess.run(
+        f"set -o pipefail; {cmd}" if shell else cmd,
+        shell=shell,
+        executable="/bin/bash" if shell else None,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=1800,
+    )
+    if r.returncode != 0:
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{what} exited with {r.returncode}: {' | '.join(err[-3:]) or 'no message'}")
+    return r.stdout
+
+
+def make_workload(tmp: str, sizes: Sizes, missing: dict[str, str]) -> Workload:
+    base = os.path.join(tmp, "src")
+    tree = os.path.join(base, "tree")
+    os.makedirs(tree)
+    files, ndirs, nbytes, needles = make_workload_tree(tree, sizes.wl_files)
+    gitconfig = os.path.join(tmp, "gitconfig")
+    with open(gitconfig, "w") as f:
+        f.write(
+            "[user]\n\tname = bench_mount\n\temail = bench_mount@localhost\n"
+            "[safe]\n\tdirectory = *\n[gc]\n\tauto = 0\n[init]\n\tdefaultBranch = main\n"
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        LC_ALL="C",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=gitconfig,
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_DATE="2026-01-01T00:00:00Z",
+        GIT_COMMITTER_DATE="2026-01-01T00:00:00Z",
+    )
+    repo = os.path.join(base, "repo.git")
+    if "git" not in missing:
+        git = ["git", f"--git-dir={repo}", f"--work-tree={tree}"]
+        run_tool(["git", "init", "-q", "--bare", repo], "git init", env=env)
+        run_tool([*git, "add", "-A"], "git add", env=env)
+        run_tool([*git, "commit", "-q", "-m", f"{sizes.wl_files} generated files"], "git commit", env=env)
+        run_tool(["git", f"--git-dir={repo}", "gc", "-q"], "git gc", env=env)
+    archive = os.path.join(base, "archive.tar")
+    chosen = files[: sizes.wl_archive]
+    if "tar" not in missing:
+        names: list[str] = []
+        for rel in chosen:  # each directory before what is in it, as tar cf of a tree would list them
+            parts = rel.split(os.sep)
+            for k in range(1, len(parts)):
+                d = os.path.join(*parts[:k])
+                if d not in names:
+                    names.append(d)
+            names.append(rel)
+        listing = os.path.join(base, "archive.list")
+        with open(listing, "w") as f:
+            f.write("".join(n + "\n" for n in names))
+        run_tool(["tar", "cf", archive, "-C", tree, "--no-recursion", "-T", listing], "tar cf", env=env)
+    return Workload(
+        base=base,
+        tree=tree,
+        files=len(files),
+        dirs=ndirs,
+        nbytes=nbytes,
+        needles=needles,
+        repo=repo,
+        archive=archive,
+        archived=len(chosen),
+        env=env,
+        missing=missing,
+    )
+
+
+def warm_sources(wl: Workload) -> None:
+    """Read every local source file, so copying it in costs no configuration a disk read."""
+    for d, _, names in os.walk(wl.base):
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                while f.read(MiB):
+                    pass
+
+
+def run_workloads(
+    cfg: Config, wl: Workload, sizes: Sizes, profiler: Profiler, tag: str
+) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """The workload rows on one configuration: (seconds per row, row -> why it failed,
+    row -> why it did not run: a program is missing)."""
+    assert cfg.root is not None
+    res: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    work = os.path.join(cfg.root, f"wl-{cfg.name}")
+    os.mkdir(work)
+    env = wl.env
+
+    def step(key: str, what: str) -> contextlib.AbstractContextManager:
+        print(f"  {tag} {cfg.name:8s} {what} ...", file=sys.stderr, flush=True)
+        return profiler.row(key)
+
+    def usable(*keys: str) -> bool:
+        """Whether these rows can still run: their programs are there and they did not fail."""
+        for key in keys:
+            for tool in ROW_TOOLS[key]:
+                if tool in wl.missing:
+                    skipped.setdefault(key, wl.missing[tool])
+        return not any(k in skipped or k in failed for k in keys)
+
+    def row(key: str, what: str, fn: Callable[[], object], after: tuple[str, ...] = ()) -> bool:
+        """Time fn as row key unless a row it depends on failed; a failure is noted, not raised."""
+        if not usable(key):
+            return False
+        if bad := [a for a in after if a in failed or a in skipped]:
+            skipped[key] = f"not run, as {bad[0]} did not work"
+            return False
+        try:
+            with step(key, what):
+                res[key] = timed(fn)
+        except Exception as e:  # the row is n/a; the others go on
+            failed[key] = str(e)
+            print(f"bench_mount: {cfg.name}: {what} failed: {e}", file=sys.stderr, flush=True)
+            return False
+        return True
+
+    def git_status(clone: str) -> None:
+        out = run_tool(["git", "status"], "git status", cwd=clone, env=env)
+        if b"working tree clean" not in out:
+            raise RuntimeError(
+                "git status: " + out.decode(errors="replace").strip().replace("\n", " | ")[:300]
+            )
+
+    clone = os.path.join(work, "clone")
+    if usable("git_clone"):
+        warm_sources(wl)
+        url = f"file://{wl.repo}"
+        row(
+            "git_clone",
+            "git clone",
+            lambda: run_tool(["git", "clone", "-q", "--no-hardlinks", url, clone], "git clone", env=env),
+        )
+        drop_caches()
+        row("git_status_cold", "git status (cold)", lambda: git_status(clone), after=("git_clone",))
+        row("git_status_warm", "git status (warm)", lambda: git_status(clone), after=("git_clone",))
+    else:
+        usable("git_status_cold", "git_status_warm")
+    shutil.rmtree(clone, ignore_errors=True)
+
+    dest = os.path.join(work, "x")
+    if usable("tar_x"):
+        os.mkdir(dest)
+        warm_sources(wl)
+        row("tar_x", "tar xf", lambda: run_tool(["tar", "xf", wl.archive, "-C", dest], "tar xf", env=env))
+        shutil.rmtree(dest, ignore_errors=True)
+
+    tree = os.path.join(work, "tree")
+    warm_sources(wl)
+    if usable("rsync"):
+        row(
+            "rsync",
+            "rsync -a",
+            lambda: run_tool(["rsync", "-a", wl.tree + "/", tree + "/"], "rsync", env=env),
+        )
+    else:  # the rows below still need the tree
+        shutil.copytree(wl.tree, tree)
+
+    def find() -> None:
+        out = run_tool(f"find {shlex.quote(tree)} | wc -l", "find | wc -l", env=env)
+        if int(out) != wl.files + wl.dirs + 1:
+            raise RuntimeError(f"find listed {int(out)} names, not {wl.files + wl.dirs + 1}")
+
+    def grep() -> None:
+        out = run_tool(["grep", "-r", NEEDLE, tree], "grep -r", env=env)
+        lines = out.count(b"\n")
+        if lines != wl.needles:
+            raise RuntimeError(f"grep -r found {lines} lines, not {wl.needles}")
+
+    def rm_rf() -> None:
+        run_tool(["rm", "-rf", tree], "rm -rf", env=env)
+        if os.path.lexists(tree):
+            raise RuntimeError("rm -rf left the tree")
+
+    drop_caches()
+    row("du", "du -s", lambda: run_tool(["du", "-s", tree], "du -s", env=env))
+    drop_caches()
+    row("find", "find | wc -l", find)
+    drop_caches()
+    row("grep", "grep -r", grep)
+    row("rm_rf", "rm -rf", rm_rf)
+    shutil.rmtree(tree, ignore_errors=True)
+
+    if usable("sqlite"):
+        db = os.path.join(work, "bench.sqlite")
+
+        def sqlite_rows() -> None:
+            con = sqlite3.connect(db)  # python's default: a BEGIN before the INSERT, commit ends it
+            try:
+                con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, payload TEXT)")
+                con.commit()
+                payload = "x" * 200
+                t = 0.0
+                for i in range(sizes.sqlite_tx):
+                    t0 = time.perf_counter()
+                    con.execute("INSERT INTO t (n, payload) VALUES (?, ?)", (i, payload))
+                    con.commit()
+                    t += time.perf_counter() - t0
+                mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+                count = con.execute("SELECT count(*) FROM t").fetchone()[0]
+            finally:
+                con.close()
+            if mode != "delete" or count != sizes.sqlite_tx:
+                raise RuntimeError(f"sqlite: journal_mode {mode}, {count} rows")
+            res["sqlite"] = t
+
+        try:
+            with step("sqlite", "sqlite"):
+                sqlite_rows()
+        except Exception as e:
+            failed["sqlite"] = str(e)
+            print(f"bench_mount: {cfg.name}: sqlite failed: {e}", file=sys.stderr, flush=True)
+        for suffix in ("", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db + suffix)
+    shutil.rmtree(work, ignore_errors=True)
+    return res, failed, skipped
 
 
 def run_config(cfg: Config, sizes: Sizes, tree: str, profiler: Profiler, tag: str) -> dict[str, float]:
@@ -661,7 +1090,14 @@ def ratio(row: Row, ninefs: float | None, other: float | None) -> float | None:
 
 
 def render(results: dict[str, dict[str, float] | None], sizes: Sizes) -> str:
-    names = dict(big=f"{sizes.big // MiB} MiB", files=str(sizes.files), tree=str(sizes.tree))
+    names = dict(
+        big=f"{sizes.big // MiB} MiB",
+        files=str(sizes.files),
+        tree=str(sizes.tree),
+        wl=f"{sizes.wl_files:,}",
+        archive=str(sizes.wl_archive),
+        tx=str(sizes.sqlite_tx),
+    )
     head = ["", "unit", *CONFIGS, "9fs/sshfs", "9fs/ceil", "9fs/direct"]
     lines = [head]
     for row in ROWS:
@@ -695,14 +1131,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description="ninefs mounted, against direct, sshfs and a pyfuse3 passthrough"
     )
-    ap.add_argument("--quick", action="store_true", help="32 MiB, 300 files, 150-file tree")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="32 MiB, 300 files, 150-file tree; workloads: 300 files, 150 in tar xf",
+    )
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     ap.add_argument(
-        "--repeat", type=int, default=None, help="passes per configuration, median taken (default 3, quick 1)"
+        "--repeat",
+        "--passes",
+        dest="repeat",
+        type=int,
+        default=None,
+        help="passes per configuration, median taken (default 3, quick 1)",
     )
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which columns to run (comma-separated)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy record the ninefs processes, one file per row")
-    ap.add_argument("--no-install", action="store_true", help="do not apt-get install sshfs/openssh-server")
+    ap.add_argument(
+        "--no-install", action="store_true", help="do not apt-get install sshfs, openssh-server, git, rsync"
+    )
     ap.add_argument("--keep-going", action="store_true", help="a failing configuration becomes n/a")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -727,7 +1174,10 @@ def main() -> int:
     cleanup = Cleanup()
     results: dict[str, dict[str, float] | None] = {}
     passes: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}
+    failures: dict[str, dict[str, str]] = {c: {} for c in CONFIGS}  # workload rows that failed
+    skipped: dict[str, dict[str, str]] = {c: {} for c in CONFIGS}  # and that could not run
     configs: dict[str, Config] = {}
+    wl: Workload | None = None
     started = time.monotonic()
     try:
         tmp = tempfile.mkdtemp(prefix="bench-mount-", dir="/tmp")
@@ -736,10 +1186,11 @@ def main() -> int:
         os.mkdir(export)
         tree = os.path.join(export, "tree")
         tree_bytes = make_tree(tree, sizes.tree)
+        wl = make_workload(tmp, sizes, ensure_tools(not args.no_install))
         setups = {
             "direct": lambda: setup_direct(export, tmp, cleanup),
             "ninefs": lambda: setup_ninefs(export, tmp, cleanup),
-            "sshfs": lambda: setup_sshfs(export, tmp, cleanup, not args.no_install),
+            "sshfs": lambda: setup_sshfs(export, tmp, cleanup, not args.no_install, tuned=True),
             "ceiling": lambda: setup_ceiling(export, tmp, cleanup),
         }
         for name in CONFIGS:
@@ -754,7 +1205,8 @@ def main() -> int:
                 configs[name] = Config(name, why_na=f"set-up failed: {e}")
         print(
             f"bench_mount: {'quick' if args.quick else 'full'} run in {tmp}; "
-            f"tree {sizes.tree} files / {tree_bytes / MiB:.1f} MiB",
+            f"tree {sizes.tree} files / {tree_bytes / MiB:.1f} MiB; workload tree {wl.files} files "
+            f"in {wl.dirs} directories / {wl.nbytes / MiB:.1f} MiB, {wl.needles} lines of {NEEDLE!r}",
             file=sys.stderr,
         )
         for name, cfg in configs.items():
@@ -771,8 +1223,16 @@ def main() -> int:
                     continue
                 pids = cfg.pids if (args.profile and name == "ninefs") else {}
                 profiler = Profiler(args.profile, pids, f"-{i}" if repeat > 1 else "")
+                tag = f"pass {i + 1}/{repeat}"
                 try:
-                    passes[name].append(run_config(cfg, sizes, tree, profiler, f"pass {i + 1}/{repeat}"))
+                    res = run_config(cfg, sizes, tree, profiler, tag)
+                    wres, wfailed, wskipped = run_workloads(cfg, wl, sizes, profiler, tag)
+                    res.update(wres)
+                    passes[name].append(res)
+                    for key, why in wfailed.items():
+                        failures[name].setdefault(key, f"pass {i + 1}: {why}")
+                    for key, why in wskipped.items():
+                        skipped[name].setdefault(key, why)
                 except Exception as e:
                     if not args.keep_going:
                         raise
@@ -781,7 +1241,9 @@ def main() -> int:
                     passes[name] = []
         for name in CONFIGS:
             ps = passes[name]
-            results[name] = {k: statistics.median(p[k] for p in ps) for k in ps[0]} if ps else None
+            # A row that failed in any pass is n/a.
+            keys = [k for k in ps[0] if all(k in p for p in ps)] if ps else []
+            results[name] = {k: statistics.median(p[k] for p in ps) for k in keys} if ps else None
     except KeyboardInterrupt:
         print("\nbench_mount: interrupted, cleaning up", file=sys.stderr)
         cleanup.run()
@@ -797,9 +1259,21 @@ def main() -> int:
         f"median of {repeat} pass{'es' if repeat > 1 else ''}; {elapsed:.0f} s)"
     )
     print(render(results, sizes))
+    labels = {r.key: r.label.split(" (")[0] for r in ROWS}
     for name, cfg in configs.items():
         if cfg.root is None and name in wanted:
             print(f"{name}: n/a ({cfg.why_na})")
+        for key, why in failures[name].items():
+            print(f"{name}: {labels[key]} failed, {why}")
+        for key, why in skipped[name].items():
+            print(f"{name}: {labels[key]} n/a, {why}")
+    if wl is not None:
+        print(
+            f"workload tree: {wl.files} files in {wl.dirs} directories, {wl.nbytes / MiB:.1f} MiB; "
+            f"tar xf of its first {wl.archived}; sqlite: {sizes.sqlite_tx} transactions"
+        )
+    if configs.get("sshfs") and configs["sshfs"].root is not None:
+        print(f"sshfs: {configs['sshfs'].note}")
     if args.profile:
         print(f"profiles (py-spy raw) in {args.profile}; numbers of a profiled run are slowed down")
     if args.json:
@@ -811,6 +1285,19 @@ def main() -> int:
             "profiled": bool(args.profile),
             "repeat": repeat,
             "passes": passes,
+            "failures": failures,
+            "skipped": skipped,
+            "workload": None
+            if wl is None
+            else {
+                "files": wl.files,
+                "dirs": wl.dirs,
+                "bytes": wl.nbytes,
+                "grep_word": NEEDLE,
+                "grep_lines": wl.needles,
+                "tar_xf_files": wl.archived,
+                "sqlite_tx": sizes.sqlite_tx,
+            },
             "machine": {
                 "cpus": os.cpu_count(),
                 "kernel": platform.release(),
@@ -832,7 +1319,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
-    return 0
+    return 1 if any(failures.values()) else 0
 
 
 if __name__ == "__main__":
