@@ -1,14 +1,21 @@
-"""A bare pyfuse3 passthrough of a host directory: the ceiling for any pyfuse3 file system.
+"""A bare passthrough of a host directory on ninefs' FUSE session: the ceiling for the mount.
 
     python benchmarks/passthrough.py SOURCE MOUNTPOINT [--cache SECONDS]
 
 No network, no protocol: every FUSE request is answered with the matching
-system call on SOURCE, in the trio loop, as pyfuse3's examples/passthroughfs.py
-does. It speaks to the kernel the way ninefs' adapter does (default_permissions,
-no writeback cache, entry/attribute timeouts of --cache seconds, readdir with
-attributes), so bench_mount.py can tell the cost of pyfuse3 itself from the
-cost of 9P. Prints "ready" on stdout once mounted; stops on SIGTERM/SIGINT or
-an unmount.
+system call on SOURCE, in the trio loop (as libfuse's and pyfuse3's
+passthrough examples do), on the same session ninefs mounts with
+(mount/fusesession.py, mounted as mount/mounter.py's mount_tree does: mount(2)
+as root, fusermount3 otherwise). It speaks to the kernel the way ninefs does
+(default_permissions, no writeback cache, entry/attribute timeouts of --cache
+seconds, readdir with attributes), so bench_mount.py can tell the cost of the
+FUSE layer itself from the cost of 9P. Prints "ready" on stdout once mounted;
+stops on SIGTERM/SIGINT/SIGHUP or an unmount.
+
+As root the mount is allow_other, as pyfuse3's passthrough was. Symlinks show
+as symlinks, but the session answers READLINK with EINVAL and SYMLINK with
+EPERM itself (9P2000 has none), so `readlink` and `symlink` below are not
+reached.
 
 Inode numbers are the host's (the source root is inode 1); hard links share an
 inode and are reached through any one of their names.
@@ -25,31 +32,30 @@ import sys
 from collections import defaultdict
 from typing import Any
 
-import pyfuse3
 import trio
 
-ROOT = pyfuse3.ROOT_INODE
+from mount.fuseabi import ROOT_ID, Attr, FileInfo, FuseError, StatvfsData
+from mount.fusecodec import DirentBuffer
+from mount.fusedev import MountSpec, fuse_mount, fuse_unmount
+from mount.fusesession import FuseSession
+
+ROOT = ROOT_ID
 
 
-def _fail(e: OSError) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(e.errno or errno.EIO)
+def _fail(e: OSError) -> FuseError:
+    return FuseError(e.errno or errno.EIO)
 
 
-class Passthrough(pyfuse3.Operations):
-    supports_dot_lookup = True
-    enable_writeback_cache = False
-    enable_acl = False
+class Passthrough:
+    """The FUSE operations FuseSession calls (as mount/fuse.py's TreeFS has them), on SOURCE."""
 
     def __init__(self, source: str, cache: float) -> None:
-        super().__init__()
         self.source = os.path.abspath(source)
         self.cache = cache
         self.root_ino = os.lstat(self.source).st_ino
         self.paths: dict[int, str] = {ROOT: self.source}  # our inode -> one of its paths
         self.lookups: defaultdict[int, int] = defaultdict(int)
-        self.dirs: dict[
-            int, tuple[str, list[tuple[str, pyfuse3.EntryAttributes]]]
-        ] = {}  # fh -> path, listing
+        self.dirs: dict[int, tuple[str, list[tuple[str, Attr]]]] = {}  # fh -> path, listing
         self._next_dir_fh = 1 << 40  # dir handles live above every fd number
 
     # --- inodes --------------------------------------------------------------------------
@@ -65,32 +71,32 @@ class Passthrough(pyfuse3.Operations):
         try:
             return self.paths[ino]
         except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise FuseError(errno.ESTALE) from None
 
     def _learn(self, ino: int, path: str) -> None:
         self.lookups[ino] += 1
         self.paths[ino] = path
 
-    def _attr(self, s: os.stat_result) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = self._ino(s.st_ino)
-        a.generation = 0
-        a.entry_timeout = self.cache
-        a.attr_timeout = self.cache
-        a.st_mode = s.st_mode
-        a.st_nlink = s.st_nlink
-        a.st_uid = s.st_uid
-        a.st_gid = s.st_gid
-        a.st_rdev = s.st_rdev
-        a.st_size = s.st_size
-        a.st_blksize = s.st_blksize
-        a.st_blocks = s.st_blocks
-        a.st_atime_ns = s.st_atime_ns
-        a.st_mtime_ns = s.st_mtime_ns
-        a.st_ctime_ns = s.st_ctime_ns
-        return a
+    def _attr(self, s: os.stat_result) -> Attr:
+        return Attr(
+            st_ino=self._ino(s.st_ino),
+            generation=0,
+            entry_timeout=self.cache,
+            attr_timeout=self.cache,
+            st_mode=s.st_mode,
+            st_nlink=s.st_nlink,
+            st_uid=s.st_uid,
+            st_gid=s.st_gid,
+            st_rdev=s.st_rdev,
+            st_size=s.st_size,
+            st_blksize=s.st_blksize,
+            st_blocks=s.st_blocks,
+            st_atime_ns=s.st_atime_ns,
+            st_mtime_ns=s.st_mtime_ns,
+            st_ctime_ns=s.st_ctime_ns,
+        )
 
-    def _lstat(self, path: str) -> pyfuse3.EntryAttributes:
+    def _lstat(self, path: str) -> Attr:
         try:
             return self._attr(os.lstat(path))
         except OSError as e:
@@ -101,7 +107,7 @@ class Passthrough(pyfuse3.Operations):
 
     # --- lookup and attributes -------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Attr:
         n = os.fsdecode(name)
         if n == ".":
             path = self._path(parent_inode)
@@ -124,12 +130,10 @@ class Passthrough(pyfuse3.Operations):
             if ino != ROOT:
                 self.paths.pop(ino, None)
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: Any = None, fh: int | None = None) -> Attr:
         return self._lstat(self._path(inode))
 
-    async def setattr(
-        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
-    ) -> pyfuse3.EntryAttributes:
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Attr:
         target: int | str = fh if fh is not None and fh < self._next_dir_fh else self._path(inode)
         try:
             if fields.update_size:
@@ -153,31 +157,40 @@ class Passthrough(pyfuse3.Operations):
             raise _fail(e) from None
         return self._attr(s)
 
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True  # default_permissions: the kernel checks modes
+
+    async def statfs(self, ctx: Any) -> StatvfsData:
         try:
             v = os.statvfs(self.source)
         except OSError as e:
             raise _fail(e) from None
-        s = pyfuse3.StatvfsData()
-        for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
-            setattr(s, f, getattr(v, f))
-        s.f_namemax = v.f_namemax
-        return s
+        return StatvfsData(
+            f_bsize=v.f_bsize,
+            f_frsize=v.f_frsize,
+            f_blocks=v.f_blocks,
+            f_bfree=v.f_bfree,
+            f_bavail=v.f_bavail,
+            f_files=v.f_files,
+            f_ffree=v.f_ffree,
+            f_favail=v.f_favail,
+            f_namemax=v.f_namemax,
+        )
 
     # --- directories -------------------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         path = self._path(inode)
         if not os.path.isdir(path):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise FuseError(errno.ENOTDIR)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self.dirs[fh] = (path, [])
         return fh
 
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
         if fh not in self.dirs:
-            raise pyfuse3.FUSEError(errno.EBADF)
+            raise FuseError(errno.EBADF)
         path, entries = self.dirs[fh]
         if start_id == 0:  # one listing per pass; later calls continue it by index
             entries = []
@@ -194,9 +207,10 @@ class Passthrough(pyfuse3.Operations):
             self.dirs[fh] = (path, entries)
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+            if not buf.add(os.fsencode(name), attr, i + 1):
                 break
-            self._learn(attr.st_ino, os.path.join(path, name))  # readdirplus counts as a lookup
+            if buf.plus:  # an entry of READDIRPLUS counts as a lookup (fuse.h)
+                self._learn(attr.st_ino, os.path.join(path, name))
 
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
@@ -204,7 +218,7 @@ class Passthrough(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Attr:
         path = self._child(parent_inode, name)
         try:
             os.mkdir(path, mode & ~ctx.umask & 0o7777)
@@ -236,7 +250,7 @@ class Passthrough(pyfuse3.Operations):
         ctx: Any,
     ) -> None:
         if flags:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
         try:
@@ -249,16 +263,16 @@ class Passthrough(pyfuse3.Operations):
 
     # --- files ---------------------------------------------------------------------------------
 
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
         try:
             fd = os.open(self._path(inode), flags & ~os.O_CREAT)
         except OSError as e:
             raise _fail(e) from None
-        return pyfuse3.FileInfo(fh=fd)
+        return FileInfo(fh=fd, keep_cache=True)  # pyfuse3's default, which this passthrough had
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    ) -> tuple[FileInfo, Attr]:
         path = self._child(parent_inode, name)
         try:
             fd = os.open(path, flags | os.O_CREAT, mode & ~ctx.umask & 0o7777)
@@ -266,7 +280,7 @@ class Passthrough(pyfuse3.Operations):
         except OSError as e:
             raise _fail(e) from None
         self._learn(attr.st_ino, path)
-        return pyfuse3.FileInfo(fh=fd), attr
+        return FileInfo(fh=fd, keep_cache=True), attr
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
@@ -295,7 +309,7 @@ class Passthrough(pyfuse3.Operations):
         except OSError as e:
             raise _fail(e) from None
 
-    # --- the rest of POSIX, as a passthrough would -----------------------------------------------
+    # --- the rest of POSIX, as a passthrough would (the session does not ask these yet) ----------
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         try:
@@ -303,9 +317,7 @@ class Passthrough(pyfuse3.Operations):
         except OSError as e:
             raise _fail(e) from None
 
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
-    ) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Attr:
         path = self._child(parent_inode, name)
         try:
             os.symlink(os.fsdecode(target), path)
@@ -317,26 +329,36 @@ class Passthrough(pyfuse3.Operations):
 
 
 async def _serve(source: str, mountpoint: str, cache: float) -> None:
+    """Mount and serve as mount/mounter.py's mount_tree does, until unmounted or signalled."""
     ops = Passthrough(source, cache)
-    options = set(pyfuse3.default_options) | {"fsname=passthrough", "subtype=passthrough"}
-    if os.getuid() == 0:
-        options.add("allow_other")
-    pyfuse3.init(ops, mountpoint, options)
+    mountpoint = os.path.abspath(mountpoint)
+    spec = MountSpec(
+        mountpoint,
+        fsname="passthrough",
+        subtype="passthrough",
+        allow_other=os.getuid() == 0,  # as pyfuse3's passthrough did
+        default_permissions=True,
+    )
+    fd = await fuse_mount(spec)
+    session = FuseSession(fd, ops)
     try:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
 
                 async def stop_on_signal() -> None:
                     async for _ in signals:
-                        pyfuse3.terminate()
+                        session.stop()
                         return
 
                 nursery.start_soon(stop_on_signal)
-                print("ready", flush=True)
-                await pyfuse3.main()
+                await session.run(lambda: print("ready", flush=True))
                 nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=True)
+        with trio.CancelScope(shield=True):
+            try:
+                fuse_unmount(mountpoint, fd)
+            finally:
+                os.close(fd)
 
 
 def main() -> int:
@@ -347,7 +369,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         trio.run(_serve, args.source, args.mountpoint, args.cache)
-    except RuntimeError as e:
+    except OSError as e:
         print(f"passthrough: {e}", file=sys.stderr)
         return 1
     return 0
