@@ -2,6 +2,9 @@
 
 Each subcommand belongs to the package that implements it; this module only
 gathers them (mount sits at the top of the layers, so it may import them all).
+The FUSE code (mounter.py, nsrun.py and what they import) is imported only for
+the commands that mount, and for help: `serve`, `ls` or `cat` run on a host
+without FUSE and never load it (issue #17).
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import fileserver.serve
 import ninep.cli
 from namespaces.machine import open_machine
 
-from . import cpu, demo, mounter, nsrun
+from . import cpu, demo
 
 __all__ = ["main"]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(*, mounts: bool = True) -> argparse.ArgumentParser:
+    """The command line; without `mounts`, no `mount`, `umount` or `ns` (no FUSE code)."""
+    return _parser(mounts=mounts)[0]
+
+
+def _parser(*, mounts: bool) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p = argparse.ArgumentParser(
         prog="ninefs",
         description="Plan 9's namespaces on Linux: 9P2000 file servers, clients and mounts.",
@@ -36,15 +44,25 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     ninep.cli.register(sub)
-    mounter.register(sub)
-    nsrun.register(sub)
+    if mounts:
+        from . import mounter, nsrun
+
+        mounter.register(sub)
+        nsrun.register(sub)
     cpu.register(sub)
     demo.register(sub)
-    return p
+    return p, sub
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The command is the first word (the top level has no options but -h); one that is
+    # not a mounting one is parsed without them. Anything else (mount, ns, -h, a typo)
+    # gets every command, so help and errors list them all.
+    p, sub = _parser(mounts=False)
+    if not argv or argv[0] not in sub.choices:
+        p = parser()
+    args = p.parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:
