@@ -81,6 +81,7 @@ class Handle:
     length: int = -1  # a read-only open: the file's length then (-1: not known)
     writes_at_open: int = 0  # the inode's count of writes through this mount then
     listed: float = 0.0  # when a directory handle read its entries
+    vers: int = 0  # a directory's qid.vers when opened
 
 
 @dataclass(eq=False, slots=True)

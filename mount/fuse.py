@@ -55,14 +55,28 @@ log = logging.getLogger("ninefs.fuse")
 @dataclass(frozen=True, slots=True)
 class FuseOptions:
     timeout: float = 30.0  # deadline of every operation
-    cache: float = 1.0  # how long the kernel may trust names and attributes we gave it
     # How long we trust a stat we saw before asking again (sshfs: 20 s). Another machine's
     # changes show in stat and ls -l that much later; contents never lag, because every
     # open revalidates through the qid.vers in Ropen (and bypasses stale kernel state).
     attr_cache: float = 10.0
+    # How long the kernel may trust names and attributes we gave it; None: as long as we
+    # trust them ourselves (what is left of attr_cache), so it stops asking what we know.
+    cache: float | None = None
+    # How long "no such file" is remembered (kernel and ours); None: attr_cache.
+    negative_cache: float | None = None
     read_only: bool = False
     # Other users' processes may use the mount (then the kernel checks modes: default_permissions).
     allow_other: bool = False
+
+    @property
+    def negative_ttl(self) -> float:
+        return self.attr_cache if self.negative_cache is None else self.negative_cache
+
+
+# The kernel's attribute time for a file open through the mount: its getattr comes to us,
+# and we ask the server (fstat of a file written elsewhere, or unlinked).
+OPEN_FILE_TTL = 1.0
+MISSING_MAX = 4096  # names remembered as missing, at most
 
 
 class TreeFS(Nodes, FileIO):
@@ -76,7 +90,7 @@ class TreeFS(Nodes, FileIO):
         self.uname = uname
         self.aname = aname
         self.options = options
-        self.statvfs = Statfs(options.cache)
+        self.statvfs = Statfs(options.attr_cache if options.cache is None else options.cache)
         self.inodes = InodeTable()
         self.handles: dict[int, Handle] = {}
         self.files: dict[int, OpenFile] = {}  # what the handles of each open file share
@@ -89,6 +103,8 @@ class TreeFS(Nodes, FileIO):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.kernel: Any = None  # the FuseSession serving us, for invalidations (mounter.py)
+        # (directory ino, name) -> when a walk to it failed: the negative cache (_missed)
+        self.missing: OrderedDict[tuple[int, str], float] = OrderedDict()
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Attach the root; `nursery` hosts write-behind and readahead tasks."""
@@ -118,8 +134,12 @@ class TreeFS(Nodes, FileIO):
         a = Attr()
         a.st_ino = inode.ino
         a.generation = 0
-        a.entry_timeout = self.options.cache
-        a.attr_timeout = self.options.cache
+        ttl = self.options.cache
+        if ttl is None:  # what is left of our own trust in this stat
+            ttl = self.options.attr_cache - (time.monotonic() - inode.stat_time)
+            if inode.open_handles and not s.mode & DMDIR:
+                ttl = min(ttl, OPEN_FILE_TTL)
+        a.entry_timeout = a.attr_timeout = ttl if ttl > 0 else 0.0
         perm = s.mode & 0o777 | unix_special(s.mode)
         if s.mode & DMDIR:
             a.st_mode = st_mod.S_IFDIR | perm
@@ -184,10 +204,15 @@ class TreeFS(Nodes, FileIO):
         check_name(name)
         parent = self.inodes.by_ino.get(parent_inode)
         if parent is not None:
-            ino = parent.children.get(os.fsdecode(name))
+            n = os.fsdecode(name)
+            ino = parent.children.get(n)
             if ino is None:
-                if time.monotonic() - parent.listed < self.options.attr_cache and name not in (b".", b".."):
+                now = time.monotonic()
+                if now - parent.listed < self.options.attr_cache and name not in (b".", b".."):
                     return self._negative()  # see _lookup
+                missed = self.missing.get((parent_inode, n))
+                if missed is not None and now - missed < self.options.negative_ttl:
+                    return self._negative()  # a walk that failed that recently
             else:
                 inode = self.inodes.by_ino.get(ino)
                 if inode is not None and inode.fresh(self.options.attr_cache):
@@ -215,6 +240,7 @@ class TreeFS(Nodes, FileIO):
                 try:
                     node, stat = await self._walk_stat(parent, n, inode)
                 except FileNotFoundError:
+                    self._missed(parent, n)
                     return self._negative()
                 inode, unneeded = self.inodes.learn(parent, n, stat, node)
                 for old in unneeded:
@@ -244,11 +270,21 @@ class TreeFS(Nodes, FileIO):
             self._clunk_later(node)
             raise
 
+    def _missed(self, parent: Inode, name: str) -> None:
+        """A walk to `name` failed: "no such file" for the negative-cache time (--negative-cache),
+        unless this mount makes it meanwhile (_known)."""
+        if self.options.negative_ttl <= 0:
+            return
+        self.missing[(parent.ino, name)] = time.monotonic()
+        self.missing.move_to_end((parent.ino, name))
+        while len(self.missing) > MISSING_MAX:
+            self.missing.popitem(last=False)
+
     def _negative(self) -> Attr:
-        """ "No such file", which the kernel may remember for the cache time (st_ino 0)."""
+        """ "No such file", which the kernel may remember for the negative-cache time (st_ino 0)."""
         a = Attr()
         a.st_ino = 0
-        a.entry_timeout = self.options.cache
+        a.entry_timeout = self.options.negative_ttl
         return a
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -264,7 +300,8 @@ class TreeFS(Nodes, FileIO):
 
     async def getattr(self, inode: int, ctx: Any = None, fh: int | None = None) -> Attr:
         i = self.inodes.by_ino.get(inode)
-        if i is not None and not i.open_handles and i.fresh(self.options.attr_cache):
+        # an open file's stat is the server's (written elsewhere, or unlinked)
+        if i is not None and i.fresh(self.options.attr_cache) and (not i.open_handles or i.stat.mode & DMDIR):
             return self._attr(i)
         return await self._getattr(inode)
 
@@ -334,10 +371,17 @@ class TreeFS(Nodes, FileIO):
     # --- directories -----------------------------------------------------------------------------
 
     @fuse_op
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> FileInfo:
         i = self._inode(inode)
-        node, _, _ = await self._walk_open(i, OREAD)
-        return self._new_handle(Handle(i, node, 0, False, False))
+        node, qid, _ = await self._walk_open(i, OREAD)
+        h = Handle(i, node, 0, False, False)
+        h.vers = qid.vers
+        # The kernel keeps the listing it read (FOPEN_CACHE_DIR), and may serve it again while
+        # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
+        # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
+        # a server that does not version directories: always read afresh.
+        keep = qid.vers != 0 and i.listing_vers == qid.vers
+        return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
 
     def _new_handle(self, h: Handle) -> int:
         fh = self._next_fh
@@ -370,6 +414,25 @@ class TreeFS(Nodes, FileIO):
                 self.inodes.revive(inode)
         else:
             h.inode.listed = h.listed  # every name is learned: lookup may answer "no such file"
+            h.inode.listing_vers = h.vers
+            self._forget_vanished(h)
+
+    def _forget_vanished(self, h: Handle) -> None:
+        """Names we knew in this directory that a whole listing no longer shows were removed
+        behind our back: the kernel must stop taking them for there (it may trust an entry
+        for the attribute-cache time)."""
+        assert h.entries is not None
+        d = h.inode
+        if len(d.children) <= len(h.entries) and all(st.name in d.children for st in h.entries):
+            return  # the common case: nothing gone (every listed name known, no more known)
+        listed = {st.name for st in h.entries}
+        for name, ino in list(d.children.items()):
+            child = self.inodes.get(ino)
+            # Not a name learned after the listing was read (made meanwhile through this mount).
+            if name not in listed and (child is None or child.stat_time < h.listed):
+                self.inodes.unlink(d, name)
+                if self.kernel is not None:
+                    self.kernel.notify_inval_entry(d.ino, os.fsencode(name))
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:
@@ -513,6 +576,7 @@ class TreeFS(Nodes, FileIO):
                         self._clunk_later(n)
         ino = parent.children.pop(old, None)
         moved = self.inodes.get(ino) if ino is not None else None
+        self.missing.pop((parent.ino, new), None)
         if moved is not None:
             moved.name = new
             parent.children[new] = moved.ino
@@ -526,7 +590,8 @@ class TreeFS(Nodes, FileIO):
         inode = h.inode
         keep = not (h.stream or h.direct) and inode.last_open_vers == qid.vers
         inode.last_open_vers = None if h.direct else qid.vers
-        return FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep)
+        # An open that cannot write has nothing for close(2) to wait for or report: no FLUSH.
+        return FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep, noflush=not h.writable)
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:

@@ -66,6 +66,7 @@ class Inode:
     last_open_vers: int | None = None  # qid.vers at the last open: may the page cache stay?
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
     listed: float = 0.0  # when `children` was last known to be the whole directory
+    listing_vers: int = 0  # a directory's qid.vers when the kernel last got all of its listing
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     def length(self) -> int:

@@ -123,6 +123,7 @@ async def _mount_remote(args: argparse.Namespace, ready: Callable[[], None]) -> 
         timeout=timeout,
         cache=args.cache,
         attr_cache=args.attr_cache,
+        negative_cache=args.negative_cache,
         read_only=args.ro,
         allow_other=args.allow_other,
     )
@@ -198,8 +199,7 @@ def _background(args: argparse.Namespace) -> int:
     if args.timeout is not None:
         argv.append(f"--timeout={args.timeout}")
     argv += [
-        f"--cache={args.cache}",
-        f"--attr-cache={args.attr_cache}",
+        *cache_argv(args),
         f"--aname={args.aname}",
     ]
     if args.uname:
@@ -258,13 +258,34 @@ def _run_umount(args: argparse.Namespace) -> int:
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", type=float, default=FuseOptions().cache, help="kernel name/attribute cache (s)")
     p.add_argument(
         "--attr-cache",
         type=float,
         default=FuseOptions().attr_cache,
-        help="how long ninefs trusts a stat it saw (s); longer is faster, staler",
+        help="how long ninefs (and the kernel) trust a stat seen (s); longer is faster, staler",
     )
+    p.add_argument(
+        "--cache",
+        type=float,
+        default=None,
+        help="how long the kernel may keep names and attributes (s; default: what is left of --attr-cache)",
+    )
+    p.add_argument(
+        "--negative-cache",
+        type=float,
+        default=None,
+        help="how long a name found missing is remembered as missing (s; default: --attr-cache)",
+    )
+
+
+def cache_argv(args: argparse.Namespace) -> list[str]:
+    """The cache options as given, for a command line of our own (the background mount)."""
+    argv = [f"--attr-cache={args.attr_cache}"]
+    if args.cache is not None:
+        argv.append(f"--cache={args.cache}")
+    if args.negative_cache is not None:
+        argv.append(f"--negative-cache={args.negative_cache}")
+    return argv
 
 
 def register(sub: argparse._SubParsersAction) -> None:

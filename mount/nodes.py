@@ -43,6 +43,7 @@ class Nodes:
     spares: OrderedDict[int, tuple[int, str, Any]]
     # inodes that may hold a walked node, oldest first (_hold)
     held: OrderedDict[int, Inode]
+    missing: OrderedDict[tuple[int, str], float]  # the negative cache (TreeFS._missed)
 
     async def _clunk(self, node: Any) -> None:
         try:
@@ -193,6 +194,8 @@ class Nodes:
             self._clunk_later(old)
 
     def _learn(self, parent: Inode, name: str, stat: Stat) -> Inode:
+        if self.missing:
+            self.missing.pop((parent.ino, name), None)  # there after all (listed, or made here)
         inode, unneeded = self.inodes.learn(parent, name, stat)
         for old in unneeded:
             self._clunk_later(old)

@@ -286,7 +286,11 @@ def _run(args: argparse.Namespace) -> int:
         work, host = _private_work_area()
         # a namespace's commands may change user (su, setpriv): the kernel checks their modes
         options = FuseOptions(
-            timeout=args.timeout, cache=args.cache, attr_cache=args.attr_cache, allow_other=True
+            timeout=args.timeout,
+            cache=args.cache,
+            attr_cache=args.attr_cache,
+            negative_cache=args.negative_cache,
+            allow_other=True,
         )
         return trio.run(_run_in_namespace, ops, command, work, host, cwd, options)
     except OSError as e:

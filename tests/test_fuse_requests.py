@@ -1,0 +1,230 @@
+"""What the kernel asks the mount, counted: each mechanism of our FUSE layer that exists to
+make the kernel ask less (issue #17) is checked by the requests it saves, and each cache by
+the change that must still reach the kernel (docs/mount.md, "Requests per operation").
+
+The mount runs in this test's trio loop (mount_tree with a request counter) over a real
+`ninefs serve` subprocess; the commands are real programs, run as subprocesses, so the
+loop serving the mount is free to answer them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from mount.fuse import FuseOptions
+from mount.mounter import mount_tree
+from ninep import RemoteTree
+
+from .fuse_helpers import needs_fuse
+from .servers import server_process
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+
+
+@asynccontextmanager
+async def counted_mount(export: Path, mp: Path, **options: float | bool) -> AsyncIterator[Counter[str]]:
+    """`export` served by `ninefs serve` and mounted on `mp` in this loop; yields the counter
+    of the kernel's requests by opcode name."""
+    counts: Counter[str] = Counter()
+    with server_process(str(export)) as (address, _):
+        async with RemoteTree.connect(address, uname="root") as tree, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(
+                partial(
+                    mount_tree,
+                    tree,
+                    str(mp),
+                    uname="root",
+                    options=FuseOptions(**options),  # type: ignore[arg-type]
+                    ready=ready.set,
+                    unmount_on_signals=False,
+                    counts=counts,
+                )
+            )
+            with trio.fail_after(30):
+                await ready.wait()
+            try:
+                yield counts
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def sh(command: str) -> str:
+    """A shell command, as a subprocess (the kernel's requests it makes reach this loop)."""
+    r = await trio.run_process(["sh", "-c", command], capture_stdout=True, capture_stderr=True, check=False)
+    assert r.returncode == 0, f"{command}: {r.stderr.decode()}"
+    return r.stdout.decode()
+
+
+async def fails(command: str) -> str:
+    r = await trio.run_process(["sh", "-c", command], capture_stdout=True, capture_stderr=True, check=False)
+    assert r.returncode != 0, f"{command} succeeded: {r.stdout.decode()}"
+    return r.stderr.decode()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    export, mp = tmp_path / "export", tmp_path / "mnt"
+    export.mkdir()
+    mp.mkdir()
+    (export / "f").write_text("hello\n")
+    d = export / "d"
+    d.mkdir()
+    for i in range(200):
+        (d / f"n{i:03d}").write_text(f"file {i}\n")
+    return export, mp
+
+
+async def test_reading_a_file_sends_no_flush(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        assert await sh(f"cat {mp}/f") == "hello\n"
+        counts.clear()
+        assert await sh(f"cat {mp}/f; cat {mp}/f") == "hello\nhello\n"
+        assert counts["OPEN"] == 2 and counts["RELEASE"] == 2
+        assert counts["FLUSH"] == 0  # FOPEN_NOFLUSH: a read-only open has nothing to flush
+        await sh(f"echo more >> {mp}/f")
+        assert counts["FLUSH"] >= 1  # a writer's close still waits for its writes (sh: one per dup)
+
+
+async def test_a_second_listing_is_served_by_the_kernels_directory_cache(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        first = await sh(f"ls {mp}/d")
+        assert counts["READDIRPLUS"] + counts["READDIR"] >= 1
+        counts.clear()
+        assert await sh(f"ls {mp}/d") == first
+        assert counts["READDIRPLUS"] + counts["READDIR"] == 0  # FOPEN_CACHE_DIR + KEEP_CACHE
+        assert counts["OPENDIR"] == 1  # which learns the directory's qid.vers
+
+
+async def test_a_listing_after_another_client_changed_the_directory_is_read_afresh(tree):
+    export, mp = tree
+    async with counted_mount(export, mp, attr_cache=1.0) as counts:
+        await sh(f"ls {mp}/d")
+        (export / "d" / "new").write_text("x")
+        os.unlink(export / "d" / "n000")
+        await trio.sleep(1.5)
+        counts.clear()
+        names = (await sh(f"ls {mp}/d")).split()
+        assert "new" in names and "n000" not in names
+        assert counts["READDIRPLUS"] + counts["READDIR"] >= 1
+
+
+async def test_ls_l_asks_nothing_per_file(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        await sh(f"stat {mp}/d > /dev/null")
+        counts.clear()
+        out = await sh(f"ls -l {mp}/d")
+        assert len(out.splitlines()) == 201
+        assert counts["LOOKUP"] == 0  # READDIRPLUS gave every entry with its attributes
+        assert counts["GETATTR"] <= 2
+        counts.clear()
+        await sh(f"ls -l {mp}/d")
+        assert counts["LOOKUP"] + counts["READDIRPLUS"] == 0
+        # The kernel forgets a directory's atime once it has read it (fuse_invalidate_atime), so
+        # `ls -l` asks for the directory's stat again (answered from our cache); not on --ro.
+        assert counts["GETATTR"] <= 1
+        assert counts["GETXATTR"] + counts["LISTXATTR"] == 0  # ENOSYS once: never asked again
+
+
+async def test_a_read_only_mount_asks_nothing_for_a_repeated_ls_l(tree):
+    export, mp = tree
+    async with counted_mount(export, mp, read_only=True) as counts:
+        await sh(f"ls -l {mp}/d > /dev/null; cat {mp}/f > /dev/null")
+        counts.clear()
+        await sh(f"ls -l {mp}/d > /dev/null; cat {mp}/f > /dev/null; stat {mp}/f > /dev/null")
+        assert counts["LOOKUP"] + counts["GETATTR"] + counts["READDIRPLUS"] + counts["FLUSH"] == 0
+        await fails(f"touch {mp}/f")  # and it is read-only: EROFS
+
+
+async def test_a_repeated_stat_within_the_attribute_cache_asks_nothing(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        await sh(f"stat {mp}/f")
+        counts.clear()
+        await sh(f"for i in 1 2 3 4 5; do stat {mp}/f >/dev/null; done")
+        assert counts["LOOKUP"] + counts["GETATTR"] == 0  # the kernel's timeouts are our cache's
+
+
+async def test_a_missing_name_is_asked_for_once_within_the_negative_cache(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        await sh(f"ls {mp}/f")  # the root listed? no: only f looked up
+        counts.clear()
+        for _ in range(3):
+            await fails(f"stat {mp}/missing")
+        assert counts["LOOKUP"] == 1
+
+
+async def test_a_name_made_elsewhere_shows_once_the_negative_cache_is_over(tree):
+    export, mp = tree
+    async with counted_mount(export, mp, negative_cache=1.0) as _:
+        await fails(f"stat {mp}/later")
+        (export / "later").write_text("now\n")
+        deadline = time.monotonic() + 10
+        while True:
+            r = await trio.run_process(["cat", f"{mp}/later"], capture_stdout=True, check=False)
+            if r.returncode == 0:
+                break
+            assert time.monotonic() < deadline, "a name made elsewhere never showed"
+            await trio.sleep(0.2)
+        assert r.stdout == b"now\n"
+
+
+async def test_a_name_made_through_the_mount_shows_at_once_despite_the_negative_cache(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as _:
+        await fails(f"stat {mp}/soon")
+        await sh(f"echo here > {mp}/soon")
+        assert await sh(f"cat {mp}/soon") == "here\n"
+
+
+async def test_another_clients_change_shows_in_stat_within_the_attribute_cache(tree):
+    export, mp = tree
+    async with counted_mount(export, mp, attr_cache=2.0) as _:
+        assert (await sh(f"stat -c %s {mp}/f")).strip() == "6"
+        (export / "f").write_text("longer than before\n")
+        t0 = time.monotonic()
+        while (await sh(f"stat -c %s {mp}/f")).strip() != "19":
+            assert time.monotonic() - t0 < 2.0 + 5, "the change never showed in stat"
+            await trio.sleep(0.2)
+
+
+async def test_our_own_write_shows_in_stat_at_once(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as _:
+        assert (await sh(f"stat -c %s {mp}/f")).strip() == "6"
+        await sh(f"echo more >> {mp}/f")
+        assert (await sh(f"stat -c %s {mp}/f")).strip() == "11"
+        await sh(f"truncate -s 2 {mp}/f")
+        assert (await sh(f"stat -c %s {mp}/f; cat {mp}/f")) == "2\nhe"
+
+
+async def test_a_file_removed_elsewhere_is_gone_from_lookups_after_a_listing(tree):
+    export, mp = tree
+    async with counted_mount(export, mp, attr_cache=1.0) as _:
+        await sh(f"cat {mp}/d/n001")
+        os.unlink(export / "d" / "n001")
+        await trio.sleep(1.5)
+        assert "n001" not in (await sh(f"ls {mp}/d")).split()
+        await fails(f"stat {mp}/d/n001")
+
+
+async def test_without_allow_other_creates_and_removes_cost_no_getattr_of_the_directory(tree):
+    export, mp = tree
+    async with counted_mount(export, mp) as counts:
+        await sh(f"ls {mp}/d > /dev/null")
+        counts.clear()
+        await sh(f"cd {mp}/d && for i in 1 2 3 4 5 6 7 8 9 10; do echo x > new$i; done && rm new*")
+        assert counts["CREATE"] == 10 and counts["UNLINK"] == 10
+        assert counts["GETATTR"] <= 2  # no default_permissions: the kernel checks no modes
