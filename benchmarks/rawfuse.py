@@ -3,15 +3,21 @@
     .venv/bin/python benchmarks/rawfuse.py [--files 2000] [--rounds 5]
 
 The cold-stat row of bench_mount (os.stat of N files after drop_caches: one FUSE
-LOOKUP each) cannot beat sshfs through pyfuse3: its bare passthrough, which does
-nothing but an lstat per request, is already 3-4x slower than sshfs's C daemon.
-This script asks whether the cost is pyfuse3's loop, trio's, or Python's. It
-mounts the same directory three ways and stats every file after drop_caches,
-best of --rounds. Each answers LOOKUP from attributes it cached when it first saw
-the file (as ninefs's cache and sshfs's do), so no row pays for the disk:
+LOOKUP each) could not beat sshfs through pyfuse3: its bare passthrough, which did
+nothing but an lstat per request, was already 3-4x slower than sshfs's C daemon.
+This script asks whether the cost is the FUSE loop's (pyfuse3's, or ninefs' own
+session that replaced it), trio's, or Python's. It mounts the same directory up to
+four ways and stats every file after drop_caches, best of --rounds. Each answers
+LOOKUP from attributes it cached when it first saw the file (as ninefs's cache and
+sshfs's do), so no row pays for the disk:
 
   pyfuse3    pyfuse3.main (per request a trio.Lock, a wait_readable on the FUSE fd,
-             fuse_session_receive_buf, the handler coroutine, a reply)
+             fuse_session_receive_buf, the handler coroutine, a reply); only when
+             pyfuse3 is installed (ninefs no longer needs it: pip install pyfuse3,
+             which builds against libfuse3-dev), else skipped with a note
+  session    ninefs' FuseSession (mount/fusesession.py), mounted as ninefs mounts
+             (mount/fusedev.py): a pool of trio workers, each parsing a request into
+             a value, calling the file system's coroutine and encoding the reply
   raw trio   a loop of our own: /dev/fuse opened non-blocking and mounted with
              mount(2), each request read with os.readv into one buffer and answered
              with os.write; trio.lowlevel.wait_readable only when a read would block
@@ -19,9 +25,11 @@ the file (as ninefs's cache and sshfs's do), so no row pays for the disk:
              Python FUSE loop can cost (no other task could run beside it)
 
 The raw loops answer INIT, LOOKUP, GETATTR, FORGET, BATCH_FORGET, STATFS and
-DESTROY, and ENOSYS to anything else: what the stat pass needs. They are ceilings,
-not file systems. All use 1 s entry/attribute timeouts and default_permissions, as
-ninefs does. Needs root and /dev/fuse; every mount is undone on the way out.
+DESTROY, and ENOSYS to anything else: what the stat pass needs; the pyfuse3 and
+session rows' file systems have lookup, getattr (and forget, statfs) only. They
+are ceilings, not file systems. All use 1 s entry/attribute timeouts,
+default_permissions and allow_other. Needs root and /dev/fuse; every mount is
+undone on the way out.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
+import importlib.util
 import os
 import stat as st_mod
 import struct
@@ -163,7 +172,7 @@ def _mount(fd: int, mountpoint: str) -> None:
 
 @contextmanager
 def mounted(how: str, source: str, mountpoint: str) -> Iterator[None]:
-    """Serve `source` on `mountpoint` from a child process (`how`: pyfuse3, trio, block)."""
+    """Serve `source` on `mountpoint` from a child process (`how`: pyfuse3, session, trio, block)."""
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", how, source, mountpoint], stdout=subprocess.PIPE
     )
@@ -193,6 +202,9 @@ def _unmount(mountpoint: str, proc: subprocess.Popen) -> None:
 def _serve_main(how: str, source: str, mountpoint: str) -> None:
     if how == "pyfuse3":
         _serve_pyfuse3(source, mountpoint)
+        return
+    if how == "session":
+        trio.run(_serve_session, source, mountpoint)
         return
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | (os.O_NONBLOCK if how == "trio" else 0))
     _mount(fd, mountpoint)
@@ -237,6 +249,60 @@ def _serve_pyfuse3(source: str, mountpoint: str) -> None:
         pyfuse3.close(unmount=True)
 
 
+async def _serve_session(source: str, mountpoint: str) -> None:
+    """LOOKUP and GETATTR from RawFS's cache, through ninefs' FuseSession, mounted as
+    mount/mounter.py's mount_tree mounts (fuse_mount: mount(2) as root)."""
+    from mount.fuseabi import Attr, FuseError, StatvfsData
+    from mount.fusedev import MountSpec, fuse_mount, fuse_unmount
+    from mount.fusesession import FuseSession
+
+    raw = RawFS(source)
+
+    def entry(ino: int, s: os.stat_result) -> Attr:
+        return Attr(
+            st_ino=ino,
+            entry_timeout=TIMEOUT,
+            attr_timeout=TIMEOUT,
+            st_mode=s.st_mode,
+            st_nlink=s.st_nlink,
+            st_uid=s.st_uid,
+            st_gid=s.st_gid,
+            st_size=s.st_size,
+            st_blocks=s.st_blocks,
+            st_atime_ns=s.st_atime_ns,
+            st_mtime_ns=s.st_mtime_ns,
+            st_ctime_ns=s.st_ctime_ns,
+        )
+
+    class Cached:
+        async def lookup(self, parent: int, name: bytes, ctx: object = None) -> Attr:
+            err, _ = raw.answer(LOOKUP, parent, memoryview(name + b"\0")) or (0, b"")
+            if err:
+                raise FuseError(err)
+            s = raw.cache[os.path.join(raw.paths[parent], os.fsdecode(name))]
+            return entry(ROOT if s.st_ino == raw.root_ino else s.st_ino, s)
+
+        async def getattr(self, ino: int, ctx: object = None, fh: int | None = None) -> Attr:
+            return entry(ino, os.lstat(raw.paths[ino]))
+
+        async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+            return None  # the path map is kept, as the raw loops keep it (a ceiling)
+
+        async def statfs(self, ctx: object) -> StatvfsData:
+            v = os.statvfs(source)
+            return StatvfsData(v.f_bsize, v.f_frsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files, v.f_ffree)
+
+    spec = MountSpec(
+        mountpoint, fsname="rawfuse", subtype="rawfuse", allow_other=True, default_permissions=True
+    )
+    fd = await fuse_mount(spec)
+    try:
+        await FuseSession(fd, Cached()).run(lambda: print("ready", flush=True))
+    finally:
+        fuse_unmount(mountpoint, fd)
+        os.close(fd)
+
+
 def cold_stat(paths: list[str], rounds: int) -> tuple[float, float]:
     """Best stats/s over `rounds` passes after drop_caches, and that pass's median µs."""
     best, best_p50 = 0.0, 0.0
@@ -277,23 +343,39 @@ def main() -> int:
             with open(os.path.join(source, n), "wb") as f:
                 f.write(b"x" * 4096)
         paths = [os.path.join(mp, n) for n in names]
-        rows = []
-        for how, name in (
+        hows = [
             ("pyfuse3", "pyfuse3.main"),
+            ("session", "FuseSession (ninefs)"),
             ("trio", "raw loop, trio"),
             ("block", "raw loop, blocking"),
-        ):
+        ]
+        notes = []
+        if importlib.util.find_spec("pyfuse3") is None:
+            hows = hows[1:]
+            notes.append("pyfuse3 is not installed: its row is skipped (pip install pyfuse3 to add it)")
+        rates: dict[str, float] = {}
+        rows = []
+        for how, name in hows:
             with mounted(how, source, mp):
                 if not st_mod.S_ISREG(os.stat(paths[0]).st_mode):
                     raise RuntimeError(f"{name}: {paths[0]} is not a file")
-                rows.append((name, *cold_stat(paths, args.rounds)))
+                rate, p50 = cold_stat(paths, args.rounds)
+            rates[how] = rate
+            rows.append((name, rate, p50))
         print(f"cold stat of {args.files} files (drop_caches before each pass; best of {args.rounds})\n")
         print(f"{'':22} {'stats/s':>9} {'p50 µs':>8}")
         for name, rate, p50 in rows:
             print(f"{name:22} {rate:9,.0f} {p50:8.1f}")
+        print()
         print(
-            f"\nraw trio / pyfuse3: {rows[1][1] / rows[0][1]:.2f}x   raw blocking / pyfuse3: {rows[2][1] / rows[0][1]:.2f}x"
+            "   ".join(
+                f"{name} / FuseSession: {rates[h] / rates['session']:.2f}x"
+                for h, name in hows
+                if h != "session"
+            )
         )
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 
