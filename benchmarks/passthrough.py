@@ -3,8 +3,8 @@
     python benchmarks/passthrough.py SOURCE MOUNTPOINT [--cache SECONDS]
 
 No network, no protocol: every FUSE request is answered with the matching
-system call on SOURCE, in the trio loop (as libfuse's and pyfuse3's
-passthrough examples do), on the same session ninefs mounts with
+system call on SOURCE, in the trio loop (as libfuse's passthrough example
+does), on the same session ninefs mounts with
 (mount/fusesession.py, mounted as mount/mounter.py's mount_tree does: mount(2)
 as root, fusermount3 otherwise). It speaks to the kernel the way ninefs does
 (default_permissions, no writeback cache, entry/attribute timeouts of --cache
@@ -12,7 +12,7 @@ seconds, readdir with attributes), so bench_mount.py can tell the cost of the
 FUSE layer itself from the cost of 9P. Prints "ready" on stdout once mounted;
 stops on SIGTERM/SIGINT/SIGHUP or an unmount.
 
-As root the mount is allow_other, as pyfuse3's passthrough was. Symlinks show
+As root the mount is allow_other (as it was before issue #17). Symlinks show
 as symlinks, but the session answers READLINK with EINVAL and SYMLINK with
 EPERM itself (9P2000 has none), so `readlink` and `symlink` below are not
 reached.
@@ -268,7 +268,7 @@ class Passthrough:
             fd = os.open(self._path(inode), flags & ~os.O_CREAT)
         except OSError as e:
             raise _fail(e) from None
-        return FileInfo(fh=fd, keep_cache=True)  # pyfuse3's default, which this passthrough had
+        return FileInfo(fh=fd, keep_cache=True)  # as this passthrough always asked
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
@@ -336,7 +336,7 @@ async def _serve(source: str, mountpoint: str, cache: float) -> None:
         mountpoint,
         fsname="passthrough",
         subtype="passthrough",
-        allow_other=os.getuid() == 0,  # as pyfuse3's passthrough did
+        allow_other=os.getuid() == 0,
         default_permissions=True,
     )
     fd = await fuse_mount(spec)
