@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from .constants import MsgType
 from .messages import (
@@ -191,6 +192,12 @@ def encode(msg: Message) -> bytes:
         data = msg.data
         head = HEADER.pack(23 + len(data), MsgType.Twrite, msg.tag) + _IO.pack(msg.fid, msg.offset, len(data))
         return b"".join((head, data))
+    whole = _WHOLE.get(t)
+    if whole is not None:
+        try:
+            return whole(msg)
+        except Exception:  # out of range, not a string ...: the table below says what
+            pass
     try:
         mtype, body = _ENCODERS[type(msg)]
     except KeyError:
@@ -199,6 +206,76 @@ def encode(msg: Message) -> bytes:
         return _frame(mtype, msg.tag, body(msg))
     except struct.error as e:
         raise CodecError(f"{type(msg).__name__}: field out of range: {e}") from None
+
+
+# The frequent messages as one pack of header and fields: the same bytes as _ENCODERS,
+# without its pieces and joins. Any failure falls back to _ENCODERS, whose errors are the
+# codec's (CodecError naming the field), so both paths behave the same.
+_H_U32 = struct.Struct("<IBHI")  # Tclunk Tremove Tstat Rwrite
+_H_U32_U8 = struct.Struct("<IBHIB")  # Topen
+_H_IO = struct.Struct("<IBHIQI")  # Tread
+_H_QID = struct.Struct("<IBHBIQ")  # Rattach
+_H_QID_U32 = struct.Struct("<IBHBIQI")  # Ropen Rcreate
+_H_WALK = struct.Struct("<IBHIIH")  # Twalk before its names
+_H_RWALK1 = struct.Struct("<IBHHBIQ")  # Rwalk of one qid
+_H_RSTAT = struct.Struct("<IBHH" + _STAT_FIXED.format[1:])  # Rstat before the entry's strings
+
+
+def _rstat_frame(m: Rstat) -> bytes:
+    st = m.stat
+    strings = _s(st.name) + _s(st.uid) + _s(st.gid) + _s(st.muid)
+    n = _STAT_FIXED.size + len(strings)
+    q = st.qid
+    head = _H_RSTAT.pack(
+        9 + n,
+        125,
+        m.tag,
+        n,
+        n - 2,
+        st.type,
+        st.dev,
+        q.type,
+        q.vers,
+        q.path,
+        st.mode,
+        st.atime,
+        st.mtime,
+        st.length,
+    )
+    return head + strings
+
+
+def _rwalk_frame(m: Rwalk) -> bytes:
+    qids = m.qids
+    if len(qids) == 1:
+        q = qids[0]
+        return _H_RWALK1.pack(22, 111, m.tag, 1, q.type, q.vers, q.path)
+    return _frame(MsgType.Rwalk, m.tag, _U16.pack(len(qids)) + b"".join(_qid(q) for q in qids))
+
+
+def _twalk_frame(m: Twalk) -> bytes:
+    names = b"".join([_s(n) for n in m.wnames])
+    return _H_WALK.pack(17 + len(names), 110, m.tag, m.fid, m.newfid, len(m.wnames)) + names
+
+
+_WHOLE: dict[type, Callable[[Any], bytes]] = {
+    Rclunk: lambda m: HEADER.pack(7, 121, m.tag),
+    Rremove: lambda m: HEADER.pack(7, 123, m.tag),
+    Rwstat: lambda m: HEADER.pack(7, 127, m.tag),
+    Rflush: lambda m: HEADER.pack(7, 109, m.tag),
+    Rwrite: lambda m: _H_U32.pack(11, 119, m.tag, m.count),
+    Ropen: lambda m: _H_QID_U32.pack(24, 113, m.tag, m.qid.type, m.qid.vers, m.qid.path, m.iounit),
+    Rcreate: lambda m: _H_QID_U32.pack(24, 115, m.tag, m.qid.type, m.qid.vers, m.qid.path, m.iounit),
+    Rattach: lambda m: _H_QID.pack(20, 105, m.tag, m.qid.type, m.qid.vers, m.qid.path),
+    Rwalk: _rwalk_frame,
+    Rstat: _rstat_frame,
+    Tclunk: lambda m: _H_U32.pack(11, 120, m.tag, m.fid),
+    Tremove: lambda m: _H_U32.pack(11, 122, m.tag, m.fid),
+    Tstat: lambda m: _H_U32.pack(11, 124, m.tag, m.fid),
+    Topen: lambda m: _H_U32_U8.pack(12, 112, m.tag, m.fid, m.mode),
+    Tread: lambda m: _H_IO.pack(23, 116, m.tag, m.fid, m.offset, m.count),
+    Twalk: _twalk_frame,
+}
 
 
 # --- decoding ---------------------------------------------------------------
@@ -327,6 +404,83 @@ def _slice(buf: bytes | memoryview, pos: int, n: int) -> bytes:
     return bytes(buf[pos : pos + n])
 
 
+# The frequent messages decoded in one go: for a well-formed frame the same message as
+# _DECODERS gives, and None for anything else, which _DECODERS then refuses with the
+# codec's errors. Each is (frame, size, tag) -> message or None.
+
+
+def _fixed(size: int, st: struct.Struct, build: Callable[..., Message]) -> Callable[..., Message | None]:
+    """A message of one size: its fields in one unpack."""
+
+    def fast(frame: bytes | memoryview, n: int, tag: int) -> Message | None:
+        return build(tag, *st.unpack_from(frame, HEADER.size)) if n == size else None
+
+    return fast
+
+
+def _fast_twalk(frame: bytes | memoryview, size: int, tag: int) -> Twalk | None:
+    if size < 17:
+        return None
+    fid, newfid, count = _WALK_FIXED.unpack_from(frame, HEADER.size)
+    pos = 17
+    names = []
+    for _ in range(count):
+        if pos + 2 > size:
+            return None
+        n = _U16.unpack_from(frame, pos)[0]
+        pos += 2
+        if pos + n > size:
+            return None
+        try:
+            names.append(str(frame[pos : pos + n], "utf-8"))
+        except UnicodeDecodeError:
+            return None
+        pos += n
+    return Twalk(tag, fid, newfid, tuple(names)) if pos == size else None
+
+
+def _fast_twrite(frame: bytes | memoryview, size: int, tag: int) -> Twrite | None:
+    if size < 23:
+        return None
+    fid, offset, count = _IO.unpack_from(frame, HEADER.size)
+    return Twrite(tag, fid, offset, _slice(frame, 23, count)) if 23 + count == size else None
+
+
+def _fast_rread(frame: bytes | memoryview, size: int, tag: int) -> Rread | None:
+    if size < 11:
+        return None
+    count = _U32.unpack_from(frame, HEADER.size)[0]
+    return Rread(tag, _slice(frame, 11, count)) if 11 + count == size else None
+
+
+def _rwalk1(tag: int, n: int, qt: int, qv: int, qp: int) -> Message | None:
+    return Rwalk(tag, (Qid(qt, qv, qp),)) if n == 1 else None
+
+
+_WALK_FIXED = struct.Struct("<IIH")
+_NOTHING = struct.Struct("")
+_FAST: dict[int, Callable[[bytes | memoryview, int, int], Message | None]] = {
+    MsgType.Tstat: _fixed(11, _U32, Tstat),
+    MsgType.Tclunk: _fixed(11, _U32, Tclunk),
+    MsgType.Tremove: _fixed(11, _U32, Tremove),
+    MsgType.Topen: _fixed(12, _U32_U8, Topen),
+    MsgType.Tread: _fixed(23, _IO, Tread),
+    MsgType.Tflush: _fixed(9, _U16, Tflush),
+    MsgType.Twalk: _fast_twalk,
+    MsgType.Twrite: _fast_twrite,
+    MsgType.Rread: _fast_rread,
+    MsgType.Rwrite: _fixed(11, _U32, Rwrite),
+    MsgType.Rclunk: _fixed(7, _NOTHING, Rclunk),
+    MsgType.Rremove: _fixed(7, _NOTHING, Rremove),
+    MsgType.Rwstat: _fixed(7, _NOTHING, Rwstat),
+    MsgType.Rflush: _fixed(7, _NOTHING, Rflush),
+    MsgType.Ropen: _fixed(24, _QID_U32, lambda t, qt, qv, qp, iounit: Ropen(t, Qid(qt, qv, qp), iounit)),
+    MsgType.Rcreate: _fixed(24, _QID_U32, lambda t, qt, qv, qp, iounit: Rcreate(t, Qid(qt, qv, qp), iounit)),
+    MsgType.Rattach: _fixed(20, _QID, lambda t, qt, qv, qp: Rattach(t, Qid(qt, qv, qp))),
+    MsgType.Rwalk: _fixed(22, struct.Struct("<HBIQ"), _rwalk1),
+}
+
+
 def frame_tag(frame: bytes | memoryview) -> int | None:
     """The tag of a frame, if it is long enough to have one."""
     if len(frame) < HEADER.size:
@@ -341,6 +495,11 @@ def decode(frame: bytes | memoryview) -> Message:
     size, mtype, tag = HEADER.unpack_from(frame)
     if size != len(frame):
         raise CodecError(f"frame says {size} bytes but has {len(frame)}", tag)
+    fast = _FAST.get(mtype)
+    if fast is not None:
+        msg = fast(frame, size, tag)
+        if msg is not None:
+            return msg
     dec = _DECODERS.get(mtype)
     if dec is None:
         raise CodecError(f"unknown message type {mtype}", tag)
