@@ -128,24 +128,25 @@ class Session(Answers):
             await self._release_all_fids()
 
     async def _read_loop(self) -> None:
+        reader, decode, dispatch = self.reader, codec.decode, self._dispatch
         while True:
             if self.outbox and (
-                len(self.outbox) >= OUTBOX or self.outbox_bytes >= OUTBOX_BYTES or not self.reader.has_frame()
+                len(self.outbox) >= OUTBOX or self.outbox_bytes >= OUTBOX_BYTES or not reader.has_frame()
             ):
                 await self._send_parts(())  # nothing more to answer at once: the replies go
-            while self._holding_too_much():  # replies the client does not read: read no more
+            while self.held > 0 and self._holding_too_much():  # replies the client does not read
                 self.drained = trio.Event()
                 with trio.move_on_after(1):  # the server's total may fall through others too
                     await self.drained.wait()
             try:
-                frame = await self.reader.next_frame()
+                frame = await reader.next_frame()
             except CodecError as e:
                 log.warning("%s: closing: %s", self.peer, e)
                 return
             if frame is None:
                 return
             try:
-                msg = codec.decode(frame)
+                msg = decode(frame)
             except CodecError as e:
                 if e.tag is None:
                     log.warning("%s: closing: %s", self.peer, e)
@@ -154,45 +155,48 @@ class Session(Answers):
                 self._trace_in(f"<malformed tag {e.tag}>")
                 await self.send(Rerror(e.tag, f"bad message: {e}"))
                 continue
-            self._trace_in(msg)
-            await self._dispatch(msg)
+            if self.trace is not None:
+                self._trace_in(msg)
+            await dispatch(msg)
 
     async def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, Tversion):
-            await self.version(msg)
+        t = type(msg)
+        if t is Tversion:
+            await self.version(msg)  # type: ignore[arg-type]
             return
         if not self.versioned:
             await self.send(Rerror(msg.tag, "version: Tversion must come first"))
             return
-        if msg.tag in self.pending or msg.tag == NOTAG:
-            await self.send(Rerror(msg.tag, f"tag {msg.tag} already in use"))
+        tag = msg.tag
+        pending = self.pending
+        if tag in pending or tag == NOTAG:
+            await self.send(Rerror(tag, f"tag {tag} already in use"))
             return
-        if len(self.pending) >= self.limits.outstanding:
-            await self.send(Rerror(msg.tag, "too many outstanding requests"))
+        if len(pending) >= self.limits.outstanding:
+            await self.send(Rerror(tag, "too many outstanding requests"))
             return
-        req = _Request(trio.CancelScope(), trio.Event())
-        if isinstance(msg, Tflush):
-            target = self.pending.get(msg.oldtag)  # looked up first: a flush may name itself
-            self.pending[msg.tag] = req
+        if t is Tflush:
+            target = pending.get(msg.oldtag)  # type: ignore[attr-defined]  # first: a flush may name itself
+            req = pending[tag] = _Request(trio.CancelScope(), trio.Event())
             if target is not None:
                 target.flushed = True
                 target.scope.cancel()
             self.nursery.start_soon(self._flush, msg, req, target)
             return
-        handler = self.handlers.get(type(msg))
+        handler = self.handlers.get(t)
         if handler is None:  # an R-message sent to us
-            await self.send(Rerror(msg.tag, f"unexpected {type(msg).__name__}"))
+            await self.send(Rerror(tag, f"unexpected {t.__name__}"))
             return
-        if type(msg) in self.inline or (type(msg) in _IO and self._io_inline(msg.fid)):  # type: ignore[attr-defined]
+        if t in self.inline or (t in _IO and self._io_inline(msg.fid)):  # type: ignore[attr-defined]
             # The tree never waits for this one: answer it here, without a task of its own.
             # Nothing else is read meanwhile, so no flush can be waiting for it. The reply
             # waits in the outbox while more requests are already here: requests sent
             # together (a walk and an open) are answered together, in one write.
             parts = self._encode(await self._answer(handler, msg))
             self.outbox.extend(parts)
-            self.outbox_bytes += sum(len(p) for p in parts)
+            self.outbox_bytes += len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
             return
-        self.pending[msg.tag] = req
+        req = pending[tag] = _Request(trio.CancelScope(), trio.Event())
         self.nursery.start_soon(self._respond, handler, msg, req)
 
     def _io_inline(self, fid: int) -> bool:
