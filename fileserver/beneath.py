@@ -214,8 +214,9 @@ class Root:
 
     # --- changes by name in the directory --------------------------------------------
 
-    def _check_entry(self, place: Place) -> Place:
-        """The directory of `place`, once its name there is still the entry walked."""
+    def _check_entry(self, place: Place) -> tuple[Place, os.stat_result]:
+        """The directory of `place` and the lstat of its name there, once that name is
+        still the entry walked."""
         parent = place.parent
         if parent is None:
             raise PermissionDenied("permission denied: not for the root")
@@ -225,12 +226,13 @@ class Root:
             raise NotFound("file does not exist") from None
         if _ident(s) != place.entry:  # renamed or replaced behind our back
             raise NotFound("file does not exist: the name now names another file")
-        return parent
+        return parent, s
 
     def remove(self, place: Place) -> None:
         """Unlink the name of `place` (a symlink itself, not its target); rmdir a directory."""
-        parent = self._check_entry(place)
-        if place.is_link or not st_mod.S_ISDIR(os.fstat(place.fd).st_mode):
+        parent, s = self._check_entry(place)
+        # Not a link: the name's inode is the one `place.fd` holds, so `s` is its stat too.
+        if place.is_link or not st_mod.S_ISDIR(s.st_mode):
             try:
                 os.unlink(place.name, dir_fd=parent.fd)
             except IsADirectoryError:  # made a directory since it was walked
@@ -242,7 +244,7 @@ class Root:
 
     def rename(self, place: Place, new: str) -> None:
         """Rename `place` (a symlink itself) to `new` in its directory; never replaces a file."""
-        parent = self._check_entry(place)
+        parent, _ = self._check_entry(place)
         old = place.name
         _rename_noreplace(parent.fd, old, new)
         for other in list(self._all):  # every place of that name: a fid names a file (intro(5))

@@ -67,6 +67,8 @@ from .streams import is_stream
 __all__ = ["LocalTree"]
 
 _WANTS = {1: "enter", 2: "write", 4: "read", 5: "read", 6: "read and write", 3: "write", 7: "use"}
+_WANT_OF = {OREAD: 4, OWRITE: 2, ORDWR: 6, OEXEC: 1}  # open(5) mode: the access bits it needs
+_FLAGS_OF = {OREAD: os.O_RDONLY, OWRITE: os.O_WRONLY, ORDWR: os.O_RDWR, OEXEC: os.O_RDONLY}
 
 
 @dataclass(eq=False, slots=True)
@@ -130,20 +132,26 @@ class LocalTree(Tree):
         return Qid(typ, vers, (ino ^ (dev << 48)) & 0xFFFFFFFFFFFFFFFF)
 
     def _stat(self, s: os.stat_result, extra: int, name: str, entry: tuple[int, int] | None = None) -> Stat:
-        mode = st_mod.S_IMODE(s.st_mode) & 0o777 | extra | dm_special(s.st_mode)
-        if st_mod.S_ISDIR(s.st_mode):
+        st_mode = s.st_mode
+        mode = st_mode & 0o777 | extra
+        if st_mode & 0o7000:
+            mode |= dm_special(st_mode)
+        is_dir = st_mod.S_ISDIR(st_mode)
+        if is_dir:
             mode |= DMDIR
         user = user_name(s.st_uid)
         return Stat(
-            qid=self._qid(s, extra, entry),
-            mode=mode,
-            atime=int(s.st_atime) & 0xFFFFFFFF,
-            mtime=int(s.st_mtime) & 0xFFFFFFFF,
-            length=0 if st_mod.S_ISDIR(s.st_mode) else s.st_size,
-            name=name,
-            uid=user,
-            gid=group_name(s.st_gid),
-            muid=user,
+            0,
+            0,
+            self._qid(s, extra, entry),
+            mode,
+            int(s.st_atime) & 0xFFFFFFFF,
+            int(s.st_mtime) & 0xFFFFFFFF,
+            0 if is_dir else s.st_size,
+            name,
+            user,
+            group_name(s.st_gid),
+            user,
         )
 
     def _may(self, node: _Node, want: int, s: os.stat_result) -> None:
@@ -207,7 +215,7 @@ class LocalTree(Tree):
             self._writable()
         s = os.fstat(place.fd)
         extra = self._extra_bits(place.fd, s)
-        want = {OREAD: 4, OWRITE: 2, ORDWR: 6, OEXEC: 1}[acc] | (2 if mode & OTRUNC else 0)
+        want = _WANT_OF[acc] | (2 if mode & OTRUNC else 0)
         is_dir = st_mod.S_ISDIR(s.st_mode)
         self._may(node, (want | 1) if is_dir else want, s)  # a listing stats entries: search too
         path = proc_path(place.fd)  # the file held, reopened: no name is looked up again
@@ -219,7 +227,7 @@ class LocalTree(Tree):
             return node.qid, 0
         if acc == OEXEC and not os.access(path, os.X_OK):
             raise PermissionDenied("permission denied")
-        flags = {OREAD: os.O_RDONLY, OWRITE: os.O_WRONLY, ORDWR: os.O_RDWR, OEXEC: os.O_RDONLY}[acc]
+        flags = _FLAGS_OF[acc]
         if mode & OTRUNC and not extra & DMAPPEND:
             flags |= os.O_TRUNC
         if extra & DMAPPEND:
@@ -236,7 +244,7 @@ class LocalTree(Tree):
         if not regular:
             os.set_blocking(fd, True)
         node.fd, node.omode, node.regular = fd, mode, regular
-        node.qid = self._qid(os.fstat(fd), extra, place.entry)
+        node.qid = self._qid(os.fstat(fd) if flags & os.O_TRUNC else s, extra, place.entry)
         return node.qid, 0
 
     def _claim_exclusive(self, s: os.stat_result, extra: int) -> None:
@@ -262,8 +270,9 @@ class LocalTree(Tree):
         self._may(node, 3, dstat)  # write and search, as the host checks for creat(2)
         extra = perm & EXTRA_BITS
         special = unix_special(perm)
-        new_gid = dstat.st_gid if dstat.st_mode & st_mod.S_ISGID else os.getegid()
-        self._may_special(node, os.geteuid(), new_gid, special)  # owned by the server's user
+        if special and self.check_users:  # _may_special looks at nothing else
+            new_gid = dstat.st_gid if dstat.st_mode & st_mod.S_ISGID else os.getegid()
+            self._may_special(node, os.geteuid(), new_gid, special)  # owned by the server's user
         if perm & DMDIR:
             if mode & OACCMODE not in (OREAD, OEXEC) or mode & OTRUNC:
                 raise IsADirectory("is a directory: cannot create a directory open for writing")
@@ -281,8 +290,7 @@ class LocalTree(Tree):
             node.qid = self._qid(os.fstat(pfd), 0)
             return node.qid, 0
         want = file_perm(perm, dstat.st_mode) & 0o777
-        acc = mode & OACCMODE
-        flags = {OREAD: os.O_RDONLY, OWRITE: os.O_WRONLY, ORDWR: os.O_RDWR, OEXEC: os.O_RDONLY}[acc]
+        flags = _FLAGS_OF[mode & OACCMODE]
         try:
             fd = os.open(
                 name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, want, dir_fd=dirp.fd
@@ -452,7 +460,8 @@ class LocalTree(Tree):
                 raise PermissionDenied("permission denied: cannot remove the root")
             if place.below_link:
                 raise PermissionDenied("permission denied: not removed through a symlinked directory")
-            self._may(node, 3, os.fstat(place.parent.fd))  # write and search, as for unlink(2)
+            if self.check_users:  # write and search, as for unlink(2)
+                self._may(node, 3, os.fstat(place.parent.fd))
             self._beneath.remove(place)
         finally:
             await self.clunk(node)
