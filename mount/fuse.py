@@ -33,6 +33,7 @@ from ninep.constants import (
     DMDIR,
     OREAD,
     OTRUNC,
+    QTDIR,
 )
 from ninep.errors import NinePError
 from ninep.messages import Qid, Stat
@@ -316,10 +317,6 @@ class TreeFS(Nodes, FileIO):
         i = self._inode(inode)
         self._writable()
         h = self.handles.get(fh) if fh is not None else None
-        if h is not None:
-            await self._drain(h)
-        else:
-            await self._drain_inode(i)  # a truncate lands after the writes before it
         changes: dict[str, Any] = {}
         if fields.update_size:
             changes["length"] = attr.st_size
@@ -334,6 +331,17 @@ class TreeFS(Nodes, FileIO):
         if fields.update_atime:
             changes["atime"] = attr.st_atime_ns // 1_000_000_000  # the same; others drop it
         check_stat(changes, None)  # EOVERFLOW for times 9P's u32 cannot hold
+        if not changes:
+            # fchown to the owner it has (tar x, cp -a): nothing to ask. The attributes are what
+            # we hold; the kernel keeps them only for what is left of our trust in them.
+            return self._attr(i)
+        if changes.keys() & {"length", "mtime", "atime"}:
+            # A truncate lands after the writes before it, and so do times (a write moves mtime).
+            # A mode or an owner does not care: 9P checks permissions at open.
+            if h is not None:
+                await self._drain(h)
+            else:
+                await self._drain_inode(i)
         if "length" in changes:
             i.writes += 1
             i.written_end = 0  # the server's length is the file's again
@@ -343,12 +351,12 @@ class TreeFS(Nodes, FileIO):
             node = h.node if h is not None else self._opened_node(i)
             if node is None:
                 node = await self._node(i)
-            if changes:
-                # EPERM for a setuid bit or an owner the server did not take; an atime it refused is left out
-                changes = await wstat_keeping(self.tree, node, changes, i.stat.mode)
-            if changes and "length" not in changes and i.fresh(self.options.attr_cache):
+            # EPERM for a setuid bit or an owner the server did not take; an atime it refused is left out
+            changes = await wstat_keeping(self.tree, node, changes, i.stat.mode)
+            if "length" not in changes:
                 # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).
+                # If our stat is old (a write since), the kernel is told to ask again (_attr).
                 i.stat = dataclasses.replace(i.stat, **changes)
                 return self._attr(i)
             i.stat = await self.tree.stat(node)  # a new length moves qid.vers and mtime
@@ -563,9 +571,10 @@ class TreeFS(Nodes, FileIO):
                     if flags & RENAME_NOREPLACE:
                         raise FuseError(errno.EEXIST)
                     # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
-                    tstat = await self.tree.stat(target)
-                    if tstat.is_dir != (await self.tree.stat(node)).is_dir:
-                        raise FuseError(errno.EISDIR if tstat.is_dir else errno.ENOTDIR)
+                    # The walks' qids say which is a directory: no Tstat (the kernel checked too).
+                    target_dir = bool(target.qid.type & QTDIR)
+                    if target_dir != bool(node.qid.type & QTDIR):
+                        raise FuseError(errno.EISDIR if target_dir else errno.ENOTDIR)
                     del walked[new]  # remove(5) clunks it, whatever the answer
                     await self.tree.remove(target)
                     self.inodes.unlink(parent, new)

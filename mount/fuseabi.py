@@ -81,6 +81,7 @@ class Op(enum.IntEnum):
     REMOVEMAPPING = 49
     SYNCFS = 50
     TMPFILE = 51
+    STATX = 52  # 7.41; answered ENOSYS, and the kernel falls back to GETATTR
 
 
 OP_NAMES = {op.value: op.name for op in Op}

@@ -175,3 +175,8 @@ class Request:
     gid: int
     pid: int
     args: Any
+
+    @property
+    def umask(self) -> int:
+        """The caller's umask, for the requests that carry one (create, mkdir, mknod)."""
+        return getattr(self.args, "umask", 0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import types
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,8 +42,39 @@ log = logging.getLogger("ninefs.fuse")
 
 MAX_WRITE = 128 * 1024  # bytes per WRITE (and READ) request
 MAX_WORKERS = 64  # requests handled at once
+YIELD_EVERY = 8  # requests a worker answers in a row before it lets other tasks run
 MAX_BACKGROUND = 64  # the kernel's readahead and async requests in flight at once (libfuse: 12)
 _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
+
+
+class _Worker:
+    """A worker's cancel scope, and the request it is handling (for its EINTR)."""
+
+    __slots__ = ("handed", "scope", "unique")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.unique: int | None = None
+        self.handed = False  # it gave reading to another worker while its request waited
+
+
+@types.coroutine
+def _resume(coro: Any, trap: Any) -> Any:
+    """Go on running `coro`, which suspended on `trap`, as if awaited from its start: what
+    trio sends or throws back (the trap's outcome, a cancellation) goes on to it."""
+    while True:
+        try:
+            value = yield trap
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(value)
+            except StopIteration as done:
+                return done.value
 
 
 class SessionOptions:
@@ -71,10 +103,11 @@ class FuseSession:
         self.minor = abi.KERNEL_MINOR
         self.kernel_flags = 0
         self._running: dict[int, trio.CancelScope] = {}
-        self._read_lock = trio.Lock()
-        self._waiting = 0  # workers waiting to read the next request
+        self._has_reader = False  # one worker at a time reads /dev/fuse (the others are busy or parked)
+        self._parked = trio.lowlevel.ParkingLot()  # idle workers, waiting to be the reader
         self._workers = 0
         self._nursery: trio.Nursery | None = None
+        self._stopping = False
         self._bufsize = self.options.max_write + 4096
         self.ended = trio.Event()
 
@@ -88,11 +121,15 @@ class FuseSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._stopping:
+                    return
+                self._has_reader = True
                 self._start_worker()
         finally:
             self.ended.set()
 
     def stop(self) -> None:
+        self._stopping = True  # also when asked before the workers started (during INIT)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -160,31 +197,57 @@ class FuseSession:
             return
 
     def _start_worker(self) -> None:
+        """A new worker that reads from now on (the caller gave it the reader's part)."""
         assert self._nursery is not None
         self._workers += 1
         self._nursery.start_soon(self._worker)
 
+    def _hand_over(self) -> None:
+        """The reader's request waits (on the server): another worker reads meanwhile."""
+        if len(self._parked):
+            self._parked.unpark()
+        elif self._workers < MAX_WORKERS:
+            self._start_worker()
+        else:
+            self._has_reader = False  # the first worker to finish becomes the reader
+
     async def _worker(self) -> None:
+        """Read and handle requests while the reader; park when another has taken over.
+
+        A request answered from memory (most lookups and getattrs) is handled by the reader
+        inline, with no task switch; one that must wait hands reading over first (_handle)."""
         buf = bytearray(self._bufsize)
         view = memoryview(buf)
+        unyielded = 0
+        w = _Worker()
         try:
             while True:
-                self._waiting += 1
-                try:
-                    async with self._read_lock:
+                # One cancel scope for many requests (entering one costs more than answering a
+                # LOOKUP from memory): only an INTERRUPT of the request in hand cancels it, and
+                # then that request is answered EINTR and a new scope begins.
+                with trio.CancelScope() as w.scope:
+                    while not w.handed:
                         n = await self._read(buf)
-                finally:
-                    self._waiting -= 1
-                if n is None:
-                    self.stop()
-                    return
-                if self._waiting == 0 and self._workers < MAX_WORKERS:
-                    self._start_worker()  # someone must be reading while we handle this one
-                await self._handle(view[:n])
+                        if n is None:
+                            self.stop()
+                            return
+                        await self._handle(view[:n], w)
+                        unyielded += 1
+                        if unyielded >= YIELD_EVERY and not w.handed:  # answered from memory:
+                            unyielded = 0  # let the loop's other tasks (the 9P client) run
+                            await trio.lowlevel.checkpoint()
+                if w.unique is not None:  # interrupted (the caller got a signal)
+                    self._send(codec.reply_error(w.unique, errno.EINTR))
+                    w.unique = None
+                w.handed = False
+                if self._has_reader:
+                    await self._parked.park()  # unparked: we are the reader (_hand_over)
+                else:
+                    self._has_reader = True
         finally:
             self._workers -= 1
 
-    async def _handle(self, data: memoryview) -> None:
+    async def _handle(self, data: memoryview, w: _Worker) -> None:
         try:
             req = codec.parse(data, self.minor)
         except codec.BadRequest as e:
@@ -211,20 +274,30 @@ class FuseSession:
             except Exception:
                 log.exception("%s failed", abi.OP_NAMES.get(op))
             return
-        out: bytes | None = None
-        with trio.CancelScope() as scope:
-            self._running[req.unique] = scope
+        unique = w.unique = req.unique
+        self._running[unique] = w.scope
+        try:
+            # Run the handler here until it must wait; only then does another worker take over
+            # reading (a trio coroutine suspends by yielding a trap, which _resume passes on).
+            coro = handler(self, req)
             try:
-                out = codec.reply(req.unique, await handler(self, req))
-            except FuseError as e:
-                out = codec.reply_error(req.unique, e.errno)
-            except Exception:
-                log.exception("%s failed", abi.OP_NAMES.get(op))
-                out = codec.reply_error(req.unique, errno.EIO)
-            finally:
-                del self._running[req.unique]
-        if out is None:  # interrupted (the caller got a signal): it will not wait for the answer
-            out = codec.reply_error(req.unique, errno.EINTR)
+                trap = coro.send(None)
+            except StopIteration as done:
+                body = done.value
+            else:
+                if not w.handed:
+                    w.handed = True
+                    self._hand_over()
+                body = await _resume(coro, trap)
+            out = codec.reply(unique, body)
+        except FuseError as e:
+            out = codec.reply_error(unique, e.errno)
+        except Exception:
+            log.exception("%s failed", abi.OP_NAMES.get(op))
+            out = codec.reply_error(unique, errno.EIO)
+        finally:
+            del self._running[unique]
+        w.unique = None  # not reached when interrupted: the worker answers EINTR
         self._send(out)
         if op == Op.DESTROY:
             self.stop()
@@ -275,7 +348,8 @@ class FuseSession:
 
 
 def _ctx(req: Request) -> Context:
-    return Context(req.uid, req.gid, req.pid)
+    """Who asked: the request itself has the fields a Context has (uid, gid, pid)."""
+    return req  # type: ignore[return-value]  # uid, gid, pid and umask, without a value built per request
 
 
 async def _lookup(s: FuseSession, req: Request) -> bytes:
@@ -322,12 +396,23 @@ async def _rename(s: FuseSession, req: Request) -> bytes:
     return b""
 
 
-async def _refuse_eperm(s: FuseSession, req: Request) -> bytes:
-    raise FuseError(errno.EPERM)  # symlink, link, mknod: not in 9P2000
+async def _symlink(s: FuseSession, req: Request) -> bytes:
+    a = req.args
+    return codec.entry_out(await s.fs.symlink(req.nodeid, a.name, a.target, _ctx(req)))
+
+
+async def _link(s: FuseSession, req: Request) -> bytes:
+    a = req.args
+    return codec.entry_out(await s.fs.link(a.oldnodeid, req.nodeid, a.name, _ctx(req)))
+
+
+async def _mknod(s: FuseSession, req: Request) -> bytes:
+    a = req.args
+    return codec.entry_out(await s.fs.mknod(req.nodeid, a.name, a.mode, a.rdev, _ctx(req)))
 
 
 async def _readlink(s: FuseSession, req: Request) -> bytes:
-    raise FuseError(errno.EINVAL)  # 9P2000 has no symlinks: nothing is one
+    return bytes(await s.fs.readlink(req.nodeid, _ctx(req)))
 
 
 async def _open(s: FuseSession, req: Request) -> bytes:
@@ -401,14 +486,14 @@ _HANDLERS: dict[int, Callable[[FuseSession, Request], Awaitable[bytes]]] = {
     Op.BATCH_FORGET: _batch_forget,
     Op.GETATTR: _getattr,
     Op.SETATTR: _setattr,
-    Op.MKNOD: _refuse_eperm,
+    Op.MKNOD: _mknod,
     Op.MKDIR: _mkdir,
     Op.UNLINK: _unlink,
     Op.RMDIR: _rmdir,
     Op.RENAME: _rename,
     Op.RENAME2: _rename,
-    Op.SYMLINK: _refuse_eperm,
-    Op.LINK: _refuse_eperm,
+    Op.SYMLINK: _symlink,
+    Op.LINK: _link,
     Op.READLINK: _readlink,
     Op.OPEN: _open,
     Op.READ: _read,
