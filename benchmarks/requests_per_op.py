@@ -22,9 +22,9 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mount.fuse import FuseOptions  # noqa: E402
-from mount.mounter import mount_tree  # noqa: E402
-from ninep import RemoteTree  # noqa: E402
+from mount.fuse import FuseOptions
+from mount.mounter import mount_tree
+from ninep import RemoteTree
 
 # (row, warm-up command or None, the command counted); {m} is the mount point
 ROWS = [
@@ -36,7 +36,11 @@ ROWS = [
     ("ls -l of 200 files (first)", None, "ls -l {m}/big2 >/dev/null"),
     ("ls -l again", "ls -l {m}/big2 >/dev/null", "ls -l {m}/big2 >/dev/null"),
     ("cat of a small file", "cat {m}/d/f3 >/dev/null", "cat {m}/d/f3 >/dev/null"),
-    ("create + write 4 KiB + close", "head -c 4096 /dev/zero > {m}/d/w0", "head -c 4096 /dev/zero > {m}/d/w1"),
+    (
+        "create + write 4 KiB + close",
+        "head -c 4096 /dev/zero > {m}/d/w0",
+        "head -c 4096 /dev/zero > {m}/d/w1",
+    ),
     ("rm", "rm {m}/d/w0", "rm {m}/d/w1"),
     ("mkdir", None, "mkdir {m}/d/newdir"),
     ("mv a b (same directory)", None, "mv {m}/d/f4 {m}/d/f4b"),
@@ -58,7 +62,15 @@ async def measure(address: str, mp: str) -> list[tuple[str, Counter[str]]]:
     async with RemoteTree.connect(address) as tree, trio.open_nursery() as nursery:
         ready = trio.Event()
         nursery.start_soon(
-            partial(mount_tree, tree, mp, options=FuseOptions(), ready=ready.set, unmount_on_signals=False, counts=counts)
+            partial(
+                mount_tree,
+                tree,
+                mp,
+                options=FuseOptions(),
+                ready=ready.set,
+                unmount_on_signals=False,
+                counts=counts,
+            )
         )
         await ready.wait()
         for name, warm, command in ROWS:
