@@ -166,6 +166,7 @@ class Connection:
         self._send_lock = trio.Lock()
         self._reader = FrameReader(stream, msize)
         self._closed: BaseException | None = None
+        self._closed_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._soon: deque[tuple[Message, type[Message], Done]] = deque()
         self._soon_timer = False
@@ -195,6 +196,21 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    @property
+    def close_reason(self) -> BaseException | None:
+        """Why the connection was given up (the error every call on it gets), or None."""
+        return self._closed
+
+    async def wait_closed(self) -> BaseException:
+        """Wait until the connection is given up, by either side; why.
+
+        For a watcher that must know of a loss when it happens, not at the next call
+        (RemoteTree redials in the background and fails its calls at once meanwhile).
+        """
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -275,6 +291,7 @@ class Connection:
     def _fail(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
+            self._closed_event.set()
         for tag, call in list(self._calls.items()):
             call.event.set()
             if call.done is not None and call.reply is None:

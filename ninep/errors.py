@@ -21,6 +21,7 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "TimedOut",
+    "Unreachable",
     "ename_for",
     "errno_for",
     "error_for",
@@ -39,6 +40,7 @@ ERRORS: list[tuple[str, int]] = [
     ("no space left on device", E.ENOSPC),
     ("interrupted", E.EINTR),
     ("i/o error", E.EIO),
+    ("host unreachable", E.EIO),  # Unreachable's, re-exported: EIO whatever its cause says
     ("timed out", E.ETIMEDOUT),
     ("invalid argument", E.EINVAL),
     ("file name too long", E.ENAMETOOLONG),
@@ -146,6 +148,18 @@ class Interrupted(NinePError, InterruptedError):
 
 class TimedOut(NinePError, TimeoutError):
     pass
+
+
+class Unreachable(ProtocolError):
+    """The server cannot be reached just now: its connection was lost and is not back yet.
+
+    Always EIO, whatever the cause in its words ("connection timed out" is not ETIMEDOUT
+    here): the call was refused at once, it did not wait out a deadline.
+    """
+
+    def __init__(self, ename: str, path: str | None = None) -> None:
+        OSError.__init__(self, *((E.EIO, ename) if path is None else (E.EIO, ename, path)))
+        self.ename = ename
 
 
 _CLASS_FOR_ERRNO: dict[int, type[NinePError]] = {

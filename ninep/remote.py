@@ -3,30 +3,65 @@
 This is what lets a namespace mount a remote machine, the FUSE adapter show
 one, and our own server re-export one (a 9P proxy): all of them take trees.
 
-Reconnecting (what sshfs users ask for most): when the connection breaks, the
-next operation dials again, re-attaches, and re-walks each node it touches by
-the path it was walked by (re-opening it in its mode, without OTRUNC), then
-retries the operation if repeating it is harmless (walk, open, read, stat,
-directory reads). A write, create, remove or wstat that was in flight is
-reported as an error, never silently dropped or repeated. `reconnect=False`
-turns all of this off.
+Reconnecting (what sshfs users ask for most), and failing fast until it works. A tree
+is in one of three states (`state`; why it last lost its server: `last_error`):
+
+- "up": operations go to the server.
+- "reconnecting": the connection was just lost (EOF, a reset, a Tflush nobody answered,
+  a protocol botch that ended it; noticed when it happens, by the tree's one background
+  task, not at the next operation) and the first redial is under way. Operations wait
+  for it, but never past GRACE (1 s) after the loss: a blip (a connection reset, a
+  server restarted at once) costs them that wait and nothing else.
+- "down": that first redial failed, or GRACE passed. Operations fail with `Unreachable`
+  (EIO), "ADDRESS: host unreachable (reconnecting): CAUSE", instead of each waiting out
+  a connect deadline. The redial goes on in the background: each attempt (dial and
+  Tversion) gets REDIAL_TIMEOUT (5 s, or `connect_timeout` if that is shorter);
+  attempts start BACKOFF_FIRST (0.1 s) apart, doubling up to BACKOFF_MAX (5 s), counted
+  from the start of the one before. The first attempt that works makes the tree "up".
+
+The rule for an operation, exactly: it waits for at most one redial attempt, and never
+longer than GRACE. After a loss, that is the first attempt (until it fails or GRACE
+after the loss). While down, it is an attempt it asks for, started at once instead of
+after the backoff, but only while the server's host refuses (the last attempt failed
+outright, within GRACE: a dial that costs a round trip), so that the first operation
+after the server is back finds it; if that attempt does not fail or succeed within
+GRACE the host no longer refuses, and from then on, while attempts hang (a host that
+drops packets, a server that accepts and never answers), operations fail at once.
+
+Nodes from before the loss are found again when next used: re-attached and re-walked
+by the path they were walked by (re-opened in their mode, without OTRUNC or ORCLOSE).
+An operation in flight when the connection broke is tried again on the new connection
+if repeating it is harmless (attach, walk, open, read, stat, directory reads) and that
+connection comes within GRACE; otherwise it fails, with `Unreachable`. A write, create,
+remove or wstat in flight is reported as an error ("it may or may not have happened"),
+never silently dropped or repeated; one that had not gone out yet (the loss came while
+its node was being found again) is tried again like a harmless one.
+
+What failing fast cannot shorten: the operation that meets a host gone silent waits
+for its caller's deadline (the mount's), then for an Rflush (client.FLUSH_TIMEOUT), before
+the connection is known lost; TCP keepalive (transport.keepalive) ends a quiet one.
+`reconnect=False` turns all of this off: a lost connection stays lost ("down"), and
+every operation fails with its error, as it finds it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Literal, TypeVar
 
 import trio
 
 from .bounds import Opening, read_dir
 from .client import Connection, single_error
 from .codec import CodecError
-from .constants import DEFAULT_MSIZE, MAXWELEM, ORCLOSE, OTRUNC
-from .errors import NinePError, NotFound, ProtocolError
+from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC
+from .errors import NinePError, NotFound, ProtocolError, Unreachable
 from .messages import (
     Message,
     Qid,
@@ -49,11 +84,18 @@ from .messages import (
 from .transport import Address
 from .tree import Tree
 
-__all__ = ["RemoteTree"]
+__all__ = ["RemoteTree", "State"]
 
 log = logging.getLogger("ninefs.remote")
 T = TypeVar("T")
+State = Literal["up", "reconnecting", "down"]
+
+GRACE = 1.0  # how long after a loss operations wait for the first redial
 REDIAL_TIMEOUT = 5.0  # how long one attempt to reach a server that went away may take
+BACKOFF_FIRST = 0.1  # between the starts of the first two attempts; doubling from there
+BACKOFF_MAX = 5.0
+# What a failed attempt raises: an address that answers (or does not) is one error line.
+REDIAL_ERRORS = (OSError, CodecError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass(eq=False, slots=True)
@@ -79,28 +121,49 @@ def _walked(path: tuple[str, ...], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _reason(e: BaseException | None) -> str:
+    """A connection's end or a failed redial in a few words: "connection refused"."""
+    if e is None:
+        return "connection closed"
+    if isinstance(e, NinePError):
+        return e.ename
+    if isinstance(e, OSError):
+        if e.errno:
+            return os.strerror(e.errno).lower()
+        # trio.open_tcp_stream: "all attempts to connect to ... failed", the errors in its cause
+        leaves = e.__cause__.exceptions if isinstance(e.__cause__, BaseExceptionGroup) else ()
+        codes = [x.errno for x in leaves if isinstance(x, OSError) and x.errno]
+        if codes:
+            return os.strerror(codes[0]).lower()
+    if isinstance(e, trio.TooSlowError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
 class RemoteTree(Tree):
     """The tree a 9P server exports. `aname` is used when attach gives none."""
 
     pipelines = True
 
     def __init__(
-        self,
-        conn: Connection,
-        *,
-        uname: str | None = None,
-        aname: str = "",
-        key: Any = None,
-        redial: Callable[[], Awaitable[Connection]] | None = None,
+        self, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
     ) -> None:
         self.conn = conn
         self.uname = uname
         self.aname = aname
         self.key = key
-        self._redial = redial  # None: no reconnecting
-        self._lock = trio.Lock()
         self.address = "9P server"  # for errors; connect() knows better
         self.connect_timeout: float | None = None  # the deadline of an attach
+        self._redial: Callable[[], Awaitable[Connection]] | None = None  # connect() sets it: reconnecting
+        self._state: State = "up"
+        self._last_error: str | None = None
+        self._since = time.time()
+        self._changed = trio.Event()  # set, and replaced, at every change of state
+        self._grace_end = 0.0  # trio time: operations wait for the first redial until then
+        self._tries = self._failed = 0  # redial attempts started, and failed, since the loss
+        self._refusing = False  # the last attempt failed outright: the next is worth a wait
+        self._wanted = trio.Event()  # an operation wants an attempt now, not after the backoff
+        self._supervisor: trio.CancelScope | None = None
 
     @classmethod
     @asynccontextmanager
@@ -116,54 +179,145 @@ class RemoteTree(Tree):
         connect_timeout: float | None = None,
     ) -> AsyncIterator[RemoteTree]:
         """Dial `address` for the `async with` body. `connect_timeout` bounds dial and
-        Tversion here, and every attach later (the first is what a mount waits for)."""
+        Tversion here, and every attach later (the first is what a mount waits for).
+        The tree's connections and its redial task live in a nursery of this block."""
         with single_error():
             async with trio.open_nursery() as nursery:
 
-                async def new_connection() -> Connection:
-                    return await Opening(address, connect_timeout).connection(nursery, msize=msize)
+                async def new_connection(timeout: float | None) -> Connection:
+                    return await Opening(address, timeout).connection(nursery, msize=msize)
 
-                tree = cls(await new_connection(), uname=uname, aname=aname, key=key)
+                tree = cls(await new_connection(connect_timeout), uname=uname, aname=aname, key=key)
                 tree.address, tree.connect_timeout = str(address), connect_timeout
                 if reconnect:
-                    tree._redial = new_connection
+                    each = REDIAL_TIMEOUT if connect_timeout is None else min(connect_timeout, REDIAL_TIMEOUT)
+                    tree._redial = partial(new_connection, each)
+                await nursery.start(tree._supervise)
                 try:
                     yield tree
                 finally:
+                    assert tree._supervisor is not None
+                    tree._supervisor.cancel()  # no redial of the connection we close now
+                    tree._redial = None
                     await tree.conn.aclose()
+                    tree._set_state("down", "closed")
                     nursery.cancel_scope.cancel()
 
-    # --- connections ------------------------------------------------------------------
+    # --- the state of the connection ---------------------------------------------------
 
-    async def _reconnect(self, broken: Connection) -> None:
-        """Replace a broken connection: one quick try per operation that finds it broken.
+    @property
+    def state(self) -> State:
+        """The connection's: "up", "reconnecting" or "down" (see the module docstring)."""
+        return self._state
 
-        While the server is down every operation fails at once ("connection lost") rather
-        than hanging; the first one after it is back finds a new connection.
-        """
-        async with self._lock:
-            if self.conn is not broken:
-                return  # somebody else already did
-            assert self._redial is not None
-            try:
-                with trio.fail_after(REDIAL_TIMEOUT):
-                    self.conn = await self._redial()
-            except (
-                OSError,
-                CodecError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-            ) as e:
-                # Whatever answers at the old address (or does not) is one error, not a traceback.
-                raise ProtocolError(f"connection lost; reconnecting failed: {e or 'timed out'}") from None
-            log.info("reconnected to %s", self.address)  # not a fault: -v shows it
+    @property
+    def last_error(self) -> str | None:
+        """Why the connection was last lost, or the last redial failed (kept once up again)."""
+        return self._last_error
 
-    async def _fresh(self, node: RemoteNode) -> int:
-        """The node's fid on the current connection, finding the file again if needed."""
-        if node.conn is self.conn:
-            return node.fid
+    @property
+    def state_since(self) -> float:
+        """When `state` last changed (time.time(), for a status file)."""
+        return self._since
+
+    def _set_state(self, state: State, error: str | None = None) -> None:
+        if error is not None:
+            self._last_error = error
+        if state != self._state:
+            self._state, self._since = state, time.time()
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def _lose(self, conn: Connection) -> None:
+        """`conn` is given up: from now on operations wait GRACE at most, then fail at once."""
+        if conn is not self.conn or self._state != "up":
+            return  # known already
+        self._grace_end = trio.current_time() + GRACE
+        why = _reason(conn.close_reason)
+        if self._redial is None:
+            self._set_state("down", why)
+            return
+        log.info("%s: connection lost (%s); reconnecting", self.address, why)  # -v shows it
+        self._set_state("reconnecting", why)
+
+    async def _supervise(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The tree's one background task: notice a loss when it happens, and redial."""
+        with trio.CancelScope() as self._supervisor:
+            task_status.started()
+            while True:
+                conn = self.conn
+                await conn.wait_closed()
+                self._lose(conn)
+                if self._redial is None:
+                    return
+                await self._redial_until_up()
+
+    async def _redial_until_up(self) -> None:
+        assert self._redial is not None
+        lost = trio.current_time()
+        self._tries = self._failed = 0
+        self._refusing, self._wanted = False, trio.Event()
+        async with trio.open_nursery() as grace:
+            grace.start_soon(self._end_grace)
+            delay = BACKOFF_FIRST
+            while True:
+                started = trio.current_time()
+                self._tries += 1
+                try:
+                    conn = await self._redial()
+                    break
+                except REDIAL_ERRORS as e:
+                    self._failed += 1
+                    self._refusing = trio.current_time() - started < GRACE
+                    self._set_state("down", _reason(e))
+                with trio.move_on_at(started + delay):
+                    await self._wanted.wait()  # the backoff, unless an operation asks now
+                self._wanted = trio.Event()
+                delay = min(delay * 2, BACKOFF_MAX)
+            grace.cancel_scope.cancel()
+        self.conn = conn
+        self._set_state("up")
+        log.info("%s: reconnected after %.1f s", self.address, trio.current_time() - lost)
+
+    async def _end_grace(self) -> None:
+        await trio.sleep_until(self._grace_end)
+        if self._state == "reconnecting":
+            self._set_state("down")
+
+    async def _connection(self) -> Connection:
+        """The connection to send on. Up: at once. Reconnecting: the new one, if it comes
+        within the grace. Down: `Unreachable` at once, or after one redial of a host that
+        refuses (see the module docstring)."""
         conn = self.conn
+        if conn.closed:
+            self._lose(conn)  # found before the supervisor runs
+        if self._redial is None:
+            return conn  # not reconnecting: every call fails with the connection's own error
+        if self._state == "reconnecting":
+            with trio.move_on_at(self._grace_end):
+                while self._state == "reconnecting":
+                    await self._changed.wait()
+        elif self._state == "down" and self._refusing:
+            # Dialling a host that refuses costs a round trip: rather than fail for the rest
+            # of the backoff (and miss the server just restarted), have the next attempt
+            # start now and wait for it. One that hangs instead says the host no longer refuses.
+            after = self._tries  # an attempt in flight began before we asked: the next counts
+            self._wanted.set()
+            with trio.move_on_after(GRACE) as waiting:
+                while self._state == "down" and self._failed <= after:
+                    await self._changed.wait()
+            if waiting.cancelled_caught:
+                self._refusing = False
+        if self._state == "up":
+            return self.conn
+        raise Unreachable(f"host unreachable (reconnecting): {self._last_error}", self.address)
+
+    # --- finding nodes again, and calls that survive a lost connection -----------------------
+
+    async def _fresh(self, node: RemoteNode, conn: Connection) -> int:
+        """The node's fid on `conn`, finding the file again if needed."""
+        if node.conn is conn:
+            return node.fid
         fid, _ = await self._attach_fid(conn, node.uname, node.aname)
         try:
             names = list(node.path)
@@ -180,22 +334,34 @@ class RemoteTree(Tree):
         return fid
 
     async def _call(
-        self, node: RemoteNode, op: Callable[[Connection, int], Awaitable[T]], *, repeatable: bool
+        self,
+        node: RemoteNode | None,
+        op: Callable[[Connection, int], Awaitable[T]],
+        *,
+        repeatable: bool,
+        what: str = "the operation",
     ) -> T:
+        """`op(conn, fid)` with the node's fid (NOFID for none) on the connection there is.
+
+        A lost connection: tried once more, on the next connection, if `repeatable` or
+        `op` had not started; otherwise an error that says it may have happened.
+        """
         for attempt in (0, 1):
-            conn = self.conn
+            conn = await self._connection()
+            started = False
             try:
-                fid = await self._fresh(node)
+                fid = NOFID if node is None else await self._fresh(node, conn)
+                started = True
                 return await op(conn, fid)
             except ProtocolError:
-                if self._redial is None or attempt:
-                    raise
-                await self._reconnect(conn)
-                if not repeatable:
+                if not conn.closed or attempt:
+                    raise  # not a lost connection (a botch it survived), or lost twice
+                if started and not repeatable:
                     raise NinePError(
-                        "i/o error: connection lost during the operation (reconnected; it may or may not "
-                        "have happened)"
+                        f"i/o error: connection lost during {what}; it may or may not have happened"
                     ) from None
+                if self._redial is None:
+                    raise
         raise AssertionError("unreachable")
 
     async def _attach_fid(self, conn: Connection, uname: str, aname: str) -> tuple[int, Qid]:
@@ -214,17 +380,13 @@ class RemoteTree(Tree):
 
     async def attach(self, uname: str, aname: str) -> RemoteNode:
         uname, aname = self.uname or uname, aname or self.aname
-        for attempt in (0, 1):
-            conn = self.conn
-            try:
-                with Opening(self.address, self.connect_timeout).step("Tauth/Tattach"):
-                    fid, qid = await self._attach_fid(conn, uname, aname)
-                return RemoteNode(fid, qid, uname, aname, (), conn)
-            except ProtocolError:
-                if self._redial is None or attempt:
-                    raise
-                await self._reconnect(conn)
-        raise AssertionError("unreachable")
+
+        async def op(conn: Connection, _: int) -> RemoteNode:
+            with Opening(self.address, self.connect_timeout).step("Tauth/Tattach"):
+                fid, qid = await self._attach_fid(conn, uname, aname)
+            return RemoteNode(fid, qid, uname, aname, (), conn)
+
+        return await self._call(None, op, repeatable=True)
 
     async def walk(self, node: RemoteNode, names: Sequence[str]) -> tuple[list[Qid], RemoteNode | None]:
         async def op(conn: Connection, start: int) -> tuple[list[Qid], RemoteNode | None]:
@@ -434,17 +596,13 @@ class RemoteTree(Tree):
             node.path = (*node.path[:-1], stat.name)
 
     async def remove(self, node: RemoteNode) -> None:
-        if node.conn is not self.conn:
-            await self._fresh(node)
-        conn = node.conn
-        try:
-            await conn.remove(node.fid)
-        except ProtocolError:
-            raise NinePError(
-                "i/o error: connection lost during remove; it may or may not have happened"
-            ) from None
-        finally:
-            conn.fids.put(node.fid)
+        async def op(conn: Connection, fid: int) -> None:
+            try:
+                await conn.remove(fid)
+            finally:
+                conn.fids.put(fid)  # remove(5): the fid is clunked, whether or not it worked
+
+        await self._call(node, op, repeatable=False, what="remove")
 
     async def clunk(self, node: RemoteNode) -> None:
         if node.conn is self.conn and not node.conn.closed:

@@ -25,7 +25,7 @@ import ninep.sync
 from ninep.constants import DMAPPEND
 
 from .fuse_helpers import mounted, needs_fuse, sh
-from .servers import server_process
+from .servers import ninefs_command, server_process
 from .test_faults import serve_in
 from .test_nsrun import _netns_works, netns_host
 
@@ -251,31 +251,47 @@ def test_every_descriptor_of_a_file_hears_of_a_lost_write(tmp_path):
         a = os.open(mp / "f", os.O_WRONLY | os.O_CREAT, 0o644)
         b = os.open(mp / "f", os.O_WRONLY)
         still_open = [a, b]
+        successor: subprocess.Popen | None = None
         try:
             os.pwrite(a, b"x" * 4096, 0)
             os.fsync(a)
+            # The server that comes back is started now and held until the old one is gone: a
+            # process started after the loss would close the descriptors it inherits (FUSE
+            # FLUSH) and take the report meant for the close below.
+            successor = subprocess.Popen(
+                ["sh", "-c", 'read go && exec "$@"', "sh", *ninefs_command("serve", str(export), "--listen", address)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+            )  # fmt: skip
+            proc.send_signal(signal.SIGSTOP)  # it takes the write below and never answers
+            os.pwrite(a, b"y" * (1 << 20), 4096)  # accepted, sent, then lost with the connection
+            time.sleep(0.5)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            with server_process(str(export), listen=address):
-                os.pwrite(a, b"y" * (1 << 20), 4096)  # accepted, then lost with the connection
-                time.sleep(1)
-                for fd in (a, b):
-                    with pytest.raises(OSError) as e:
-                        os.pwrite(fd, b"z", 0)
-                    assert e.value.errno == errno.EIO
-                    os.pwrite(fd, b"z", 0)  # reported once: the writer may go on
-                    with pytest.raises(OSError) as e:
-                        os.fsync(fd)
-                    assert e.value.errno == errno.EIO
-                    os.pwrite(fd, b"y" * (1 << 20), 4096)  # written again: nothing is lost now
+            assert successor.stdin and successor.stdout
+            successor.stdin.write("go\n")
+            successor.stdin.flush()
+            assert successor.stdout.readline().startswith("ninefs: serving on")
+            time.sleep(1)
+            for fd in (a, b):
+                with pytest.raises(OSError) as e:
+                    os.pwrite(fd, b"z", 0)
+                assert e.value.errno == errno.EIO
+                os.pwrite(fd, b"z", 0)  # reported once: the writer may go on
+                with pytest.raises(OSError) as e:
                     os.fsync(fd)
-                for fd in (a, b):
-                    still_open.remove(fd)
-                    with pytest.raises(OSError) as e:
-                        os.close(fd)  # and close reports it, once
-                    assert e.value.errno == errno.EIO
-                assert (export / "f").read_bytes() == b"z" + b"x" * 4095 + b"y" * (1 << 20)
+                assert e.value.errno == errno.EIO
+                os.pwrite(fd, b"y" * (1 << 20), 4096)  # written again: nothing is lost now
+                os.fsync(fd)
+            for fd in (a, b):
+                still_open.remove(fd)
+                with pytest.raises(OSError) as e:
+                    os.close(fd)  # and close reports it, once
+                assert e.value.errno == errno.EIO
+            assert (export / "f").read_bytes() == b"z" + b"x" * 4095 + b"y" * (1 << 20)
         finally:
+            if successor is not None:
+                successor.kill()
+                successor.wait(timeout=10)
             for fd in still_open:
                 try:
                     os.close(fd)
