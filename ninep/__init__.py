@@ -23,7 +23,7 @@ from .constants import (
     QTEXCL,
     QTFILE,
 )
-from .errors import NinePError, ProtocolError, errno_for, error_for
+from .errors import NinePError, ProtocolError, Unreachable, errno_for, error_for
 from .files import Client, File, connect
 from .messages import Qid, Stat
 from .remote import RemoteTree
@@ -61,6 +61,7 @@ __all__ = [
     "Server",
     "Stat",
     "Tree",
+    "Unreachable",
     "connect",
     "decode",
     "decode_stat",
