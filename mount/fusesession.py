@@ -1,12 +1,15 @@
 """One mount's conversation with the kernel over /dev/fuse, on trio.
 
-The session answers INIT, then serves requests with a pool of worker tasks, as
-pyfuse3 did but without libfuse: a worker takes the device's read lock, reads one
-request (waiting only when none is queued), lets go of the lock, and handles the
-request itself; when no worker is left waiting to read, it starts another (up to
-MAX_WORKERS), so a request that waits on the network never holds up the next. A
-request runs in a cancel scope of its own: an INTERRUPT cancels it (the 9P client
-then flushes what it had asked, flush(5)) and the answer is EINTR.
+The session answers INIT, then serves requests with a pool of worker tasks, without
+libfuse. One worker at a time is the reader: it reads a request (waiting only when
+none is queued) and runs the handler itself, so a request answered from memory (most
+LOOKUPs and GETATTRs) costs no task switch. Only when the handler must wait (on the
+server) does the reader hand reading to a parked worker, or a new one (up to
+MAX_WORKERS), and finish its request as an ordinary worker, which parks afterwards.
+The handler is a coroutine driven by hand until its first suspension (_resume passes
+trio's traps on after that), which is how the reader knows it must hand over. Each
+worker has a cancel scope: an INTERRUPT of its request cancels it (the 9P client then
+flushes what it had asked, flush(5)), and the answer is EINTR.
 
 The file system (TreeFS) sees values, never bytes: each opcode maps to one of its
 methods in `_HANDLERS`, with the arguments pyfuse3 gave. Opcodes it lacks are
