@@ -50,7 +50,30 @@ async def fuse_mount(spec: MountSpec) -> int:
     else:
         fd = await _mount_with_fusermount(spec)
     os.set_blocking(fd, False)
+    _connections[fd] = _fuse_device_at(spec.mountpoint)
     return fd
+
+
+# our fd -> the "major:minor" of the FUSE mount it serves, as /proc/self/mountinfo shows it
+_connections: dict[int, str | None] = {}
+
+
+def _fuse_device_at(mountpoint: str) -> str | None:
+    """The device of the topmost FUSE mount on `mountpoint` (read from mountinfo: a stat
+    of the mount, or realpath, would wait for the INIT nobody has answered yet)."""
+    want = os.path.abspath(mountpoint).replace("\\", "\\134").replace(" ", "\\040")
+    want = want.replace("\t", "\\011").replace("\n", "\\012")
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                dash = fields.index("-")
+                if fields[4] == want and fields[dash + 1].startswith("fuse"):
+                    found = fields[2]
+    except (OSError, ValueError):
+        return None
+    return found
 
 
 def _common_options(spec: MountSpec) -> list[str]:
@@ -135,9 +158,16 @@ def kernel_gone(fd: int) -> bool:
 
 
 def fuse_unmount(mountpoint: str, fd: int | None = None) -> None:
-    """Detach our mount (lazily: busy files stay usable until closed), unless already gone."""
-    if fd is not None and kernel_gone(fd):
-        return
+    """Detach our mount (lazily: busy files stay usable until closed), unless already gone.
+
+    When the kernel ended the connection, the mount may be gone (unmounted from outside)
+    or still there, dead (aborted through /sys/fs/fuse/connections: ENOTCONN): only a
+    mount of our own connection's device is taken down, never one made on the same
+    directory since."""
+    if fd is not None:
+        ours = _connections.pop(fd, None)
+        if kernel_gone(fd) and (ours is None or _fuse_device_at(mountpoint) != ours):
+            return
     if os.geteuid() == 0:
         if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH) == 0:
             return

@@ -228,3 +228,32 @@ async def test_without_allow_other_creates_and_removes_cost_no_getattr_of_the_di
         await sh(f"cd {mp}/d && for i in 1 2 3 4 5 6 7 8 9 10; do echo x > new$i; done && rm new*")
         assert counts["CREATE"] == 10 and counts["UNLINK"] == 10
         assert counts["GETATTR"] <= 2  # no default_permissions: the kernel checks no modes
+
+
+async def test_a_connection_the_kernel_aborts_ends_the_session_and_its_dead_mount_is_taken_down(tree):
+    """echo 1 > /sys/fs/fuse/connections/N/abort (fusectl, mounted in a mount namespace of
+    the test's own): the session sees ENODEV, mount_tree returns, and the mount, dead
+    (ENOTCONN) rather than unmounted, is detached, not left behind."""
+    export, mp = tree
+    with server_process(str(export)) as (address, _):
+        async with RemoteTree.connect(address, uname="root") as t, trio.open_nursery() as nursery:
+            ready, ended = trio.Event(), trio.Event()
+
+            async def serve() -> None:
+                try:
+                    await mount_tree(t, str(mp), uname="root", ready=ready.set, unmount_on_signals=False)
+                finally:
+                    ended.set()
+
+            nursery.start_soon(serve)
+            with trio.fail_after(30):
+                await ready.wait()
+            # a stat of our own mount from the loop that serves it would never be answered
+            minor = os.minor((await trio.to_thread.run_sync(os.stat, mp)).st_dev)
+            script = f"mount -t fusectl none /sys/fs/fuse/connections && echo 1 > /sys/fs/fuse/connections/{minor}/abort"
+            await trio.run_process(["unshare", "-m", "sh", "-c", script])
+            with trio.fail_after(20):
+                await ended.wait()
+    with open("/proc/mounts") as f:
+        assert str(mp) not in [line.split()[1] for line in f]
+    assert os.listdir(mp) == []  # the directory underneath again
