@@ -273,7 +273,7 @@ class TreeFS(Nodes, FileIO):
 
     def _missed(self, parent: Inode, name: str) -> None:
         """A walk to `name` failed: "no such file" for the negative-cache time (--negative-cache),
-        unless this mount makes it meanwhile (_known)."""
+        unless this mount makes it meanwhile (Nodes._learn forgets it)."""
         if self.options.negative_ttl <= 0:
             return
         self.missing[(parent.ino, name)] = time.monotonic()
