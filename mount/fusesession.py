@@ -43,7 +43,7 @@ __all__ = ["MAX_WRITE", "FuseSession", "SessionOptions"]
 
 log = logging.getLogger("ninefs.fuse")
 
-MAX_WRITE = 128 * 1024  # bytes per WRITE (and READ) request
+MAX_WRITE = 1 << 20  # bytes per WRITE request (FUSE_MAX_PAGES: 256 pages)
 MAX_WORKERS = 64  # requests handled at once
 YIELD_EVERY = 8  # requests a worker answers in a row before it lets other tasks run
 MAX_BACKGROUND = 64  # the kernel's readahead and async requests in flight at once (libfuse: 12)
