@@ -14,6 +14,7 @@ import enum
 import struct
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "Attr",
@@ -260,14 +261,18 @@ class StatvfsData:
     f_namemax: int = 255
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """Who asked: the calling process's fsuid, fsgid and pid (fuse_in_header)."""
+class Context(Protocol):
+    """Who asked: the calling process's fsuid, fsgid and pid (fuse_in_header), and its umask
+    where the request carries one. The session passes the request itself (fuseargs.Request)."""
 
-    uid: int
-    gid: int
-    pid: int
-    umask: int = 0
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def umask(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ import trio
 
 from . import fuseabi as abi
 from . import fusecodec as codec
-from .fuseabi import Context, FileInfo, FuseError, Op
+from .fuseabi import FileInfo, FuseError, Op
 from .fuseargs import Init, Request
 
 __all__ = ["MAX_WRITE", "FuseSession", "SessionOptions"]
@@ -104,7 +104,6 @@ class FuseSession:
         self.options = options or SessionOptions()
         self.counts = counts  # requests by opcode name, when a test or benchmark counts them
         self.minor = abi.KERNEL_MINOR
-        self.kernel_flags = 0
         self._running: dict[int, trio.CancelScope] = {}
         self._has_reader = False  # one worker at a time reads /dev/fuse (the others are busy or parked)
         self._parked = trio.lowlevel.ParkingLot()  # idle workers, waiting to be the reader
@@ -112,7 +111,6 @@ class FuseSession:
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._bufsize = self.options.max_write + 4096
-        self.ended = trio.Event()
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -121,15 +119,12 @@ class FuseSession:
         await self._init()
         if ready is not None:
             ready()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._stopping:
-                    return
-                self._has_reader = True
-                self._start_worker()
-        finally:
-            self.ended.set()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._stopping:
+                return
+            self._has_reader = True
+            self._start_worker()
 
     def stop(self) -> None:
         self._stopping = True  # also when asked before the workers started (during INIT)
@@ -178,7 +173,6 @@ class FuseSession:
                 self._send(codec.reply_error(req.unique, errno.EPROTO))
                 raise OSError(errno.EPROTO, f"FUSE protocol {init.major}.{init.minor} is too old (need 7.12)")
             self.minor = min(init.minor, abi.KERNEL_MINOR)
-            self.kernel_flags = init.flags
             want = (
                 abi.FUSE_ASYNC_READ
                 | abi.FUSE_ATOMIC_O_TRUNC
@@ -350,13 +344,8 @@ class FuseSession:
 # --- opcodes onto the file system's methods ---------------------------------------------------
 
 
-def _ctx(req: Request) -> Context:
-    """Who asked: the request itself has the fields a Context has (uid, gid, pid)."""
-    return req  # type: ignore[return-value]  # uid, gid, pid and umask, without a value built per request
-
-
 async def _lookup(s: FuseSession, req: Request) -> bytes:
-    return codec.entry_out(await s.fs.lookup(req.nodeid, req.args.name, _ctx(req)))
+    return codec.entry_out(await s.fs.lookup(req.nodeid, req.args.name, req))
 
 
 async def _forget(s: FuseSession, req: Request) -> bytes:
@@ -370,56 +359,56 @@ async def _batch_forget(s: FuseSession, req: Request) -> bytes:
 
 
 async def _getattr(s: FuseSession, req: Request) -> bytes:
-    return codec.attr_out(await s.fs.getattr(req.nodeid, _ctx(req), fh=req.args.fh))
+    return codec.attr_out(await s.fs.getattr(req.nodeid, req, fh=req.args.fh))
 
 
 async def _setattr(s: FuseSession, req: Request) -> bytes:
     c = req.args.changes
-    return codec.attr_out(await s.fs.setattr(req.nodeid, c, c, c.fh if c.has_fh else None, _ctx(req)))
+    return codec.attr_out(await s.fs.setattr(req.nodeid, c, c, c.fh if c.has_fh else None, req))
 
 
 async def _mkdir(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    return codec.entry_out(await s.fs.mkdir(req.nodeid, a.name, a.mode, _ctx(req)))
+    return codec.entry_out(await s.fs.mkdir(req.nodeid, a.name, a.mode, req))
 
 
 async def _unlink(s: FuseSession, req: Request) -> bytes:
-    await s.fs.unlink(req.nodeid, req.args.name, _ctx(req))
+    await s.fs.unlink(req.nodeid, req.args.name, req)
     return b""
 
 
 async def _rmdir(s: FuseSession, req: Request) -> bytes:
-    await s.fs.rmdir(req.nodeid, req.args.name, _ctx(req))
+    await s.fs.rmdir(req.nodeid, req.args.name, req)
     return b""
 
 
 async def _rename(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    await s.fs.rename(req.nodeid, a.old, a.newdir, a.new, a.flags, _ctx(req))
+    await s.fs.rename(req.nodeid, a.old, a.newdir, a.new, a.flags, req)
     return b""
 
 
 async def _symlink(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    return codec.entry_out(await s.fs.symlink(req.nodeid, a.name, a.target, _ctx(req)))
+    return codec.entry_out(await s.fs.symlink(req.nodeid, a.name, a.target, req))
 
 
 async def _link(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    return codec.entry_out(await s.fs.link(a.oldnodeid, req.nodeid, a.name, _ctx(req)))
+    return codec.entry_out(await s.fs.link(a.oldnodeid, req.nodeid, a.name, req))
 
 
 async def _mknod(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    return codec.entry_out(await s.fs.mknod(req.nodeid, a.name, a.mode, a.rdev, _ctx(req)))
+    return codec.entry_out(await s.fs.mknod(req.nodeid, a.name, a.mode, a.rdev, req))
 
 
 async def _readlink(s: FuseSession, req: Request) -> bytes:
-    return bytes(await s.fs.readlink(req.nodeid, _ctx(req)))
+    return bytes(await s.fs.readlink(req.nodeid, req))
 
 
 async def _open(s: FuseSession, req: Request) -> bytes:
-    return codec.open_out(await s.fs.open(req.nodeid, req.args.flags, _ctx(req)))
+    return codec.open_out(await s.fs.open(req.nodeid, req.args.flags, req))
 
 
 async def _read(s: FuseSession, req: Request) -> bytes:
@@ -433,7 +422,7 @@ async def _write(s: FuseSession, req: Request) -> bytes:
 
 
 async def _statfs(s: FuseSession, req: Request) -> bytes:
-    return codec.statfs_out(await s.fs.statfs(_ctx(req)))
+    return codec.statfs_out(await s.fs.statfs(req))
 
 
 async def _release(s: FuseSession, req: Request) -> bytes:
@@ -452,7 +441,7 @@ async def _fsync(s: FuseSession, req: Request) -> bytes:
 
 
 async def _opendir(s: FuseSession, req: Request) -> bytes:
-    got = await s.fs.opendir(req.nodeid, _ctx(req))
+    got = await s.fs.opendir(req.nodeid, req)
     return codec.open_out(got if isinstance(got, FileInfo) else FileInfo(fh=got))
 
 
@@ -475,7 +464,7 @@ async def _fsyncdir(s: FuseSession, req: Request) -> bytes:
 
 async def _create(s: FuseSession, req: Request) -> bytes:
     a = req.args
-    fi, attr = await s.fs.create(req.nodeid, a.name, a.mode, a.flags, _ctx(req))
+    fi, attr = await s.fs.create(req.nodeid, a.name, a.mode, a.flags, req)
     return codec.entry_out(attr) + codec.open_out(fi)
 
 
