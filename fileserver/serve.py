@@ -4,6 +4,10 @@ Listens on loopback unless told otherwise, logs connections and errors to
 stderr, prints the address it bound (so `tcp!127.0.0.1!0` is usable from
 scripts), and stops cleanly on SIGINT or SIGTERM: in-flight requests are
 cancelled and every fid is clunked.
+
+`--listen sd` takes the listening sockets systemd passes instead (socket
+activation, sd_listen_fds(3); deploy/systemd has the units). They go through the
+same accept loop, admission and handshake deadlines as sockets we open ourselves.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import argparse
 import getpass
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
+import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
@@ -29,15 +35,17 @@ from ninep.transport import Address, parse_address
 from .local import LocalTree
 from .ram import RamTree
 
-__all__ = ["register", "serve_tree"]
+__all__ = ["register", "serve_tree", "systemd_sockets"]
 
 DEFAULT_LISTEN = "tcp!127.0.0.1!5640"
+SD_LISTEN = "sd"  # --listen sd: the sockets systemd passes
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed socket is fd 3
 log = logging.getLogger("ninefs.serve")
 
 
 async def serve_tree(
     tree: Tree,
-    listen: str,
+    listen: str | Sequence[socket.socket],
     *,
     limits: Limits = Limits(),
     trace: bool = False,
@@ -45,13 +53,18 @@ async def serve_tree(
     host_key: str | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve `tree` on `listen` until SIGINT/SIGTERM or cancellation."""
+    """Serve `tree` on `listen` (an address, or listening sockets such as systemd's)
+    until SIGINT/SIGTERM or cancellation."""
     tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
     server = Server(tree, limits=limits, trace=tracer, auth=auth, host_key=host_key)
     server.tls = tls  # certificate files given: used instead of one made from the host key
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(server.serve, listen)
+            if isinstance(listen, str):
+                addresses = await nursery.start(server.serve, listen)
+            else:
+                lsn = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in listen]
+                addresses = await nursery.start(_serve_listeners, server, lsn)
             for a in addresses:
                 print(f"ninefs: serving on {a}", flush=True)
             async for signum in signals:
@@ -59,6 +72,88 @@ async def serve_tree(
                 nursery.cancel_scope.cancel()
                 break
     await tree.close()
+
+
+async def _serve_listeners(
+    server: Server, lsn: list[trio.SocketListener], *, task_status: trio.TaskStatus[list[Address]]
+) -> None:
+    await server.serve_listeners(lsn, task_status=task_status)
+
+
+def systemd_sockets(environ: MutableMapping[str, str] = os.environ) -> list[socket.socket]:
+    """The listening stream sockets systemd passed this process, as sd_listen_fds(3) defines.
+
+    LISTEN_PID must be our pid (the variables may have been inherited from a parent they
+    were meant for), LISTEN_FDS counts sockets from fd 3, LISTEN_FDNAMES optionally names
+    them. The variables are unset whatever they said, like sd_listen_fds(unset=1), so
+    programs started through /cmd neither inherit them nor mistake our sockets for
+    theirs; the fds are made close-on-exec for the same reason. ValueError: one line
+    saying what is missing or wrong.
+    """
+    pid_text = environ.pop("LISTEN_PID", None)
+    fds_text = environ.pop("LISTEN_FDS", None)
+    names_text = environ.pop("LISTEN_FDNAMES", None)
+    where = f"--listen {SD_LISTEN}"
+    if fds_text is None:
+        raise ValueError(f"{where}: no sockets from systemd (LISTEN_FDS unset)")
+    if pid_text is None:
+        raise ValueError(f"{where}: no sockets from systemd (LISTEN_PID unset)")
+    if not pid_text.isdigit():
+        raise ValueError(f"{where}: LISTEN_PID={pid_text!r} is not a process id")
+    if int(pid_text) != os.getpid():
+        raise ValueError(
+            f"{where}: the sockets from systemd are for process {pid_text}, not this one ({os.getpid()})"
+        )
+    if not fds_text.isdigit():
+        raise ValueError(f"{where}: LISTEN_FDS={fds_text!r} is not a number")
+    count = int(fds_text)
+    if count == 0:
+        raise ValueError(f"{where}: no sockets from systemd (LISTEN_FDS=0)")
+    names = names_text.split(":") if names_text else []
+    if names and len(names) != count:
+        raise ValueError(f"{where}: LISTEN_FDNAMES names {len(names)} sockets, LISTEN_FDS says {count}")
+    socks: list[socket.socket] = []
+    try:
+        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+            socks.append(_listening_socket(fd, where))
+    except BaseException:
+        for sock in socks:
+            sock.detach()  # not ours to close: systemd keeps them for the next start
+        raise
+    for sock, name in zip(socks, names, strict=False):
+        log.info("socket from systemd: fd %d %s (%s)", sock.fileno(), _bound_address(sock), name)
+    return socks
+
+
+def _listening_socket(fd: int, where: str) -> socket.socket:
+    """fd as a socket, refused unless it is a listening stream socket of TCP or a Unix path."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise ValueError(f"{where}: fd {fd} is not open (LISTEN_FDS counts from fd 3)") from None
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"{where}: fd {fd} is not a socket")
+    os.set_inheritable(fd, False)
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            raise ValueError(f"{where}: fd {fd} is a {sock.family.name} socket, not TCP or Unix")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"{where}: fd {fd} is not a stream socket (9P wants ListenStream=)")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"{where}: fd {fd} is a connection, not a listening socket (use Accept=no)")
+    except BaseException:
+        sock.detach()
+        raise
+    return sock
+
+
+def _bound_address(sock: socket.socket) -> Address:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        text = name.decode(errors="replace") if isinstance(name, bytes) else name
+        return Address("unix", path=text or "-")
+    return Address("tcp", host=name[0], port=name[1])
 
 
 # Every limit of ninep.Limits as a `serve` option (docs/security.md says why each exists).
@@ -90,7 +185,7 @@ async def _just(tree: Tree) -> AsyncIterator[Tree]:
 
 async def _serve_opened(
     opener: AbstractAsyncContextManager[Tree],
-    listen: str,
+    listen: str | Sequence[socket.socket],
     limits: Limits,
     trace: bool,
     auth: Authenticator | None,
@@ -107,8 +202,13 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    listen: str | list[socket.socket] = args.listen
     try:
-        addr = parse_address(args.listen, listening=True)
+        if args.listen == SD_LISTEN:
+            listen = systemd_sockets()
+            addrs = [_bound_address(sock) for sock in listen]
+        else:
+            addrs = [parse_address(args.listen, listening=True)]
     except ValueError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 2
@@ -124,27 +224,30 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
         # Until connections are authenticated, running programs is for this machine only:
         # decided by where the address resolves to, not by how it is spelt.
         running = args.allow_exec or args.allow_control
-        try:
-            local = _only_loopback(addr)
-        except OSError as e:
-            if running:
-                print(
-                    f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
-                    f"cannot resolve {addr.host}: {e.strerror or e}",
-                    file=sys.stderr,
+        for addr in addrs:  # with systemd's sockets, every one of them
+            try:
+                local = _only_loopback(addr)
+            except OSError as e:
+                if running:
+                    print(
+                        f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
+                        f"cannot resolve {addr.host}: {e.strerror or e}",
+                        file=sys.stderr,
+                    )
+                    return 2
+                local = False  # binding it will say what is wrong
+            if not local:
+                if running:
+                    print(
+                        f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
+                        "without --authorized-keys only loopback addresses may have them",
+                        file=sys.stderr,
+                    )
+                    return 2
+                log.warning(
+                    "listening on %s without --authorized-keys: anyone who can reach it can use it", addr
                 )
-                return 2
-            local = False  # binding it will say what is wrong
-        if not local:
-            if running:
-                print(
-                    f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
-                    "without --authorized-keys only loopback addresses may have them",
-                    file=sys.stderr,
-                )
-                return 2
-            log.warning("listening on %s without --authorized-keys: anyone who can reach it can use it", addr)
-        elif running:
+        if running:
             log.warning(
                 "--allow-exec/--allow-control without --authorized-keys: every user of this machine "
                 "can run commands as %s",
@@ -170,13 +273,13 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
     try:
         tls = None
         if args.tls_cert or args.tls_key:
-            if not (args.tls_cert and args.tls_key and addr.network == "tls"):
+            if not (args.tls_cert and args.tls_key and all(a.network == "tls" for a in addrs)):
                 print(
                     "ninefs serve: --tls-cert and --tls-key go together, with a tls! address", file=sys.stderr
                 )
                 return 2
             tls = server_context_from_files(args.tls_cert, args.tls_key)
-        trio.run(_serve_opened, opener, args.listen, _limits(args), args.trace, auth, args.host_key, tls)
+        trio.run(_serve_opened, opener, listen, _limits(args), args.trace, auth, args.host_key, tls)
     except OSError as e:
         print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -214,7 +317,10 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
         "dir", nargs="?", help="directory to export (default: a fresh RAM tree; with --machine: ~)"
     )
     p.add_argument(
-        "--listen", "-l", default=DEFAULT_LISTEN, help=f"where to listen (default {DEFAULT_LISTEN})"
+        "--listen",
+        "-l",
+        default=DEFAULT_LISTEN,
+        help=f"where to listen (default {DEFAULT_LISTEN}); sd: the sockets systemd passes",
     )
     p.add_argument("--ro", action="store_true", help="refuse every change to the exported files")
     p.add_argument("--machine", action="store_true", help="export the machine: /fs, /proc, /dev (and /cmd)")
