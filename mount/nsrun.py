@@ -36,7 +36,7 @@ import trio
 
 from fileserver.local import LocalTree
 from namespaces import Namespace, NamespaceFileError, Op, apply
-from namespaces.cli import add_namespace_options, gather_ops, register_export
+from namespaces.cli import add_namespace_options, add_start_options, gather_ops, register_export
 
 from . import linux
 from .fuse import FuseOptions
@@ -135,17 +135,33 @@ def _copy_entry(entry: os.DirEntry, target: str) -> None:
         log.debug("%s went away while we looked", entry.path)
 
 
+def _warn(line: str) -> None:
+    print(f"ninefs ns run: {line}", file=sys.stderr, flush=True)
+
+
 async def _run_in_namespace(
-    ops: list[Op], command: list[str], work: str, host: LocalTree, cwd: str, options: FuseOptions
+    ops: list[Op],
+    command: list[str],
+    work: str,
+    host: LocalTree,
+    cwd: str,
+    options: FuseOptions,
+    args: argparse.Namespace,
 ) -> int:
     mnt = os.path.join(work, "ns")
     uname = getpass.getuser()
+    started = trio.current_time()
     async with Namespace(host, uname=uname) as ns:
         try:
-            ns_cwd = await apply(ns, ops)
+            # Plan 9's newns goes on past a mount that fails; --strict is all or nothing.
+            ns_cwd = await apply(
+                ns, ops, start_down=not args.strict, warn=_warn, status=True,
+                connect_timeout=args.connect_timeout,
+            )  # fmt: skip
         except NamespaceFileError as e:
             print(f"ninefs ns run: {e}", file=sys.stderr)
             return 2
+        log.debug("namespace applied in %.3f s", trio.current_time() - started)
         async with trio.open_nursery() as nursery:
             ready = trio.Event()
             served = trio.Event()
@@ -175,6 +191,7 @@ async def _run_in_namespace(
                 for real, source in points:
                     await trio.to_thread.run_sync(linux.bind_mount, source, real)
                     bound.append(real)
+                log.debug("%d mount points ready in %.3f s", len(points), trio.current_time() - started)
                 return await _run_command(command, ns_cwd or cwd)
             finally:
                 for real in reversed(bound):
@@ -292,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
             negative_cache=args.negative_cache,
             allow_other=True,
         )
-        return trio.run(_run_in_namespace, ops, command, work, host, cwd, options)
+        return trio.run(_run_in_namespace, ops, command, work, host, cwd, options, args)
     except OSError as e:
         print(f"ninefs ns run: {e}", file=sys.stderr)
         return 1
@@ -307,6 +324,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every file operation"
     )
     add_cache_options(p)
+    add_start_options(p)
     p.add_argument("--verbose", "-v", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (default: $SHELL)")
     p.set_defaults(run=_run)

@@ -15,11 +15,12 @@ from functools import partial
 import trio
 
 from fileserver.serve import serve_tree
+from ninep.bounds import CONNECT_TIMEOUT
 
 from .namespace import MCREATE, MREPL, Namespace
 from .nsfile import NamespaceFileError, Op, apply, parse, parse_file
 
-__all__ = ["add_namespace_options", "gather_ops", "register_export"]
+__all__ = ["add_namespace_options", "add_start_options", "gather_ops", "register_export"]
 
 
 def add_namespace_options(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,22 @@ def add_namespace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", nargs=2, action="append", metavar=("NEW", "OLD"), help="bind NEW on OLD")
     p.add_argument(
         "--mount", nargs=2, action="append", metavar=("ADDR", "OLD"), help="mount a 9P server on OLD"
+    )
+
+
+def add_start_options(p: argparse.ArgumentParser) -> None:
+    """How `ns run` and `ns export` start when a server does not answer (nsfile.apply)."""
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail unless every server answers at start (default: warn, and mount it when it answers)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT,
+        metavar="S",
+        help=f"how long each server has to answer at start (default {CONNECT_TIMEOUT:g} s)",
     )
 
 
@@ -47,10 +64,18 @@ def gather_ops(args: argparse.Namespace) -> list[Op]:
     return ops
 
 
-async def _export(ops: list[Op], listen: str, trace: bool) -> int:
+def _warn(line: str) -> None:
+    print(f"ninefs ns export: {line}", file=sys.stderr, flush=True)
+
+
+async def _export(ops: list[Op], args: argparse.Namespace) -> int:
+    listen, trace = args.listen, args.trace
     async with Namespace(uname=getpass.getuser()) as ns:
         try:
-            await apply(ns, ops)
+            await apply(
+                ns, ops, start_down=not args.strict, warn=_warn, status=True,
+                connect_timeout=args.connect_timeout,
+            )  # fmt: skip
         except NamespaceFileError as e:
             print(f"ninefs ns export: {e}", file=sys.stderr)
             return 2
@@ -62,7 +87,7 @@ def _run_export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         ops = gather_ops(args)
-        return trio.run(partial(_export, ops, args.listen, args.trace))
+        return trio.run(partial(_export, ops, args))
     except NamespaceFileError as e:
         print(f"ninefs ns export: {e}", file=sys.stderr)
         return 2
@@ -76,4 +101,5 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     add_namespace_options(p)
     p.add_argument("--listen", "-l", default="tcp!127.0.0.1!5640", help="where to listen")
     p.add_argument("--trace", action="store_true", help="print every 9P message")
+    add_start_options(p)
     p.set_defaults(run=_run_export)

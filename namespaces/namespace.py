@@ -38,7 +38,7 @@ import trio
 
 from ninep import bounds
 from ninep.constants import DMDIR, OACCMODE, OEXEC, OREAD, QTDIR
-from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied
+from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied, Unreachable
 from ninep.messages import Qid, Stat
 from ninep.remote import RemoteTree
 from ninep.tree import Tree
@@ -142,14 +142,47 @@ class Namespace(Tree):
         self._nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(*exc)
 
-    async def _connect(self, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        # bounds.CONNECT_TIMEOUT: a server that never answers fails this mount, not hangs it
-        # (the deadline covers the attach too, which RemoteTree.attach runs under it).
+    async def dial(
+        self,
+        address: str,
+        *,
+        start_down: bool = False,
+        lazy: bool = False,
+        connect_timeout: float = bounds.CONNECT_TIMEOUT,
+    ) -> RemoteTree:
+        """A connection to the server at `address`, living as long as the namespace, for
+        `mount`. By default a server that does not answer is an error; `start_down` gives a
+        tree that starts "down" and joins when the server answers, `lazy` one that dials at
+        its first use (ninep.remote). Many dials may run at once (nsfile.apply does)."""
+        if self._nursery is None:
+            raise RuntimeError("mount a server inside `async with Namespace() as ns:`")
+        return await self._nursery.start(self._connect, address, start_down, lazy, connect_timeout)
+
+    async def _connect(
+        self,
+        address: str,
+        start_down: bool = False,
+        lazy: bool = False,
+        connect_timeout: float = bounds.CONNECT_TIMEOUT,
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # bounds.CONNECT_TIMEOUT: a server that never answers fails this mount (or starts it
+        # down), not hangs it (the deadline covers the attach too, which RemoteTree.attach runs under it).
         async with RemoteTree.connect(
-            address, uname=self.uname, connect_timeout=bounds.CONNECT_TIMEOUT
+            address, uname=self.uname, connect_timeout=connect_timeout, start_down=start_down, lazy=lazy
         ) as tree:
             task_status.started(tree)
             await trio.sleep_forever()
+
+    def remote_mounts(self) -> list[tuple[tuple[str, ...], str, RemoteTree]]:
+        """Every mount of a 9P server: (mount point, the address as given, its tree), by path."""
+        out = []
+        for path in self.mount_points():
+            for m in self.table[path]:
+                if isinstance(m.tree, RemoteTree) and m.aname is not None:
+                    out.append((path, m.source, m.tree))
+        return out
 
     async def close(self) -> None:
         for members in self.table.values():
@@ -185,10 +218,12 @@ class Namespace(Tree):
         """Attach `tree` (or the 9P server at a dial string) at `old` (bind(2)'s mount)."""
         if isinstance(tree, str):
             source = source or tree
-            if self._nursery is None:
-                raise RuntimeError("mount a server inside `async with Namespace() as ns:`")
-            tree = await self._nursery.start(self._connect, tree)
-        node = await tree.attach(self.uname, aname)
+            tree = await self.dial(tree)
+        if isinstance(tree, RemoteTree) and tree.state != "up":
+            # A server that is down, or not dialled yet: its root is attached at first use.
+            node: Any = tree.attach_later(self.uname, aname)
+        else:
+            node = await tree.attach(self.uname, aname)
         member = Member(tree, self._index(tree), node, source or repr(tree), bool(flags & MCREATE), aname)
         await self._add(split(old), member, flags)
 
@@ -418,10 +453,10 @@ class Namespace(Tree):
             if path in self.table:
                 m = self.table[path][0]
                 try:
-                    st = await m.tree.stat(m.node)
+                    st = await self._mount_stat(m, path)
                 except (NinePError, OSError):
-                    continue  # a dead server hides its mount point's entry, not the directory
-                seen[name] = self._fix(m, st, name)
+                    continue  # a broken server hides its mount point's entry, not the directory
+                seen[name] = st
             elif name not in seen:
                 seen[name] = self._synthetic_stat(path)
         return list(seen.values())
@@ -448,8 +483,21 @@ class Namespace(Tree):
         if not node.members:
             return self._synthetic_stat(node.path)
         m = node.members[0]
-        # A mount point is known by the name it is mounted on.
-        return self._fix(m, await m.tree.stat(m.node), node.path[-1] if node.path else None)
+        if node.mount_point:
+            return await self._mount_stat(m, node.path)
+        return self._fix(m, await m.tree.stat(m.node))
+
+    async def _mount_stat(self, m: Member, path: tuple[str, ...]) -> Stat:
+        """A mount point is known by the name it is mounted on. One whose server is down
+        (or not dialled yet: a stat is no reason to dial) still exists, as a directory
+        like a synthetic one: what is below it fails with EIO until the server answers."""
+        name = path[-1] if path else None
+        if isinstance(m.tree, RemoteTree) and m.tree.state == "idle":
+            return self._synthetic_stat(path)
+        try:
+            return self._fix(m, await m.tree.stat(m.node), name)
+        except Unreachable:
+            return self._synthetic_stat(path)
 
     async def wstat(self, node: NsNode, stat: Stat) -> None:
         if node.mount_point and stat.name and stat.name != node.path[-1]:

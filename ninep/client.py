@@ -188,6 +188,14 @@ class Connection:
         opening = Opening(address, timeout if connect_timeout is None else connect_timeout)
         return await opening.connection(nursery, msize=msize, timeout=timeout)
 
+    @classmethod
+    def never(cls, reason: BaseException) -> Connection:
+        """A connection that never came up: closed from the start, `reason` (the dial's
+        error) its close_reason. A RemoteTree whose server was absent at start holds one."""
+        conn = cls(_NoStream())
+        conn._fail(reason)
+        return conn
+
     @property
     def iounit(self) -> int:
         """The most data one Tread or Twrite can carry on this connection."""
@@ -604,6 +612,22 @@ class Connection:
 
     async def flush(self, oldtag: int) -> None:
         await self.rpc(Tflush(0, oldtag), Rflush)
+
+
+class _NoStream(trio.abc.Stream):
+    """The stream of a Connection.never: nothing was ever connected."""
+
+    async def send_all(self, data: Any) -> None:
+        raise trio.ClosedResourceError("never connected")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise trio.ClosedResourceError("never connected")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        raise trio.ClosedResourceError("never connected")
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _with_tag(msg: Message, tag: int) -> Any:

@@ -42,6 +42,17 @@ for its caller's deadline (the mount's), then for an Rflush (client.FLUSH_TIMEOU
 the connection is known lost; TCP keepalive (transport.keepalive) ends a quiet one.
 `reconnect=False` turns all of this off: a lost connection stays lost ("down"), and
 every operation fails with its error, as it finds it.
+
+A server absent at the start (what Plan 9's newns lives with: it goes on past a mount
+that fails). By default `connect` raises when the first dial fails, all or nothing, as a
+library user expects. `start_down=True` makes a tree anyway: if that dial fails, or does
+not answer within `connect_timeout`, the tree starts "down" with that error, and redials
+in the background with the backoff above, as for a tree that went down later; operations
+meanwhile fail fast with `Unreachable`. `lazy=True` dials nothing until an operation asks
+(state "idle"): the first one dials and waits for that attempt, as after a loss. A node of
+the attach root can be had before the server answers (`attach_later`, what a namespace
+mounts); like every node from before a reconnect, it is attached and walked at first use,
+and so is a clone of a node (a zero-name walk) made while the tree is not up.
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ import trio
 from .bounds import Opening, read_dir
 from .client import Connection, single_error
 from .codec import CodecError
-from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC
+from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC, QTDIR
 from .errors import NinePError, NotFound, ProtocolError, Unreachable
 from .messages import (
     Message,
@@ -88,7 +99,7 @@ __all__ = ["RemoteTree", "State"]
 
 log = logging.getLogger("ninefs.remote")
 T = TypeVar("T")
-State = Literal["up", "reconnecting", "down"]
+State = Literal["idle", "up", "reconnecting", "down"]
 
 GRACE = 1.0  # how long after a loss operations wait for the first redial
 REDIAL_TIMEOUT = 5.0  # how long one attempt to reach a server that went away may take
@@ -119,6 +130,11 @@ def _walked(path: tuple[str, ...], names: Sequence[str]) -> tuple[str, ...]:
         elif n != ".":
             out.append(n)
     return tuple(out)
+
+
+def _nowhere() -> Connection:
+    """The connection of a node that is on none yet: `_fresh` attaches and walks it."""
+    return Connection.never(ProtocolError("not attached yet"))
 
 
 def _reason(e: BaseException | None) -> str:
@@ -177,19 +193,38 @@ class RemoteTree(Tree):
         key: Any = None,
         reconnect: bool = True,
         connect_timeout: float | None = None,
+        start_down: bool = False,
+        lazy: bool = False,
     ) -> AsyncIterator[RemoteTree]:
         """Dial `address` for the `async with` body. `connect_timeout` bounds dial and
         Tversion here, and every attach later (the first is what a mount waits for).
-        The tree's connections and its redial task live in a nursery of this block."""
+        The tree's connections and its redial task live in a nursery of this block.
+        `start_down`: a first dial that fails starts the tree "down" instead of raising;
+        `lazy`: no dial until the first operation (both imply `reconnect`)."""
         with single_error():
             async with trio.open_nursery() as nursery:
 
                 async def new_connection(timeout: float | None) -> Connection:
                     return await Opening(address, timeout).connection(nursery, msize=msize)
 
-                tree = cls(await new_connection(connect_timeout), uname=uname, aname=aname, key=key)
+                failed: BaseException | None = None
+                if lazy:
+                    first = Connection.never(ProtocolError("not dialled yet"))
+                else:
+                    try:
+                        first = await new_connection(connect_timeout)
+                    except REDIAL_ERRORS as e:
+                        if not start_down:
+                            raise
+                        first, failed = Connection.never(e), e
+                tree = cls(first, uname=uname, aname=aname, key=key)
                 tree.address, tree.connect_timeout = str(address), connect_timeout
-                if reconnect:
+                if lazy:
+                    tree._state = "idle"
+                elif failed is not None:
+                    tree._state, tree._last_error = "down", _reason(failed)
+                    log.info("%s: not answering (%s); redialling", tree.address, tree._last_error)
+                if reconnect or start_down or lazy:
                     each = REDIAL_TIMEOUT if connect_timeout is None else min(connect_timeout, REDIAL_TIMEOUT)
                     tree._redial = partial(new_connection, each)
                 await nursery.start(tree._supervise)
@@ -244,6 +279,11 @@ class RemoteTree(Tree):
         """The tree's one background task: notice a loss when it happens, and redial."""
         with trio.CancelScope() as self._supervisor:
             task_status.started()
+            if self._state == "idle":
+                await self._wanted.wait()  # lazy: the first operation dials, and waits as after a loss
+                each = REDIAL_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+                self._grace_end = trio.current_time() + min(each, REDIAL_TIMEOUT)
+                self._set_state("reconnecting")
             while True:
                 conn = self.conn
                 await conn.wait_closed()
@@ -293,6 +333,10 @@ class RemoteTree(Tree):
             self._lose(conn)  # found before the supervisor runs
         if self._redial is None:
             return conn  # not reconnecting: every call fails with the connection's own error
+        if self._state == "idle":
+            self._wanted.set()  # lazy: this is the first use; the supervisor dials now
+            while self._state == "idle":
+                await self._changed.wait()
         if self._state == "reconnecting":
             with trio.move_on_at(self._grace_end):
                 while self._state == "reconnecting":
@@ -376,6 +420,13 @@ class RemoteTree(Tree):
         finally:
             conn.fids.put(fid)
 
+    def attach_later(self, uname: str, aname: str) -> RemoteNode:
+        """The attach root, as a node attached at its first use: no message now, so a
+        server that is down (or not dialled yet) can be mounted and joins when it answers.
+        Its qid is a stand-in (a directory, path 0) until then."""
+        uname, aname = self.uname or uname, aname or self.aname
+        return RemoteNode(NOFID, Qid(QTDIR, 0, 0), uname, aname, (), _nowhere())
+
     # --- the tree interface ----------------------------------------------------------------
 
     async def attach(self, uname: str, aname: str) -> RemoteNode:
@@ -389,6 +440,11 @@ class RemoteTree(Tree):
         return await self._call(None, op, repeatable=True)
 
     async def walk(self, node: RemoteNode, names: Sequence[str]) -> tuple[list[Qid], RemoteNode | None]:
+        if not names and self._state != "up" and self._redial is not None:
+            # A clone needs no server: the copy is found at first use, as its original is
+            # (a namespace clones a mount's root at every lookup of its mount point).
+            return [], RemoteNode(NOFID, node.qid, node.uname, node.aname, node.path, _nowhere())
+
         async def op(conn: Connection, start: int) -> tuple[list[Qid], RemoteNode | None]:
             newfid = conn.fids.get()
             qids: list[Qid] = []
