@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import os
-import shlex
+import pwd
 import signal
 import stat
 import struct
@@ -28,17 +28,18 @@ import termios
 import tty
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 import ninep
-from fileserver.local import LocalTree
-from namespaces import Namespace, NamespaceFileError, apply
-from namespaces.cli import add_namespace_options, gather_ops
 from ninep import bounds
 from ninep.client import single_error
-from ninep.constants import ORDWR, OREAD
+from ninep.command import Command, exit_status, start_command
+from ninep.hostlist import Machine
+
+if TYPE_CHECKING:
+    from namespaces import Namespace
 
 __all__ = ["register", "run_cpu", "term_wrapper"]
 
@@ -76,22 +77,6 @@ class _FidStream(trio.abc.Stream):
         return  # the fid is clunked with the connection
 
 
-async def _open(fs: ninep.Client, path: str, mode: int) -> int:
-    fid, _ = await fs.walk_fid(path)
-    await fs.conn.open(fid, mode)
-    return fid
-
-
-def _exit_code(status: str) -> int:
-    """n/wait's "pid N exit 3" or "pid N killed 9" as a shell's $?."""
-    words = status.split()
-    if len(words) >= 4 and words[2] == "exit" and words[3].isdigit():
-        return int(words[3])
-    if len(words) >= 4 and words[2] == "killed" and words[3].isdigit():
-        return 128 + int(words[3])
-    return 1
-
-
 def _winsize(fd: int) -> tuple[int, int]:
     rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
     return rows, cols
@@ -118,53 +103,40 @@ def _stdin_stream() -> trio.abc.ReceiveStream | None:
 
 
 async def run_cpu(
-    address: str, command: list[str], ns: Namespace, *, cwd: str | None = None, interactive: bool = False
+    address: str,
+    command: list[str],
+    ns: Namespace,
+    *,
+    cwd: str | None = None,
+    interactive: bool = False,
+    key: object = None,
+    uname: str | None = None,
 ) -> int:
     """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status.
 
     `interactive`: the command gets a terminal on the remote side, sized like ours, and our
-    terminal is put in raw mode so every key (^C included) reaches it.
+    terminal is put in raw mode so every key (^C included) reaches it. `key` and `uname`:
+    who we are to the remote server (its authorized keys map the key to a user).
     """
     # Connecting has a deadline; the command itself may run (and be waited for) for hours.
-    async with ninep.connect(address, connect_timeout=bounds.CONNECT_TIMEOUT) as fs:
-        conn = fs.conn
-        try:
-            ctl = await _open(fs, "/cmd/clone", ORDWR)
-        except FileNotFoundError:
-            raise ninep.NinePError(
-                f"{address}: no /cmd here (serve it with --machine --allow-exec)"
-            ) from None
-        n = (await conn.read(ctl, 0, 64)).decode().strip()
-        await conn.write(ctl, 0, b"term")
-        term = await _open(fs, f"/cmd/{n}/term", ORDWR)
-        data = await _open(fs, f"/cmd/{n}/data", ORDWR)
-        err = await _open(fs, f"/cmd/{n}/stderr", OREAD)
-        wait = await _open(fs, f"/cmd/{n}/wait", OREAD)
+    async with ninep.connect(address, connect_timeout=bounds.CONNECT_TIMEOUT, key=key, uname=uname) as fs:
+        cmd = await start_command(fs, address, term=True)
         if interactive:
-            await conn.write(ctl, 0, b"pty")
+            await cmd.ctl_request("pty")
             rows, cols = _winsize(1)
-            await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
+            await cmd.ctl_request(f"winsize {rows} {cols}")
         if cwd is not None:  # --cwd: the caller's directory, as the remote command sees it
             command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", f"/mnt/term{cwd}", *command]
         # Listen for signals before the command exists, so none arrives while nobody listens.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            await conn.write(ctl, 0, f"exec {shlex.join(command)}".encode())
-            return await _session(conn, ctl, term, data, err, wait, ns, address, interactive, signals)
+            await cmd.exec(command)
+            return await _session(cmd, ns, address, interactive, signals)
 
 
-async def _session(
-    conn: ninep.Connection,
-    ctl: int,
-    term: int,
-    data: int,
-    err: int,
-    wait: int,
-    ns: Namespace,
-    address: str,
-    interactive: bool,
-    signals: Any,
-) -> int:
+async def _session(cmd: Command, ns: Namespace, address: str, interactive: bool, signals: Any) -> int:
     """Stream a started command's stdio, serve /mnt/term, pass signals; its exit status."""
+    conn = cmd.fs.conn
+    assert cmd.term is not None
     stdout = trio.wrap_file(sys.stdout.buffer)
     stderr = trio.wrap_file(sys.stderr.buffer)
 
@@ -182,47 +154,62 @@ async def _session(
             read = stream.receive_some
         try:
             while chunk := await read(CHUNK):
-                await conn.write(data, 0, chunk)
+                await cmd.send_input(chunk)
         except ninep.NinePError:
             return  # the command stopped reading
         finally:
             if stream is not None:
                 await stream.aclose()
                 os.set_blocking(0, True)  # FdStream made the shared file description non-blocking
-        await conn.write(data, 0, b"")  # end of file for the command
+        await cmd.close_input()
 
     async def pass_winch() -> None:
         with trio.open_signal_receiver(signal.SIGWINCH) as signals:
             async for _ in signals:
                 rows, cols = _winsize(1)
                 with contextlib.suppress(ninep.NinePError):
-                    await conn.write(ctl, 0, f"winsize {rows} {cols}".encode())
+                    await cmd.ctl_request(f"winsize {rows} {cols}")
 
     async def pass_signals() -> None:
         # Ctrl-C, TERM and HUP here go to the remote command's process group.
         async for signum in signals:
             name = signal.Signals(signum).name.removeprefix("SIG")
             with contextlib.suppress(ninep.NinePError):
-                await conn.write(ctl, 0, f"signal {name}".encode())
+                await cmd.ctl_request(f"signal {name}")
 
-    server = ninep.Server(ns)
+    from ninep.server import Server
+
+    server = Server(ns)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, _FidStream(conn, term), f"cpu:{address}")
+        nursery.start_soon(server.handle_stream, _FidStream(conn, cmd.term), f"cpu:{address}")
         nursery.start_soon(pump_in)
         nursery.start_soon(pass_signals)
         if interactive:
             nursery.start_soon(pass_winch)
         with _raw_terminal(0) if interactive else contextlib.nullcontext():
             async with trio.open_nursery() as outputs:
-                outputs.start_soon(pump_out, data, stdout)
-                outputs.start_soon(pump_out, err, stderr)
-                status = (await conn.read(wait, 0, 256)).decode()
+                outputs.start_soon(pump_out, cmd.data, stdout)
+                outputs.start_soon(pump_out, cmd.stderr, stderr)
+                status = await cmd.status()
         nursery.cancel_scope.cancel()
-    return _exit_code(status)
+    return exit_status(status)
+
+
+def _me() -> str:
+    """Who we are, from the password database: not $USER, which sudo, cron and
+    containers leave unset or wrong."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 async def _main(args: argparse.Namespace, command: list[str]) -> int:
-    async with Namespace(LocalTree("/"), uname=args.uname or os.environ.get("USER", "none")) as ns:
+    from fileserver.local import LocalTree
+    from namespaces import Namespace, NamespaceFileError, apply
+    from namespaces.cli import gather_ops
+
+    async with Namespace(LocalTree("/"), uname=_me()) as ns:
         try:
             await apply(ns, gather_ops(args))
         except NamespaceFileError as e:
@@ -230,23 +217,39 @@ async def _main(args: argparse.Namespace, command: list[str]) -> int:
             return 2
         interactive = args.tty if args.tty is not None else (sys.stdin.isatty() and sys.stdout.isatty())
         return await run_cpu(
-            args.addr, command, ns, cwd=os.getcwd() if args.cwd else None, interactive=interactive
+            args.addr,
+            command,
+            ns,
+            cwd=os.getcwd() if args.cwd else None,
+            interactive=interactive,
+            key=args.key,
+            uname=args.uname,
         )
 
 
-def _run(args: argparse.Namespace) -> int:
-    # Options may also follow ADDR (`ninefs cpu ADDR --cwd -- make`): they end at "--".
+def _split_late_options(args: argparse.Namespace) -> list[str]:
+    """Options may also follow ADDR (`ninefs cpu ADDR --cwd -- make`): they end at "--"."""
     rest = args.command
-    if "--" in rest:
-        i = rest.index("--")
-        late, command = rest[:i], rest[i + 1 :]
-        if late:
-            extra = argparse.ArgumentParser(prog="ninefs cpu ADDR")
-            _options(extra)
-            extra.parse_args(late, namespace=args)
-    else:
-        command = rest
-    command = command or ["/bin/sh", "-i"]
+    if "--" not in rest:
+        return rest
+    i = rest.index("--")
+    late, command = rest[:i], rest[i + 1 :]
+    if late:
+        extra = argparse.ArgumentParser(prog="ninefs cpu ADDR")
+        _options(extra)
+        extra.parse_args(late, namespace=args)
+    return command
+
+
+def _run(args: argparse.Namespace) -> int:
+    from namespaces import NamespaceFileError
+
+    if args.hosts or args.all:
+        return _run_fanout(args)
+    if args.addr is None:
+        print("ninefs cpu: no machine: give ADDR, or -w HOSTS for many", file=sys.stderr)
+        return 2
+    command = _split_late_options(args) or ["/bin/sh", "-i"]
     try:
         with single_error(), _first_os_error():  # a connect that timed out, a server that died
             return trio.run(partial(_main, args, command))
@@ -257,6 +260,76 @@ def _run(args: argparse.Namespace) -> int:
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
         print(f"ninefs cpu: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _run_fanout(args: argparse.Namespace) -> int:
+    """`-w HOSTS` (or `-n NSFILE --all`): the command on every machine, as pdsh runs it."""
+    from ninep.fanout import resolve_hosts
+
+    from .fanout import fan_out
+
+    # With -w there is no ADDR: what argparse took for it is the command's first word.
+    command = ([args.addr] if args.addr is not None else []) + args.command
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("ninefs cpu: -w needs a command: ninefs cpu -w HOSTS -- CMD", file=sys.stderr)
+        return 2
+    try:
+        hosts = resolve_hosts(args.hosts or [])
+        if args.all:
+            hosts = resolve_hosts([*hosts, *_machines_in_namespace(args)])
+        if args.exclude:
+            gone = {m.name for m in resolve_hosts(args.exclude)}
+            hosts = [m for m in hosts if m.name not in gone]
+    except ValueError as e:
+        print(f"ninefs cpu: {e}", file=sys.stderr)
+        return 2
+    if not hosts:
+        print("ninefs cpu: no hosts to run on", file=sys.stderr)
+        return 2
+    stdin = b""
+    if not args.nostdin and not sys.stdin.isatty():
+        stdin = sys.stdin.buffer.read()  # the same bytes for every host (clush's broadcast)
+    mode = "json" if args.json else "group" if args.group else "lines"
+    return trio.run(
+        partial(
+            fan_out,
+            hosts,
+            command,
+            mode=mode,
+            prefix=not args.no_prefix,
+            outdir=args.outdir,
+            fanout=args.fanout,
+            connect_timeout=args.connect_timeout,
+            timeout=args.timeout,
+            stdin=stdin,
+            key=args.key,
+            uname=args.uname,
+        )
+    )
+
+
+def _machines_in_namespace(args: argparse.Namespace) -> list[Machine]:
+    """`--all`: every machine the namespace files mount directly under /n (/n/NAME)."""
+    from namespaces import NamespaceFileError
+    from namespaces.cli import gather_ops
+    from namespaces.namespace import split
+    from ninep.fanout import machine_for
+
+    try:
+        ops = gather_ops(args)
+    except NamespaceFileError as e:
+        raise ValueError(str(e)) from None
+    found: list[Machine] = []
+    for op in ops:
+        if op.verb == "mount":
+            addr, old = op.args[0], split(op.args[1])
+            if len(old) == 2 and old[0] == "n" and not addr.startswith("/"):
+                found.append(Machine(old[1], machine_for(addr).address))
+    if not found:
+        raise ValueError("--all: the namespace mounts no machine under /n")
+    return found
 
 
 @contextlib.contextmanager
@@ -275,9 +348,14 @@ def _first_os_error() -> Iterator[None]:
 
 
 def _options(p: argparse.ArgumentParser) -> None:
+    from namespaces.cli import add_namespace_options
+
     add_namespace_options(p)
     p.add_argument("--cwd", action="store_true", help="run in /mnt/term + this directory")
-    p.add_argument("--uname", "-u", default=None)
+    p.add_argument("--uname", "-u", default=None, help="the user to attach as (default: yours)")
+    p.add_argument(
+        "--key", "-k", default=None, help="private key, when the server asks (default $NINEFS_KEY)"
+    )
     p.add_argument(
         "-t",
         dest="tty",
@@ -288,9 +366,38 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", dest="tty", action="store_false", help="no remote terminal")
 
 
+def _fanout_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many machines at once (pdsh, clush)")
+    g.add_argument(
+        "-w",
+        dest="hosts",
+        action="append",
+        metavar="HOSTS",
+        help="run on these: node[1-16],tcp!10.0.0.[1-4]!564 or ^FILE (a machines file); no /mnt/term",
+    )
+    g.add_argument("-x", dest="exclude", action="append", metavar="HOSTS", help="but not on these")
+    g.add_argument("--all", action="store_true", help="with -n NSFILE: every machine it mounts at /n/NAME")
+    g.add_argument("-f", dest="fanout", type=int, default=64, metavar="N", help="hosts at once (default 64)")
+    g.add_argument(
+        "--connect-timeout", type=float, default=10.0, metavar="S", help="per host, to start (default 10)"
+    )
+    g.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="per host, to finish (default none)"
+    )
+    g.add_argument("-N", dest="no_prefix", action="store_true", help="no 'HOST: ' before each line")
+    g.add_argument("-b", dest="group", action="store_true", help="identical results once, under their hosts")
+    g.add_argument("--json", action="store_true", help="one JSON record per host")
+    g.add_argument("--outdir", metavar="DIR", help="write DIR/HOST/{stdout,stderr,status}")
+    g.add_argument("--nostdin", action="store_true", help="do not send our stdin to every host")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cpu", help="run a command on another machine that sees this one's files at /mnt/term")
-    p.add_argument("addr", help="the machine: a server started with --machine --allow-exec")
+    p = sub.add_parser(
+        "cpu",
+        help="run a command on another machine that sees this one's files at /mnt/term, or on many (-w)",
+    )
+    p.add_argument("addr", nargs="?", help="the machine: a server started with --machine --allow-exec")
     _options(p)
+    _fanout_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="[OPTIONS] -- CMD ARGS (default: /bin/sh)")
     p.set_defaults(run=_run)

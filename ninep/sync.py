@@ -19,7 +19,7 @@ from .files import connect as async_connect
 from .messages import Stat
 from .transport import Address
 
-__all__ = ["SyncClient", "SyncFile", "connect"]
+__all__ = ["SyncClient", "SyncFile", "connect", "run_all"]
 
 
 class _Loop:
@@ -142,3 +142,13 @@ def connect(address: str | Address, **options: Any) -> SyncClient:
     loop = _Loop()
     loop.start(lambda: async_connect(address, **options))
     return SyncClient(loop)
+
+
+def run_all(hosts: Any, argv: Any, **options: Any) -> list[Any]:
+    """Run a command on many machines at once and wait for all of them: the blocking twin
+    of `ninep.run_all` (ninep/fanout.py), with the same options; one result per host."""
+    from functools import partial
+
+    from .fanout import run_all as async_run_all
+
+    return trio.run(partial(async_run_all, hosts, argv, **options))
