@@ -1,16 +1,21 @@
-"""`ninefs ls|cat|write|stat|mkdir|rm|mv ADDR PATH…`: plan9port's 9p(1) for ninefs.
+"""`ninefs ls|cat|write|stat|mkdir|rm|mv ADDR PATH…`: plan9port's 9p(1) for ninefs;
+`ninefs ping ADDR`, and `ninefs key gen|authorize|show`.
 
 Each command connects, does its work through the path API and exits; errors
 print one line, with the path (or the address) and the server's 9P message, and
 exit 1. Connecting has a deadline (--timeout, 10 s): a server that never answers
-is an error, not a hang.
+is an error, not a hang. A key given with --key is read before dialling, so a
+bad one is an error naming the file even where no server would ask for it.
+
+`ping` dials and exchanges Tversion only: it needs no key, so it is the readiness
+probe for a server that requires one (version(5) comes before any auth).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import getpass
+import os
 import socket
 import stat as st_mod
 import sys
@@ -20,14 +25,18 @@ from functools import partial
 
 import trio
 
-from .auth import DEFAULT_KEY, generate_key
-from .bounds import CONNECT_TIMEOUT
+from . import auth
+from .auth import DEFAULT_AUTHORIZED_KEYS, DEFAULT_KEY, KeyFileError, generate_key, local_user
+from .bounds import CONNECT_TIMEOUT, Opening
+from .client import single_error
+from .codec import CodecError
 from .constants import DMAPPEND, DMDIR, DMEXCL
 from .errors import NinePError
 from .files import Client, connect
 from .messages import Stat
+from .transport import Address, parse_address
 
-__all__ = ["format_long", "register"]
+__all__ = ["add_key_option", "format_long", "key_path", "register"]
 
 CHUNK = 1 << 20
 
@@ -131,9 +140,9 @@ async def _session(
     args: argparse.Namespace, body: Callable[[Client, argparse.Namespace], Awaitable[None]]
 ) -> None:
     within = args.timeout or None
-    async with connect(
-        args.addr, uname=args.uname, aname=args.aname, key=args.key, connect_timeout=within
-    ) as fs:
+    key = auth.load_private_key(args.key) if args.key else None
+    uname = args.uname if args.uname is not None else local_user()
+    async with connect(args.addr, uname=uname, aname=args.aname, key=key, connect_timeout=within) as fs:
         await body(fs, args)
 
 
@@ -145,6 +154,9 @@ def _runner(
         where = f"{args.addr}: "
         try:
             trio.run(partial(_session, args, body))
+        except KeyFileError as e:
+            print(f"ninefs {args.command}: {e}", file=sys.stderr)
+            return 1
         except NinePError as e:
             print(f"ninefs {args.command}: {'' if e.filename else where}{e}", file=sys.stderr)
             return 1
@@ -152,7 +164,7 @@ def _runner(
             return 1
         except OSError as e:
             place = f"{e.filename}: " if e.filename else where
-            print(f"ninefs {args.command}: {place}{e.strerror or e}", file=sys.stderr)
+            print(f"ninefs {args.command}: {place}{_reason(e)}", file=sys.stderr)
             return 1
         except ValueError as e:
             print(f"ninefs {args.command}: {e}", file=sys.stderr)
@@ -169,9 +181,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--aname", "-A", default="", help="tree to attach (default: the server's main tree)")
-    p.add_argument(
-        "--key", "-k", default=None, help=f"private key, when the server asks (default {DEFAULT_KEY})"
-    )
+    add_key_option(p)
     p.add_argument(
         "--timeout",
         type=float,
@@ -181,10 +191,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def key_path(value: str) -> str:
+    """--key's type: absolute at parse time, so a later chdir (a daemon's) finds the same file."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def add_key_option(p: argparse.ArgumentParser) -> None:
+    """--key/-k as every command that may authenticate takes it (mount and cpu too)."""
+    p.add_argument(
+        "--key",
+        "-k",
+        type=key_path,
+        default=None,
+        metavar="KEY",
+        help=f"private key, when the server asks (default $NINEFS_KEY, or {DEFAULT_KEY})",
+    )
+
+
 def _key_gen(args: argparse.Namespace) -> int:
-    comment = args.comment or f"{getpass.getuser()}@{socket.gethostname()}"
+    comment = args.comment or f"{local_user()}@{socket.gethostname()}"
     try:
-        line = generate_key(args.out, comment)
+        generate_key(args.out, comment)
     except FileExistsError:
         print(f"ninefs key gen: {args.out}: already exists (remove it, or give --out)", file=sys.stderr)
         return 1
@@ -192,9 +219,104 @@ def _key_gen(args: argparse.Namespace) -> int:
         print(f"ninefs key gen: {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"private key: {args.out} (mode 0600)\npublic key:  {args.out}.pub")
-    print("for a server's --authorized-keys file (the last word is the user it maps to):")
-    print(line.rsplit(" ", 1)[0] + " " + getpass.getuser())
+    print("to let it in as USER, on the server (or into a file for --authorized-keys):")
+    print(f"  ninefs key authorize {args.out}.pub --user USER [--file {DEFAULT_AUTHORIZED_KEYS}]")
     return 0
+
+
+def _key_authorize(args: argparse.Namespace) -> int:
+    try:
+        auth.check_user(args.user)
+        if args.pub == "-":
+            key = auth.parse_public_line(sys.stdin.read(), "(stdin)")
+        else:
+            key = auth.load_public_key(args.pub)
+        entry = auth.authorize(args.file, key, args.user, replace=args.replace)
+    except KeyFileError as e:
+        print(f"ninefs key authorize: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"ninefs key authorize: --user: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.file}:{entry.lineno}: {entry.line()}")
+    return 0
+
+
+def _key_show(args: argparse.Namespace) -> int:
+    try:
+        key = auth.resolve_key(args.key)
+        if key is None:
+            raise KeyFileError(DEFAULT_KEY, auth.no_key_reason())
+        path = args.key or os.environ.get("NINEFS_KEY") or DEFAULT_KEY
+        mine = auth.public_key(key)
+        try:  # the comment `key gen` gave it, when the .pub beside it is this key's
+            beside = auth.load_public_key(path + ".pub")
+        except KeyFileError:
+            beside = None
+        comment = (
+            beside.comment if beside and beside.raw == mine.raw else f"{local_user()}@{socket.gethostname()}"
+        )
+    except KeyFileError as e:
+        print(f"ninefs key show: {e}", file=sys.stderr)
+        return 1
+    print(auth.public_key(key, comment).line())
+    return 0
+
+
+def _reason(e: OSError) -> str:
+    """An OSError in a user's words: trio's "all attempts to connect ... failed" says why
+    only in its cause, so say that (one errno for every address tried: "connection refused")."""
+    cause = e.__cause__
+    if e.errno is None and isinstance(cause, BaseExceptionGroup):
+        codes = {x.errno for x in cause.exceptions if isinstance(x, OSError)}
+        if len(codes) == 1 and None not in codes:
+            return os.strerror(codes.pop()).lower()
+    return e.strerror or str(e)
+
+
+async def _ping(args: argparse.Namespace, address: Address) -> None:
+    for i in range(args.count):
+        if i:
+            await trio.sleep(args.interval)
+        start = trio.current_time()
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                conn = await Opening(address, args.timeout or None).connection(nursery)
+                took = trio.current_time() - start
+                await conn.aclose()
+        print(f"{args.addr}: {conn.version}, msize {conn.msize}, {took * 1000:.1f} ms", flush=True)
+
+
+def _run_ping(args: argparse.Namespace) -> int:
+    try:
+        address = parse_address(args.addr)
+    except ValueError as e:
+        print(f"ninefs ping: {e}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_ping, args, address)
+    except KeyboardInterrupt:
+        return 130
+    except NinePError as e:
+        print(f"ninefs ping: {args.addr}: {e.ename}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"ninefs ping: {args.addr}: {_reason(e)}", file=sys.stderr)
+        return 1
+    except CodecError as e:  # something answered, but not in 9P
+        print(f"ninefs ping: {args.addr}: not a 9P server? bad answer to Tversion: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a server's surprise: still one line
+        print(f"ninefs ping: {args.addr}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value}: want 1 or more")
+    return n
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -204,6 +326,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", "-o", default=DEFAULT_KEY, help=f"private key file (default {DEFAULT_KEY})")
     g.add_argument("--comment", "-C", default=None, help="comment in the .pub line (default user@host)")
     g.set_defaults(run=_key_gen)
+    a = key_sub.add_parser("authorize", help="let a public key in as a user (add it to authorized keys)")
+    a.add_argument("pub", metavar="PUB", help="the key's .pub file, or - for its line on stdin")
+    a.add_argument("--user", "-u", required=True, help="the user the key acts as")
+    a.add_argument(
+        "--file",
+        "-f",
+        type=key_path,
+        default=DEFAULT_AUTHORIZED_KEYS,
+        help=f"authorized-keys file (default {DEFAULT_AUTHORIZED_KEYS}; made 0600 if new)",
+    )
+    a.add_argument("--replace", action="store_true", help="if the key is listed, for whomever, list it anew")
+    a.set_defaults(run=_key_authorize)
+    s = key_sub.add_parser("show", help="print the .pub line of a private key")
+    s.add_argument("key", nargs="?", type=key_path, default=None, metavar="KEY", help="default: as --key")
+    s.set_defaults(run=_key_show)
+
+    p = sub.add_parser("ping", help="check that a 9P server answers (Tversion; no key needed)")
+    p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=CONNECT_TIMEOUT,
+        metavar="S",
+        help=f"deadline for dial and Tversion, each time (default {CONNECT_TIMEOUT:g} s; 0: none)",
+    )
+    p.add_argument("--count", "-c", type=_positive, default=1, metavar="N", help="round trips (default 1)")
+    p.add_argument(
+        "--interval", "-i", type=float, default=1.0, metavar="S", help="between round trips (default 1 s)"
+    )
+    p.set_defaults(run=_run_ping)
 
     p = sub.add_parser("ls", help="list directories on a 9P server")
     _common(p)
