@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import trio
 
 from ninep.bounds import CONNECT_TIMEOUT
-from ninep.remote import RemoteTree
+from ninep.remote import RemoteTree, reason
 
 from .discovery import Discovered, discover, is_dns_source
 from .namespace import MAFTER, MBEFORE, MCREATE, MREPL, Namespace
@@ -250,6 +250,8 @@ async def apply(
                     if warn is not None:
                         warn(f"{op.args[0]}: {e} (nothing mounted at {op.args[1] or '/'})")
                     continue
+                if isinstance(e, OSError):
+                    e = OSError(f"{op.args[0]}: {reason(e)}")  # "connection refused", not trio's words
                 raise e
             if op.verb == "bind":
                 new, old = op.args

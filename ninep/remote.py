@@ -95,7 +95,7 @@ from .messages import (
 from .transport import Address
 from .tree import Tree
 
-__all__ = ["RemoteTree", "State"]
+__all__ = ["RemoteTree", "State", "reason"]
 
 log = logging.getLogger("ninefs.remote")
 T = TypeVar("T")
@@ -137,8 +137,8 @@ def _nowhere() -> Connection:
     return Connection.never(ProtocolError("not attached yet"))
 
 
-def _reason(e: BaseException | None) -> str:
-    """A connection's end or a failed redial in a few words: "connection refused"."""
+def reason(e: BaseException | None) -> str:
+    """A connection's end or a failed dial in a few words: "connection refused"."""
     if e is None:
         return "connection closed"
     if isinstance(e, NinePError):
@@ -154,6 +154,9 @@ def _reason(e: BaseException | None) -> str:
     if isinstance(e, trio.TooSlowError):
         return "timed out"
     return str(e) or type(e).__name__
+
+
+_reason = reason  # the old private name (ninep/fanout.py imports it)
 
 
 class RemoteTree(Tree):
@@ -222,7 +225,7 @@ class RemoteTree(Tree):
                 if lazy:
                     tree._state = "idle"
                 elif failed is not None:
-                    tree._state, tree._last_error = "down", _reason(failed)
+                    tree._state, tree._last_error = "down", reason(failed)
                     log.info("%s: not answering (%s); redialling", tree.address, tree._last_error)
                 if reconnect or start_down or lazy:
                     each = REDIAL_TIMEOUT if connect_timeout is None else min(connect_timeout, REDIAL_TIMEOUT)
@@ -268,7 +271,7 @@ class RemoteTree(Tree):
         if conn is not self.conn or self._state != "up":
             return  # known already
         self._grace_end = trio.current_time() + GRACE
-        why = _reason(conn.close_reason)
+        why = reason(conn.close_reason)
         if self._redial is None:
             self._set_state("down", why)
             return
@@ -309,7 +312,7 @@ class RemoteTree(Tree):
                 except REDIAL_ERRORS as e:
                     self._failed += 1
                     self._refusing = trio.current_time() - started < GRACE
-                    self._set_state("down", _reason(e))
+                    self._set_state("down", reason(e))
                 with trio.move_on_at(started + delay):
                     await self._wanted.wait()  # the backoff, unless an operation asks now
                 self._wanted = trio.Event()
