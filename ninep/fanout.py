@@ -177,19 +177,32 @@ async def _run_on(
                     async def heartbeat() -> None:
                         while True:
                             await trio.sleep(HEARTBEAT)
-                            with trio.move_on_after(connect_timeout) as waited:
-                                await conn.stat(cmd.ctl)
-                            if waited.cancelled_caught:
-                                raise _Lost(f"no answer for {connect_timeout:g} s")
+                            answered = trio.Event()
 
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(feed)
-                        nursery.start_soon(heartbeat)
-                        async with trio.open_nursery() as outputs:
-                            outputs.start_soon(pump, cmd.data, "stdout")
-                            outputs.start_soon(pump, cmd.stderr, "stderr")
-                        status = exit_status(await cmd.status())
-                        nursery.cancel_scope.cancel()
+                            async def ask() -> None:
+                                await conn.stat(cmd.ctl)
+                                answered.set()
+
+                            async with trio.open_nursery() as asking:
+                                asking.start_soon(ask)
+                                with trio.move_on_after(connect_timeout):
+                                    await answered.wait()
+                                if not answered.is_set():
+                                    # Given up, not flushed: a Tflush would wait for an answer too.
+                                    await conn.aclose()
+                                    raise _Lost(f"no answer for {connect_timeout:g} s")
+
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(feed)
+                            nursery.start_soon(heartbeat)
+                            async with trio.open_nursery() as outputs:
+                                outputs.start_soon(pump, cmd.data, "stdout")
+                                outputs.start_soon(pump, cmd.stderr, "stderr")
+                            status = exit_status(await cmd.status())
+                            nursery.cancel_scope.cancel()
+                    except BaseExceptionGroup as group:
+                        raise _first(group) from None
             except BaseExceptionGroup as group:
                 raise _first(group) from None
     except trio.TooSlowError:
@@ -219,8 +232,10 @@ async def _run_on(
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
-    """The one error a host's tasks failed with (the rest are the same loss seen twice)."""
-    first: BaseException = group
+    """The one error a host's tasks failed with (the rest are the same loss seen again):
+    the heartbeat's, when it gave the connection up."""
+    lost = group.subgroup(_Lost)
+    first: BaseException = group if lost is None else lost
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
