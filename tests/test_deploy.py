@@ -333,8 +333,15 @@ def load_yaml(name: str) -> Any:
     return yaml.safe_load((DEPLOY / "kubernetes" / name).read_text())
 
 
-def test_the_kustomization_holds_every_manifest() -> None:
-    assert sorted(load_yaml("kustomization.yaml")["resources"]) == MANIFESTS
+def test_the_kustomization_holds_every_manifest_and_makes_the_secret_the_daemonset_mounts() -> None:
+    kustomization = load_yaml("kustomization.yaml")
+    assert sorted([*kustomization["resources"], "secret.yaml"]) == MANIFESTS
+    (generated,) = kustomization["secretGenerator"]
+    (volume,) = [
+        v for v in load_yaml("daemonset.yaml")["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    ]
+    assert generated["name"] == volume["secret"]["secretName"] == load_yaml("secret.yaml")["metadata"]["name"]
+    assert generated["files"] == ["authorized_keys"]
 
 
 def daemonset_container() -> dict[str, Any]:
