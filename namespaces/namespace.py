@@ -214,12 +214,17 @@ class Namespace(Tree):
         aname: str = "",
         *,
         source: str | None = None,
+        root: Any = None,
     ) -> None:
-        """Attach `tree` (or the 9P server at a dial string) at `old` (bind(2)'s mount)."""
+        """Attach `tree` (or the 9P server at a dial string) at `old` (bind(2)'s mount).
+        `root`: the node of `tree` to mount, attached already (nsfile.apply attaches each
+        server as soon as it is dialled, all at once); the namespace owns it from now on."""
         if isinstance(tree, str):
             source = source or tree
             tree = await self.dial(tree)
-        if isinstance(tree, RemoteTree) and tree.state != "up":
+        if root is not None:
+            node = root
+        elif isinstance(tree, RemoteTree) and tree.state != "up":
             # A server that is down, or not dialled yet: its root is attached at first use.
             node: Any = tree.attach_later(self.uname, aname)
         else:

@@ -33,15 +33,18 @@ until the server answers, and then it joins, nothing restarted (ninep.remote). W
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from ninep.bounds import CONNECT_TIMEOUT
+from ninep.errors import NinePError
 from ninep.remote import RemoteTree, reason
 
 from .discovery import Discovered, discover, is_dns_source
@@ -221,15 +224,22 @@ async def apply(
     and joins when it answers, and `warn` gets one line for it ("/n/h3: ADDRESS: why (it
     joins when it answers)"). `status`: /n/.status, if anything is mounted under /n."""
     trees: dict[int, RemoteTree] = {}
+    roots: dict[int, Any] = {}
     found: dict[int, list[Discovered]] = {}
     failed: dict[int, Exception] = {}
 
     async def dial(i: int, op: Op) -> None:
         try:
             if op.verb == "mount":
-                trees[i] = await ns.dial(
+                tree = trees[i] = await ns.dial(
                     op.args[0], start_down=start_down, lazy=op.lazy, connect_timeout=connect_timeout
                 )
+                if tree.state == "up":
+                    # Attached here too, at once with the others (a round trip each); one that
+                    # fails is attached again in its turn, for its error in its place.
+                    with contextlib.suppress(NinePError, OSError):
+                        with trio.fail_after(connect_timeout):
+                            roots[i] = await tree.attach(ns.uname, op.args[2] if len(op.args) > 2 else "")
             else:
                 found[i] = await discover(
                     ns, *op.args, start_down=start_down, lazy=op.lazy, connect_timeout=connect_timeout
@@ -265,7 +275,9 @@ async def apply(
                 addr, old = op.args[0], op.args[1]
                 spec = op.args[2] if len(op.args) > 2 else ""
                 tree = trees.get(i)
-                await ns.mount(tree or _mountable(addr), old, op.flags, spec, source=addr)
+                await ns.mount(
+                    tree or _mountable(addr), old, op.flags, spec, source=addr, root=roots.pop(i, None)
+                )
                 if tree is not None and tree.state == "down" and warn is not None:
                     warn(f"{old}: {addr}: {tree.last_error} (it joins when it answers)")
             elif op.verb == "machines":
