@@ -51,7 +51,15 @@ class Machine:
 # expand
 
 
-_ELEMENT = re.compile(r"(\d+)(?:-(\d+)(?:/(\d+))?)?")
+# ASCII digits only: `\d` would take "٣" for 3 and fold it back as "3". A number is at most
+# 64 digits (far past any host's), so no int() ever meets Python's 4300-digit limit.
+_ELEMENT = re.compile(r"([0-9]{1,64})(?:-([0-9]{1,64})(?:/([0-9]{1,64}))?)?")
+_NUMBER = re.compile(r"([0-9]{1,64})")
+
+
+def _shown(word: str) -> str:
+    """A word as an error shows it: itself, or quoted when it holds a newline or a control."""
+    return word if word.isprintable() and word else repr(word)
 
 
 def _words(text: str) -> list[str]:
@@ -62,17 +70,17 @@ def _words(text: str) -> list[str]:
     for i, ch in enumerate(text):
         if ch == "[":
             if depth:
-                raise ValueError(f"{_word_at(text, start)}: '[' inside brackets")
+                raise ValueError(f"{_shown(_word_at(text, start))}: '[' inside brackets")
             depth = 1
         elif ch == "]":
             if not depth:
-                raise ValueError(f"{_word_at(text, start)}: ']' without '['")
+                raise ValueError(f"{_shown(_word_at(text, start))}: ']' without '['")
             depth = 0
         elif ch == "," and not depth:
             words.append(text[start:i])
             start = i + 1
     if depth:
-        raise ValueError(f"{text[start:].strip()}: '[' never closed")
+        raise ValueError(f"{_shown(text[start:].strip())}: '[' never closed")
     words.append(text[start:])
     return [w.strip() for w in words if w.strip()]
 
@@ -93,21 +101,21 @@ def _word_at(text: str, start: int) -> str:
 def _group_size(word: str, body: str) -> list[tuple[int, int, int, int]]:
     """Parse `1,3-5,08-10/2` into (first, last, step, width) runs, checking each."""
     if not body:
-        raise ValueError(f"{word}: empty group []")
+        raise ValueError(f"{_shown(word)}: empty group []")
     runs: list[tuple[int, int, int, int]] = []
     for element in body.split(","):
         m = _ELEMENT.fullmatch(element)
         if m is None:
             what = "empty range" if not element else f"{element!r} is not a number or a range a-b"
-            raise ValueError(f"{word}: {what}")
+            raise ValueError(f"{_shown(word)}: {what}")
         first_s, last_s, step_s = m.groups()
         first = int(first_s)
         last = first if last_s is None else int(last_s)
         step = 1 if step_s is None else int(step_s)
         if last < first:
-            raise ValueError(f"{word}: range goes backwards")
+            raise ValueError(f"{_shown(word)}: range goes backwards")
         if step == 0:
-            raise ValueError(f"{word}: step 0")
+            raise ValueError(f"{_shown(word)}: step 0")
         # pdsh and ClusterShell: a leading zero on the first number fixes the width.
         width = len(first_s) if first_s.startswith("0") and len(first_s) > 1 else 0
         runs.append((first, last, step, width))
@@ -145,7 +153,7 @@ def expand(text: str) -> list[str]:
     total = 0
     for word in _words(text):
         if any(ch.isspace() for ch in word):
-            raise ValueError(f"{word}: blank inside a host name")
+            raise ValueError(f"{_shown(word)}: blank inside a host name")
         parts = _parts(word)
         count = 1
         for part in parts:
@@ -153,7 +161,7 @@ def expand(text: str) -> list[str]:
                 count *= _count(part)
         total += count
         if total > MAX_NAMES:
-            raise ValueError(f"{word}: more than {MAX_NAMES:,} names")
+            raise ValueError(f"{_shown(word)}: more than {MAX_NAMES:,} names")
         choices: list[list[str]] = []
         for part in parts:
             if isinstance(part, str):
@@ -213,9 +221,9 @@ def parse_machines(text: str, filename: str) -> list[Machine]:
         for name, address in zip(names, addresses, strict=True):
             # A name is a directory under --outdir; a label of unix!/path is left to the caller.
             if len(words) == 2 and ("/" in name or name in (".", "..")):
-                raise ValueError(f"{where}: {name}: a machine name cannot be a path")
+                raise ValueError(f"{where}: {_shown(name)}: a machine name cannot be a path")
             if name in seen:
-                raise ValueError(f"{where}: {name} is already named on line {seen[name]}")
+                raise ValueError(f"{where}: {_shown(name)} is already named on line {seen[name]}")
             seen[name] = number
             machines.append(Machine(name, address))
         if len(machines) > MAX_NAMES:
@@ -241,7 +249,7 @@ def read_machines(path: str) -> list[Machine]:
 
 def natural_key(name: str) -> tuple[str | tuple[int, int], ...]:
     """Sort key putting node2 before node10 (and node1 before node01)."""
-    pieces = re.split(r"(\d+)", name)
+    pieces = _NUMBER.split(name)
     return tuple(p if i % 2 == 0 else (int(p), len(p)) for i, p in enumerate(pieces))
 
 
@@ -267,7 +275,9 @@ def _ranges(values: Iterable[str]) -> str:
                 first = n
             prev = n
         runs.append((first, prev, width))
-    runs.sort(key=lambda r: (r[0], r[2]))
+    # NodeSet's order: by the length of a run's first number, then its value
+    # (`[1-2,01-02]`, `[0,00,100]`); natural order when no number is padded.
+    runs.sort(key=lambda r: (len(str(r[0]).zfill(r[2])), r[0]))
     spelled = []
     for first, last, width in runs:
         a, b = str(first).zfill(width), str(last).zfill(width)
@@ -288,8 +298,8 @@ def fold(names: Iterable[str]) -> str:
     shapes: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
     for name in dict.fromkeys(names):
         if not name or any(ch in "[]," or ch.isspace() for ch in name):
-            raise ValueError(f"{name!r}: not a host name a host list can hold")
-        pieces = re.split(r"(\d+)", name)
+            raise ValueError(f"{_shown(name)}: not a host name a host list can hold")
+        pieces = _NUMBER.split(name)
         shapes.setdefault(tuple(pieces[0::2]), []).append(tuple(pieces[1::2]))
     items: list[tuple[tuple[str | tuple[int, int], ...], str]] = []
     for text, numbers in shapes.items():
