@@ -204,6 +204,10 @@ def _me() -> str:
         return str(os.geteuid())
 
 
+def _warn(line: str) -> None:
+    print(f"ninefs cpu: {line}", file=sys.stderr)
+
+
 async def _main(args: argparse.Namespace, command: list[str]) -> int:
     from fileserver.local import LocalTree
     from namespaces import Namespace, NamespaceFileError, apply
@@ -211,7 +215,9 @@ async def _main(args: argparse.Namespace, command: list[str]) -> int:
 
     async with Namespace(LocalTree("/"), uname=_me()) as ns:
         try:
-            await apply(ns, gather_ops(args))
+            # As `ns run`: a machine of the caller's namespace that does not answer is one
+            # warning, and its part of /mnt/term joins when it answers.
+            await apply(ns, gather_ops(args), start_down=True, warn=_warn, status=True)
         except NamespaceFileError as e:
             print(f"ninefs cpu: {e}", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ up everything it started, also when something fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -160,6 +161,46 @@ def _cpu_part(tmp: str) -> None:
         _sh(f"ninefs cpu {q} -- sh -c 'exit 3'; echo remote exit status: $?")
 
 
+def _fanout_part(tmp: str) -> None:
+    _say("Many machines as one: a command on all of them at once, from one process (like pdsh)")
+    top = os.path.join(tmp, "fleet")
+    with contextlib.ExitStack() as stack:
+        lines = []
+        for i in range(1, 5):
+            home = os.path.join(top, f"node{i}", "work")
+            os.makedirs(home)
+            with open(os.path.join(home, "load"), "w") as f:
+                f.write(f"{i * 7}\n")
+            address = stack.enter_context(
+                _server("--machine", home, "--allow-exec", "--listen", "tcp!127.0.0.1!0")
+            )
+            lines.append(f"node{i} {address}")
+        machines = os.path.join(tmp, "machines")
+        with open(machines, "w") as f:
+            f.write(
+                "# NAME ADDRESS: four machines (here, four servers on loopback)\n" + "\n".join(lines) + "\n"
+            )
+        print("$ for i in 1 2 3 4; do ninefs serve --machine --allow-exec ... & done    # four machines")
+        _sh(f"cat {machines}")
+        _sh(f"ninefs cpu -w ^{machines} -- cat load")
+        _sh(f"ninefs cpu -w ^{machines} -b -- uname -s")
+        _sh(f"echo 'one line for everyone' | ninefs cpu -w ^{machines} -N -- wc -c")
+        out = os.path.join(tmp, "results")
+        _sh(
+            f"ninefs cpu -w ^{machines} --outdir {out} -- sh -c 'cat load; exit $(($(cat load) % 2))'; echo exit status: $?"
+        )
+        _sh(f"cd {out} && head -n 20 */status */stdout")
+        _sh(f"ninefs cpu -w ^{machines},tcp!127.0.0.1!1 --json -x node[2-4] -- true; echo exit status: $?")
+        if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
+            _say("...and all of them in one namespace: /n/NAME for each machine, with one not answering")
+            nsfile = os.path.join(tmp, "fleet.ns")
+            with open(nsfile, "w") as f:
+                f.write(f"machines {machines}\nmount tcp!127.0.0.1!1 /n/node5\n")
+            _sh(f"cat {nsfile}")
+            script = "cat /n/node*/fs/load | paste -sd+ | bc; cat /n/.status; ls /n/node5"
+            _sh(f"ninefs ns run -n {nsfile} -- sh -c {shlex.quote(script)}")
+
+
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ninefs-demo-") as tmp:
         export = os.path.join(tmp, "export")
@@ -195,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
                 _namespace_part(address, beta, tmp)
 
         _cpu_part(tmp)
+        _fanout_part(tmp)
 
         _say("A second server with a RAM tree, read-only: changes are refused with a clear error")
         with _server("--ro", "--listen", "tcp!127.0.0.1!0") as address:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ninep.errors import NinePError, ProtocolError, errno_for
+from ninep.errors import NinePError, ProtocolError, Unreachable, errno_for
 
 from .fuseabi import FuseError
 
@@ -55,7 +55,10 @@ def fuse_op(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         except (OSError, trio.TooSlowError) as e:
             code = errno_of(e)
-            if code in (errno.EIO, errno.ETIMEDOUT):
+            if isinstance(e, Unreachable):
+                # Said once when the host went (or was found) down; not again at every call.
+                log.debug("%s: %s", fn.__name__, e)
+            elif code in (errno.EIO, errno.ETIMEDOUT):
                 log.warning("%s: %s", fn.__name__, e or "timed out")
             raise FuseError(code) from None
         except Exception:

@@ -14,7 +14,6 @@ from functools import partial
 
 import trio
 
-from fileserver.serve import serve_tree
 from ninep.bounds import CONNECT_TIMEOUT
 
 from .namespace import MCREATE, MREPL, Namespace
@@ -69,6 +68,8 @@ def _warn(line: str) -> None:
 
 
 async def _export(ops: list[Op], args: argparse.Namespace) -> int:
+    from fileserver.serve import serve_tree  # here: `cpu` uses these options and no server
+
     listen, trace = args.listen, args.trace
     async with Namespace(uname=getpass.getuser()) as ns:
         try:
