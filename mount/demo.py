@@ -190,7 +190,7 @@ def _fanout_part(tmp: str) -> None:
             f"ninefs cpu -w ^{machines} --outdir {out} -- sh -c 'cat load; exit $(($(cat load) % 2))'; echo exit status: $?"
         )
         _sh(f"cd {out} && head -n 20 */status */stdout")
-        _sh(f"ninefs cpu -w ^{machines},tcp!127.0.0.1!1 --json -x node[2-4] -- true; echo exit status: $?")
+        _sh(f"ninefs cpu -w ^{machines} -w tcp!127.0.0.1!1 --json -x node[2-4] -- true; echo exit status: $?")
         if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
             _say("...and all of them in one namespace: /n/NAME for each machine, with one not answering")
             nsfile = os.path.join(tmp, "fleet.ns")
