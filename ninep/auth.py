@@ -388,7 +388,7 @@ def load_authorized_keys(path: str) -> dict[bytes, str]:
 def authorize(path: str, key: PublicKey, user: str, *, replace: bool = False) -> AuthorizedKey:
     """Add `key` for `user` to the authorized-keys file `path`; the entry written.
 
-    Creates the file (0600) and its directories (0700). A key already listed is refused
+    Creates the file (0600) and any missing directories (the last 0700). A key already listed is refused
     (KeyFileError naming its line, EEXIST) unless `replace`, which drops its old lines.
     The file is checked whole first: nothing is added to a file a server would refuse.
     Holds flock(2) on the file throughout, so two `authorize` at once both land.
@@ -431,18 +431,21 @@ def authorize(path: str, key: PublicKey, user: str, *, replace: bool = False) ->
             drop = {e.lineno for e in listed}
             kept = [ln for i, ln in enumerate(text.splitlines(), 1) if i not in drop]
             entry = AuthorizedKey(key, user, len(kept) + 1)
-            _replace_file(path, "".join(ln + "\n" for ln in kept) + entry.line() + "\n", mine.st_mode)
+            _replace_file(path, "".join(ln + "\n" for ln in kept) + entry.line() + "\n", mine)
             return entry
         finally:
             os.close(fd)
 
 
-def _replace_file(path: str, text: str, mode: int) -> None:
-    """Write `text` to `path` by rename, so a crash leaves the old file or the new, whole."""
+def _replace_file(path: str, text: str, old: os.stat_result) -> None:
+    """Write `text` to `path` by rename, so a crash leaves the old file or the new, whole;
+    with the old file's mode and, as far as we may, its owner (a server's own user's file)."""
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o777)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, old.st_mode & 0o777)
         with os.fdopen(fd, "w") as f:
+            with contextlib.suppress(PermissionError):
+                os.fchown(f.fileno(), old.st_uid, old.st_gid)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
