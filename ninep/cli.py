@@ -166,6 +166,9 @@ def _runner(
             place = f"{e.filename}: " if e.filename else where
             print(f"ninefs {args.command}: {place}{_reason(e)}", file=sys.stderr)
             return 1
+        except CodecError as e:  # something answered, but not in 9P
+            print(f"ninefs {args.command}: {where}not a 9P server? bad answer: {e}", file=sys.stderr)
+            return 1
         except ValueError as e:
             print(f"ninefs {args.command}: {e}", file=sys.stderr)
             return 2
