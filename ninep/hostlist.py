@@ -9,6 +9,18 @@ file. It sits in `ninep` because the library's `run_all` and the command line bo
 - `parse_machines` reads a machines file: `NAME ADDRESS` a line, ranges expanded in step.
 - `group` and `format_group` print identical results once, under the header `dshbak -c`
   prints (pdsh 2.34's dshbak, checked against /usr/bin/dshbak in tests/test_hostlist.py).
+
+Where the three disagree, and what we do:
+- Folding is NodeSet's (ClusterShell 1.10), items compared in the tests: several numbers
+  fold into a grid (`a[1-2]b[1-2]`); dshbak folds only a name's last number. A padded run
+  stops where the width changes (`node[01-99,100]`, as NodeSet, which refuses
+  `[01-100]`); dshbak writes `node[01-100]`. `expand` takes both spellings.
+- Items come in natural order (`0a,1`, as `sort -V`); NodeSet sorts them by their text
+  first (`1,0a`). For names that end in their number the two agree.
+- `1[0-10]` is 1 followed by each of 0..10, as pdsh reads it; NodeSet reads 10 to 110.
+  NodeSet's negative numbers (`a[-3]`) are an error here.
+- The header's divider is dshbak's sixteen dashes, whatever the host list's width.
+- A bracket group holding `:` is an IPv6 literal (`[::1]:564`), never a range.
 """
 
 from __future__ import annotations
@@ -58,7 +70,10 @@ _NUMBER = re.compile(r"([0-9]{1,64})")
 
 
 def _shown(word: str) -> str:
-    """A word as an error shows it: itself, or quoted when it holds a newline or a control."""
+    """A word as an error shows it: quoted when it holds a newline or a control, and cut
+    short when it is long (the error is one line, not the megabyte a typo pasted)."""
+    if len(word) > 80:
+        word = word[:77] + "..."
     return word if word.isprintable() and word else repr(word)
 
 
