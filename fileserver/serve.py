@@ -13,6 +13,7 @@ same accept loop, admission and handshake deadlines as sockets we open ourselves
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import ipaddress
 import logging
@@ -28,7 +29,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import trio
 
 from ninep import Limits, Server, Tree
-from ninep.auth import Authenticator
+from ninep.auth import Authenticator, KeyFileError
+from ninep.client import single_error
 from ninep.tls import server_context_from_files
 from ninep.transport import Address, parse_address
 
@@ -52,9 +54,13 @@ async def serve_tree(
     auth: Authenticator | None = None,
     host_key: str | None = None,
     tls: ssl.SSLContext | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
     """Serve `tree` on `listen` (an address, or listening sockets such as systemd's)
-    until SIGINT/SIGTERM or cancellation."""
+    until SIGINT/SIGTERM or cancellation.
+
+    `started` runs once every address is bound: what a server logs about itself waits
+    for that, so one that cannot bind says one line, the reason, and nothing else."""
     tracer = (lambda line: print(line, file=sys.stderr, flush=True)) if trace else None
     server = Server(tree, limits=limits, trace=tracer, auth=auth, host_key=host_key)
     server.tls = tls  # certificate files given: used instead of one made from the host key
@@ -67,6 +73,8 @@ async def serve_tree(
                 addresses = await nursery.start(_serve_listeners, server, lsn)
             for a in addresses:
                 print(f"ninefs: serving on {a}", flush=True)
+            if started is not None:
+                started()
             async for signum in signals:
                 log.info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -191,9 +199,16 @@ async def _serve_opened(
     auth: Authenticator | None,
     host_key: str | None,
     tls: ssl.SSLContext | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
-    async with opener as tree:
-        await serve_tree(tree, listen, limits=limits, trace=trace, auth=auth, host_key=host_key, tls=tls)
+    # A server that cannot start has one reason (a port in use, a bad host key): raised as
+    # itself, not as a group of one, so _run can say it in one line.
+    with single_error():
+        async with opener as tree:
+            await serve_tree(
+                tree, listen, limits=limits, trace=trace, auth=auth, host_key=host_key, tls=tls,
+                started=started,
+            )  # fmt: skip
 
 
 def _run(args: argparse.Namespace, machine: Opener | None) -> int:
@@ -212,15 +227,32 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
     except ValueError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 2
+    if args.dir is not None and (problem := _not_a_directory(args.dir)):
+        print(f"ninefs serve: {args.dir}: {problem}", file=sys.stderr)
+        return 1
     auth = None
     if args.authorized_keys:
         try:
             auth = Authenticator.from_file(args.authorized_keys)
-        except (OSError, ValueError) as e:
+        except KeyFileError as e:  # str() is `FILE:LINE: reason`
             print(f"ninefs serve: {e}", file=sys.stderr)
             return 2
-        log.info("authentication required: %d keys from %s", len(auth.authorized), args.authorized_keys)
-    if auth is None:
+        except OSError as e:
+            print(f"ninefs serve: {args.authorized_keys}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"ninefs serve: {args.authorized_keys}: {e}", file=sys.stderr)
+            return 2
+    # What the server says about itself waits until it is listening (serve_tree's `started`).
+    notes: list[tuple[int, str]] = []
+    if auth is not None:
+        notes.append(
+            (
+                logging.INFO,
+                f"authentication required: {len(auth.authorized)} keys from {args.authorized_keys}",
+            )
+        )
+    else:
         # Until connections are authenticated, running programs is for this machine only:
         # decided by where the address resolves to, not by how it is spelt.
         running = args.allow_exec or args.allow_control
@@ -228,14 +260,12 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
             try:
                 local = _only_loopback(addr)
             except OSError as e:
-                if running:
-                    print(
-                        f"ninefs serve: refusing --allow-exec/--allow-control on {addr}: "
-                        f"cannot resolve {addr.host}: {e.strerror or e}",
-                        file=sys.stderr,
-                    )
-                    return 2
-                local = False  # binding it will say what is wrong
+                refusing = "refusing --allow-exec/--allow-control on " if running else ""
+                print(
+                    f"ninefs serve: {refusing}{addr}: cannot resolve {addr.host}: {e.strerror or e}",
+                    file=sys.stderr,
+                )
+                return 2
             if not local:
                 if running:
                     print(
@@ -244,18 +274,33 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
                         file=sys.stderr,
                     )
                     return 2
-                log.warning(
-                    "listening on %s without --authorized-keys: anyone who can reach it can use it", addr
+                notes.append(
+                    (
+                        logging.WARNING,
+                        f"listening on {addr} without --authorized-keys: anyone who can reach it can use it",
+                    )
                 )
         if running:
-            log.warning(
-                "--allow-exec/--allow-control without --authorized-keys: every user of this machine "
-                "can run commands as %s",
-                getpass.getuser(),
+            notes.append(
+                (
+                    logging.WARNING,
+                    "--allow-exec/--allow-control without --authorized-keys: every user of this machine "
+                    f"can run commands as {getpass.getuser()}",
+                )
             )
     if (args.allow_exec or args.allow_control) and not args.machine:
         print("ninefs serve: --allow-exec and --allow-control go with --machine", file=sys.stderr)
         return 2
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key and all(a.network == "tls" for a in addrs)):
+            print("ninefs serve: --tls-cert and --tls-key go together, with a tls! address", file=sys.stderr)
+            return 2
+        try:
+            tls = _tls_from_files(args.tls_cert, args.tls_key)
+        except OSError as e:
+            print(f"ninefs serve: {e.filename}: {e.strerror or e}", file=sys.stderr)
+            return 1
     try:
         if args.machine:
             if machine is None:
@@ -263,27 +308,67 @@ def _run(args: argparse.Namespace, machine: Opener | None) -> int:
             opener = machine(args)
             what = f"this machine (/fs = {args.dir or '~'}{', /cmd' if args.allow_exec else ''})"
         else:
-            local = LocalTree(args.dir, read_only=args.ro, check_users=auth is not None) if args.dir else None
-            opener = _just(local or RamTree(read_only=args.ro))
+            exported = (
+                LocalTree(args.dir, read_only=args.ro, check_users=auth is not None) if args.dir else None
+            )
+            opener = _just(exported or RamTree(read_only=args.ro))
             what = args.dir or "a RAM tree"
     except OSError as e:
         print(f"ninefs serve: {e}", file=sys.stderr)
         return 1
-    log.info("exporting %s%s", what, " read-only" if args.ro else "")
+    notes.append((logging.INFO, f"exporting {what}{' read-only' if args.ro else ''}"))
+
+    def started() -> None:
+        for level, line in notes:
+            log.log(level, "%s", line)
+
     try:
-        tls = None
-        if args.tls_cert or args.tls_key:
-            if not (args.tls_cert and args.tls_key and all(a.network == "tls" for a in addrs)):
-                print(
-                    "ninefs serve: --tls-cert and --tls-key go together, with a tls! address", file=sys.stderr
-                )
-                return 2
-            tls = server_context_from_files(args.tls_cert, args.tls_key)
-        trio.run(_serve_opened, opener, listen, _limits(args), args.trace, auth, args.host_key, tls)
+        trio.run(_serve_opened, opener, listen, _limits(args), args.trace, auth, args.host_key, tls, started)
     except OSError as e:
-        print(f"ninefs serve: {args.listen}: {e.strerror or e}", file=sys.stderr)
+        # A file (a host key, the exported directory) when one is to blame, else the address.
+        where = e.filename if e.filename else args.listen
+        print(f"ninefs serve: {where}: {_why(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else that stops it starting: still one line
+        print(f"ninefs serve: {args.listen}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _not_a_directory(path: str) -> str | None:
+    """Why `path` cannot be exported, in ls's words, before anything is started."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return "no such directory" if e.errno == errno.ENOENT else (e.strerror or str(e))
+    return None if stat.S_ISDIR(st.st_mode) else "not a directory"
+
+
+def _tls_from_files(cert: str, key: str) -> ssl.SSLContext:
+    """server_context_from_files, with errors that name the file to blame (OSError.filename)."""
+    for path in (cert, key):
+        with open(path, "rb"):  # a missing or unreadable one: an OSError naming it
+            pass
+    try:
+        return server_context_from_files(cert, key)
+    except ssl.SSLError:
+        raise OSError(
+            errno.EINVAL, "not a PEM certificate and its private key (--tls-cert, --tls-key)", cert
+        ) from None
+    except ValueError as e:  # cryptography: the certificate itself does not parse
+        raise OSError(errno.EINVAL, f"not a PEM certificate ({e})", cert) from None
+
+
+def _why(e: OSError) -> str:
+    """An OSError in a few words: trio's "all attempts to bind ... failed" keeps the errno
+    in its cause (one for every address tried: "address already in use")."""
+    if e.strerror:
+        return e.strerror
+    leaves = e.__cause__.exceptions if isinstance(e.__cause__, BaseExceptionGroup) else ()
+    codes = {x.errno for x in leaves if isinstance(x, OSError) and x.errno}
+    if len(codes) == 1:
+        return os.strerror(codes.pop())
+    return str(e) or type(e).__name__
 
 
 def _only_loopback(addr: Address) -> bool:
