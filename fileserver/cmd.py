@@ -15,10 +15,14 @@ ctl requests (one per write, words split like a shell's with `shlex`):
 starts the command (no shell is involved: run `sh -c '…'` for one); `kill`
 sends SIGKILL to the command's process group; `signal NAME` sends it that signal
 (INT, TERM, HUP, ...); `term` (before exec) makes n/term
-a pipe whose other end the command inherits, and runs the command through the
-tree's `term_wrapper` (ninefs: in a namespace of its own where 9P spoken on that
-pipe is mounted at /mnt/term). Anything else is an Rerror
-("unknown ctl request 'x'").
+a pipe to a 9P client that shows the caller's files to the command at /mnt/term,
+and only to it. The tree's `term_wrapper` (from the mount layer) decides how: a
+`TermMounter` that can (a server running as root) mounts it for the command
+itself, in a mount namespace the child makes before it becomes its user, and
+serves it from this process for the session's life; otherwise the command
+inherits the pipe's other end and is run through a wrapper (ninefs: `ns run`,
+in a namespace of its own where 9P spoken on that pipe is mounted at
+/mnt/term). Anything else is an Rerror ("unknown ctl request 'x'").
 
 Files are streams, as in cmd(3): offsets are ignored and every file reports
 length 0 and qid.vers 0 (so a mount reads them directly: docs/mount.md). `data`
@@ -80,7 +84,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -131,9 +135,36 @@ _PERMS = {
     _Kind.TERM: DMAPPEND | 0o666,
 }
 
+TERM = "/mnt/term"  # where a command sees its caller's files
+
+
+class TermMount(Protocol):
+    """One command's /mnt/term, from opening /dev/fuse to the end of its mount."""
+
+    def in_child(self, uid: int, gid: int) -> None:
+        """In the child, with the server's rights: a mount namespace with /mnt/term in it."""
+
+    async def serve(self, peer: socket.socket, uname: str) -> None:
+        """9P on `peer` (the caller's namespace) as the mount, until the kernel or a cancel
+        ends it; never raises but Cancelled. Owns `peer` and the mount's device."""
+
+    def close(self) -> None:
+        """Let the mount go (aborted, if still there); also when `serve` never ran."""
+
+
+@runtime_checkable
+class TermMounter(Protocol):
+    def wrap(self, fd: int, argv: list[str]) -> list[str]:
+        """The fallback: what to run instead of `argv`, given the fd of the pipe's end."""
+
+    def prepare(self) -> TermMount | None:
+        """A mount for the next command, or None when this server cannot make one."""
+
+
 # Given the fd the command will find its end of the term pipe on, and the command: what
-# to run instead, so that the command sees the caller's namespace (see `term` below).
-TermWrapper = Callable[[int, list[str]], list[str]]
+# to run instead, so that the command sees the caller's namespace (see `term` above);
+# or a TermMounter, which mounts it for the command itself where it can.
+TermWrapper = Callable[[int, list[str]], list[str]] | TermMounter
 
 
 @dataclass(eq=False, slots=True)
@@ -164,6 +195,7 @@ class _Session:
     winsize: tuple[int, int] | None = None  # rows, columns of that terminal
     term: trio.SocketStream | None = None  # our end of the term pipe, after `term`
     term_peer: socket.socket | None = None  # the command's end, until exec hands it over
+    term_serving: trio.CancelScope | None = None  # the task serving /mnt/term, when we do
     term_read_lock: trio.Lock = field(default_factory=trio.Lock)
     term_write_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -243,6 +275,8 @@ class CmdTree(Tree):
             for stream in (s.stdin, s.stdout, s.stderr):
                 _close_stream(stream)
         _close_stream(s.term)
+        if s.term_serving is not None:
+            s.term_serving.cancel()  # closes the mount's device: the kernel aborts the mount
         if s.term_peer is not None:
             s.term_peer.close()
             s.term_peer = None
@@ -344,11 +378,20 @@ class CmdTree(Tree):
     async def _exec(self, s: _Session, argv: list[str]) -> None:
         if s.proc is not None or s.starting:
             raise NinePError("exec: command already started")
-        s.starting = True
         pass_fds: tuple[int, ...] = ()
-        if s.term_peer is not None and self._term_wrapper is not None:
-            pass_fds = (s.term_peer.fileno(),)
-            argv = self._term_wrapper(s.term_peer.fileno(), argv)
+        mount: TermMount | None = None
+        helper = self._term_wrapper
+        if s.term_peer is not None and helper is not None:
+            if isinstance(helper, TermMounter):
+                _check_term_dir(s.dir)
+                mount = helper.prepare()
+            if mount is None:
+                wrap = helper.wrap if isinstance(helper, TermMounter) else helper
+                pass_fds = (s.term_peer.fileno(),)
+                argv = wrap(s.term_peer.fileno(), argv)
+            else:
+                argv = _exec_later(argv)
+        s.starting = True
         master = slave = -1
         io: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         if s.pty:
@@ -364,11 +407,14 @@ class CmdTree(Tree):
                 dir=s.dir,
                 default_dir=self._dir,
                 pass_fds=pass_fds,
+                as_root=mount.in_child if mount is not None else None,
                 start_new_session=True,  # its own process group, so kill reaches its children
                 **io,
             )
         except (OSError, subprocess.SubprocessError) as e:
             s.starting = False
+            if mount is not None:
+                mount.close()
             if master >= 0:
                 os.close(master)
                 os.close(slave)
@@ -382,7 +428,11 @@ class CmdTree(Tree):
             s.stdin = s.stdout = trio.lowlevel.FdStream(master)
         else:
             s.stdin, s.stdout, s.stderr = proc.stdin, proc.stdout, proc.stderr
-        if s.term_peer is not None:  # the command has its end now
+        if mount is not None and s.term_peer is not None:  # we are the command's side of term
+            s.term_serving = trio.CancelScope()
+            self._nursery.start_soon(self._serve_term, s, mount, s.term_peer, s.term_serving)
+            s.term_peer = None
+        elif s.term_peer is not None:  # the command has its end now
             s.term_peer.close()
             s.term_peer = None
         s.proc = proc
@@ -399,6 +449,16 @@ class CmdTree(Tree):
                 _close_stream(stream)
             raise NinePError("i/o error: session closed")
         s.started.set()
+
+    async def _serve_term(
+        self, s: _Session, mount: TermMount, peer: socket.socket, scope: trio.CancelScope
+    ) -> None:
+        try:
+            with scope:
+                await mount.serve(peer, s.user or self._owner)
+        finally:
+            mount.close()
+            peer.close()
 
     async def _started(self, s: _Session) -> trio.Process:
         await s.started.wait()
@@ -660,6 +720,21 @@ async def open_cmd_tree(
             yield tree
         finally:
             await tree.close()
+
+
+def _check_term_dir(dir: str | None) -> None:
+    """A `dir` in /mnt/term cannot be entered before exec: the caller serves it only once
+    exec is answered (it would wait for ever)."""
+    if dir is not None and (os.path.normpath(dir) + "/").startswith(TERM + "/"):
+        raise NinePError(f"dir: {dir}: {TERM} is there only once the command runs: cd in the command")
+
+
+def _exec_later(argv: list[str]) -> list[str]:
+    """A program in /mnt/term is exec'd by a shell that is already running: our exec
+    returns before anything is read from the caller, who serves /mnt/term only then."""
+    if (os.path.normpath(argv[0]) + "/").startswith(TERM + "/"):
+        return ["/bin/sh", "-c", 'exec "$@"', argv[0], *argv]
+    return argv
 
 
 def _kill_group(proc: trio.Process) -> None:

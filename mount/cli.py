@@ -50,7 +50,7 @@ def _parser(
             allow_exec=a.allow_exec,
             allow_control=a.allow_control,
             read_only=a.ro,
-            term_wrapper=cpu.term_wrapper,
+            term_wrapper=cpu.term_helper(),
             check_users=bool(a.authorized_keys),
         ),
     )

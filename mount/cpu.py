@@ -8,9 +8,12 @@ status read from n/wait becomes our exit status.
 The caller's namespace reaches the command over the same connection the caller
 opened (so it works through NAT): n/term is a byte pipe to the command's side,
 and this process runs a 9P *server* for its namespace on it (9P inside 9P).
-On the remote, the command is started through `term_wrapper`: `ninefs ns run`
-with `mount -c fd!N /mnt/term`, so the command, and only it, sees the caller's
-files at /mnt/term.
+On the remote, a server running as root mounts /mnt/term for the command itself,
+in a mount namespace of the command's own, and serves it from its own process
+(mount.termmount: no second Python process per command); any other server starts
+the command through `term_wrapper`: `ninefs ns run` with `mount -c fd!N
+/mnt/term`. Either way the command, and only it, sees the caller's files at
+/mnt/term.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from ninep.hostlist import Machine
 if TYPE_CHECKING:
     from namespaces import Namespace
 
-__all__ = ["register", "run_cpu", "term_wrapper"]
+    from .termmount import TermMounter
+
+__all__ = ["register", "run_cpu", "term_helper", "term_wrapper"]
 
 CHUNK = 1 << 16
 
@@ -49,6 +54,14 @@ CHUNK = 1 << 16
 def term_wrapper(fd: int, argv: list[str]) -> list[str]:
     """On the remote: run `argv` where 9P spoken on fd is mounted at /mnt/term."""
     return [sys.executable, "-m", "mount.cli", "ns", "run", "-e", f"mount -c fd!{fd} /mnt/term", "--", *argv]
+
+
+def term_helper() -> TermMounter:
+    """What `serve --machine` hands its cmd tree for `term`: the server mounts /mnt/term
+    for each command itself where it can (as root), else runs it through `term_wrapper`."""
+    from .termmount import TermMounter
+
+    return TermMounter(term_wrapper)
 
 
 class _FidStream(trio.abc.Stream):
@@ -78,8 +91,12 @@ class _FidStream(trio.abc.Stream):
 
 
 def _winsize(fd: int) -> tuple[int, int]:
-    rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
-    return rows, cols
+    """Our terminal's size: stdout's, else stdin's (`cpu -t ... > file`), else 24x80."""
+    for each in (fd, 0):
+        with contextlib.suppress(OSError):
+            rows, cols = struct.unpack("HHHH", fcntl.ioctl(each, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+            return rows, cols
+    return 24, 80
 
 
 @contextlib.contextmanager
@@ -256,6 +273,9 @@ def _run(args: argparse.Namespace) -> int:
         print("ninefs cpu: no machine: give ADDR, or -w HOSTS for many", file=sys.stderr)
         return 2
     command = _split_late_options(args) or ["/bin/sh", "-i"]
+    if args.tty and not os.isatty(0):  # raw mode needs a terminal to put in it (issue #18)
+        print("ninefs cpu: -t: stdin is not a terminal", file=sys.stderr)
+        return 2
     try:
         with single_error(), _first_os_error():  # a connect that timed out, a server that died
             return trio.run(partial(_main, args, command))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["MountSpec", "fuse_mount", "fuse_unmount"]
+__all__ = ["MountSpec", "fuse_mount", "fuse_unmount", "mount_device"]
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -89,24 +89,25 @@ def _mount_as_root(spec: MountSpec) -> int:
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     try:
         st = os.stat(spec.mountpoint)
-        opts = [
-            f"fd={fd}",
-            f"rootmode={st.st_mode & 0o170000:o}",
-            f"user_id={os.getuid()}",
-            f"group_id={os.getgid()}",
-            *_common_options(spec),
-        ]
-        flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if spec.read_only else 0)
-        source = _escape(spec.fsname).encode()
-        target = os.fsencode(spec.mountpoint)
-        data = ",".join(opts).encode()
-        if _libc.mount(source, target, f"fuse.{spec.subtype}".encode(), flags, data) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount: {os.strerror(err)}", spec.mountpoint)
+        mount_device(fd, spec, rootmode=st.st_mode & 0o170000, uid=os.getuid(), gid=os.getgid())
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def mount_device(fd: int, spec: MountSpec, *, rootmode: int, uid: int, gid: int) -> None:
+    """mount(2) the opened /dev/fuse `fd` on spec.mountpoint, owned by `uid`:`gid` (root only).
+
+    Also for a child that mounts before it becomes `uid` (mount.termmount): nothing here
+    imports or allocates much, which matters between fork and exec."""
+    opts = [f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={uid}", f"group_id={gid}", *_common_options(spec)]
+    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if spec.read_only else 0)
+    source = _escape(spec.fsname).encode()
+    target = os.fsencode(spec.mountpoint)
+    if _libc.mount(source, target, f"fuse.{spec.subtype}".encode(), flags, ",".join(opts).encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount: {os.strerror(err)}", spec.mountpoint)
 
 
 def _escape(fsname: str) -> str:
