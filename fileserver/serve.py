@@ -430,5 +430,5 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
             metavar="N",
             help=f"{what} (default {default})",
         )
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug log on stderr")
     p.set_defaults(run=lambda args: _run(args, machine))

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
 import logging
 import os
+import re
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -28,8 +31,11 @@ from functools import partial
 import trio
 
 from ninep import RemoteTree, Tree, bounds
+from ninep.auth import KeyFileError, load_private_key
+from ninep.cli import add_key_option
 from ninep.client import single_error
 from ninep.errors import TimedOut
+from ninep.transport import parse_address
 
 from .fuse import FuseOptions, TreeFS
 from .fusedev import MountSpec, fuse_mount, fuse_unmount
@@ -160,11 +166,24 @@ def _run_mount(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="ninefs mount: %(message)s"
     )
+    # Everything that can be checked here is, before a background process is started:
+    # its errors would reach the user the same way, but later and after a fork.
+    try:
+        parse_address(args.addr)
+    except ValueError as e:
+        print(f"ninefs mount: {e}", file=sys.stderr)
+        return 2
     mp = os.path.abspath(args.mountpoint)
-    if not os.path.isdir(mp):
-        print(f"ninefs mount: {args.mountpoint}: not a directory", file=sys.stderr)
+    if problem := _not_a_directory(mp):
+        print(f"ninefs mount: {args.mountpoint}: {problem}", file=sys.stderr)
         return 1
     args.mountpoint = mp
+    if args.key is not None:
+        try:
+            load_private_key(args.key)  # a bad key is named now, whether the server asks or not
+        except KeyFileError as e:
+            print(f"ninefs mount: {e}", file=sys.stderr)
+            return 1
     if not args.foreground:
         return _background(args)
     ready_fd = args.ready_fd
@@ -182,14 +201,36 @@ def _run_mount(args: argparse.Namespace) -> int:
 
     try:
         trio.run(partial(_mount_remote, args, ready))
+    except KeyFileError as e:
+        print(f"ninefs mount: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
-        print(f"ninefs mount: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"ninefs mount: {where}{_why(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # still one line, and an exit that lets the caller go
         print(f"ninefs mount: {args.addr}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _not_a_directory(path: str) -> str | None:
+    """Why `path` cannot be a mount point, in ls's words."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return "no such directory" if e.errno == errno.ENOENT else (e.strerror or str(e))
+    return None if stat.S_ISDIR(st.st_mode) else "not a directory"
+
+
+def _why(e: OSError) -> str:
+    """An OSError in a few words: trio's "all attempts to connect ... failed" keeps the
+    errno in its cause (one for every address tried: "connection refused")."""
+    leaves = e.__cause__.exceptions if isinstance(e.__cause__, BaseExceptionGroup) else ()
+    codes = {x.errno for x in leaves if isinstance(x, OSError) and x.errno}
+    if e.errno is None and len(codes) == 1:
+        return os.strerror(codes.pop()).lower()
+    return e.strerror or str(e) or type(e).__name__
 
 
 def _background(args: argparse.Namespace) -> int:
@@ -248,7 +289,28 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _mounted(path: str) -> bool:
+    """Whether `path` is a mount point in our mount namespace. From mountinfo, not stat:
+    a mount whose server died answers stat with ENOTCONN, and must still be unmountable."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            table = f.read().decode(errors="surrogateescape")
+    except OSError:
+        return True  # cannot tell: let the unmount say
+    for line in table.splitlines():
+        fields = line.split(" ")
+        # proc(5): field 5 is the mount point, with space, tab, newline and backslash as octal escapes
+        if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == path:
+            return True
+    return False
+
+
 def _run_umount(args: argparse.Namespace) -> int:
+    mp = os.path.abspath(args.mountpoint)
+    if not _mounted(mp):  # asked first: lstat of a dead mount fails as if nothing were there
+        problem = "not mounted" if os.path.lexists(mp) else "no such directory"
+        print(f"ninefs umount: {args.mountpoint}: {problem}", file=sys.stderr)
+        return 1
     r = unmount(args.mountpoint, lazy=args.lazy)
     if r.returncode:
         msg = (r.stderr or r.stdout).strip().splitlines()
@@ -291,8 +353,8 @@ def cache_argv(args: argparse.Namespace) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mount", help="mount a 9P server on a directory (FUSE)")
     p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
-    p.add_argument("mountpoint")
-    p.add_argument("--aname", "-A", default="", help="tree to attach")
+    p.add_argument("mountpoint", help="an existing directory to show the tree on")
+    p.add_argument("--aname", "-A", default="", help="tree to attach (default: the server's main tree)")
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--ro", action="store_true", help="mount read-only")
     p.add_argument(
@@ -301,7 +363,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="let other users' processes use the mount (the kernel then checks modes; "
         "non-root needs user_allow_other in /etc/fuse.conf)",
     )
-    p.add_argument("--key", "-k", default=None, help="private key, when the server asks for one")
+    add_key_option(p)
     p.add_argument(
         "--no-reconnect", action="store_true", help="when the server goes away, fail instead of reconnecting"
     )
@@ -315,10 +377,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_cache_options(p)
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug log on stderr (with --foreground)")
     p.set_defaults(run=_run_mount)
 
     p = sub.add_parser("umount", help="unmount a ninefs mount point")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", help="where the tree is mounted")
     p.add_argument("--lazy", "-l", action="store_true", help="detach now, clean up when no longer busy")
     p.set_defaults(run=_run_umount)

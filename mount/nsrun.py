@@ -325,7 +325,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_cache_options(p)
     add_start_options(p)
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug log on stderr")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS (default: $SHELL)")
     p.set_defaults(run=_run)
     register_export(ns_sub)
