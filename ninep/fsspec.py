@@ -1,0 +1,654 @@
+"""fsspec's `9p://` protocol: a ninefs tree for pandas, dask, xarray and pyarrow.
+
+`fsspec.open("9p://127.0.0.1:5640/data.csv")`, `pandas.read_csv("9p://host:5640/x.csv")`.
+fsspec's async machinery is asyncio-only, so this is a synchronous AbstractFileSystem over
+the blocking facade (ninep/sync.py): one trio loop in a helper thread owns the connection,
+and every call here is a coroutine handed to it. The connection is made at first use, so an
+instance pickles by its options (fsspec's `__reduce__`: dask workers dial their own), and a
+forked child dials again instead of sharing its parent's socket.
+
+Round trips, where 9P allows fewer: a walk and what follows it on the new fid (stat, open,
+the first read or write) go out in one write. intro(5) lets a server answer them in any
+order, and ours runs each request as its own task, so a request refused because it ran
+before the walk (or open) it needs is sent again, in order, once those are done.
+
+The top layer of nothing: this module is part of ninep and imports only ninep and fsspec.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import posixpath
+import stat as st_mod
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+from fsspec.utils import stringify_path
+
+from .bounds import CONNECT_TIMEOUT, MAX_DIR_BYTES, MAX_DIR_ENTRIES
+from .codec import decode_stats
+from .constants import MAXWELEM, OREAD, OTRUNC, OWRITE, QTAPPEND
+from .errors import Exists, IsADirectory, NinePError, NotADirectory, NotFound, ProtocolError, error_for
+from .files import WINDOW, Client, _again, split_path
+from .messages import (
+    Message,
+    Qid,
+    Rcreate,
+    Ropen,
+    Rread,
+    Rremove,
+    Rstat,
+    Rwalk,
+    Rwrite,
+    Stat,
+    Tcreate,
+    Topen,
+    Tread,
+    Tremove,
+    Tstat,
+    Twalk,
+    Twrite,
+)
+from .posix import unix_special
+from .sync import SyncClient
+from .sync import connect as sync_connect
+from .transport import parse_address
+
+__all__ = ["NinePFile", "NinePFileSystem"]
+
+Request = tuple[Message, type[Message]]
+TIMEOUT = 60.0  # per 9P request: a server gone silent is an error, not a hang of read_csv
+RM_AT_ONCE = 32
+
+
+def _path(path: str) -> str:
+    return "/" + "/".join(split_path(path))
+
+
+def _named(e: NinePError, path: str) -> NinePError:
+    return e if isinstance(e, ProtocolError) else error_for(e.ename, path)
+
+
+async def _walk_then(
+    client: Client, path: str, then: Callable[[int], list[Request]], *, consumes: bool = False
+) -> tuple[int, Qid, list[Any]]:
+    """Walk a new fid to `path` and send `then(fid)` in the same write: one round trip.
+
+    Gives the fid (the caller clunks it, unless `consumes`: a Tremove gives it up either
+    way), its qid, and the replies; raises the path-named error of the first that failed.
+    """
+    conn, names = client.conn, split_path(path)
+    if len(names) > MAXWELEM:  # walk(5): 16 names a Twalk; the long way, then the rest
+        fid, qid = await client.walk_fid(path)
+        requests = then(fid)
+        replies = await conn.pipeline(*requests)
+    else:
+        fid = conn.fids.get()
+        requests = then(fid)
+        try:
+            walked, *replies = await conn.pipeline(
+                (Twalk(0, client.root_fid, fid, tuple(names)), Rwalk), *requests
+            )
+        except BaseException:
+            await client._clunk(fid)  # the server may or may not have made it
+            raise
+        if isinstance(walked, NinePError) or len(walked.qids) < len(names):
+            conn.fids.put(fid)  # walk(5): no newfid, so nothing else happened either
+            if isinstance(walked, NinePError):
+                raise _named(walked, _path(path))
+            last = walked.qids[-1] if walked.qids else client.root_qid
+            if not last.is_dir:
+                raise NotADirectory("not a directory", _path(path))
+            raise NotFound("file does not exist", _path(path))
+        qid = walked.qids[-1] if names else client.root_qid
+    try:
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NinePError):
+                (again,) = await conn.pipeline(requests[i])
+                if isinstance(again, NinePError):
+                    # A consumed fid is gone after the first Tremove, whatever it said:
+                    # that answer is the one to report, unless it was about ordering.
+                    first = consumes and reply.errno != errno.EBADF  # EBADF: ran before the walk
+                    raise _named(reply if first else again, _path(path))
+                replies[i] = again
+    except BaseException:
+        if consumes:
+            conn.fids.put(fid)
+        else:
+            await client._clunk(fid)
+        raise
+    return fid, qid, replies
+
+
+@_again(repeatable=True)
+async def _stat(client: Client, path: str) -> Stat:
+    fid, _, (rstat,) = await _walk_then(client, path, lambda f: [(Tstat(0, f), Rstat)])
+    client.conn.clunk_soon(fid)  # rides along with the next request: no round trip of its own
+    return rstat.stat
+
+
+@_again(repeatable=True)
+async def _ls(client: Client, path: str) -> tuple[bool, list[Stat]]:
+    """A directory's entries from its reads alone (no stat per entry); a file lists as itself.
+
+    The walk says whether it is a directory before anything is opened: opening a device or
+    a clone file to find out could start something or block."""
+    fid, qid, (rstat,) = await _walk_then(client, path, lambda f: [(Tstat(0, f), Rstat)])
+    conn = client.conn
+    try:
+        if not qid.is_dir:
+            return False, [rstat.stat]
+        ropen, rread = await conn.pipeline(
+            (Topen(0, fid, OREAD), Ropen), (Tread(0, fid, 0, conn.iounit), Rread)
+        )
+        if isinstance(ropen, NinePError):
+            raise _named(ropen, _path(path))
+        if isinstance(rread, NinePError):  # ran before the open
+            rread = Rread(0, await conn.read(fid, 0, conn.iounit))
+        data, offset, out = bytes(rread.data), 0, []
+        while data:
+            out.extend(decode_stats(data))
+            offset += len(data)
+            if len(out) > MAX_DIR_ENTRIES or offset > MAX_DIR_BYTES:
+                raise NinePError("i/o error: directory listing too big", _path(path))
+            data = await conn.read(fid, offset, conn.iounit)
+        return True, out
+    except NinePError as e:
+        raise _named(e, _path(path)) from None
+    finally:
+        conn.clunk_soon(fid)
+
+
+@_again(repeatable=True)
+async def _cat(client: Client, path: str, start: int | None, end: int | None) -> bytes:
+    """The bytes of [start, end) (negative: from the end), in as few round trips as fit:
+    walk, open, stat and the first read in one, the rest pipelined (Client.pread)."""
+    conn, p = client.conn, _path(path)
+    lo = start if start is not None and start >= 0 else 0
+    hi = end if end is not None and end >= 0 else None
+    first = conn.iounit if hi is None else max(0, min(conn.iounit, hi - lo))
+    fid, qid, (ropen, rstat, rread) = await _walk_then(
+        client,
+        path,
+        lambda f: [(Topen(0, f, OREAD), Ropen), (Tstat(0, f), Rstat), (Tread(0, f, lo, first), Rread)],
+    )
+    try:
+        if qid.is_dir:
+            raise IsADirectory("is a directory", p)
+        size, iounit = rstat.stat.length, ropen.iounit or conn.iounit
+        want_lo = lo if start is None or start >= 0 else max(0, size + start)
+        want_hi = hi if end is None or end >= 0 else max(0, size + end)
+        if want_lo != lo:  # negative start: the first read was for the wrong place
+            lo, data = want_lo, b""
+        else:
+            data = bytes(rread.data)
+        stop = want_hi if want_hi is not None else (size if size else None)
+        if stop is not None and stop <= lo:
+            return b""
+        got = lo + len(data)
+        if stop is None:  # a stream (length 0): read until it says end of file
+            pieces = [data]
+            while more := await client.pread(fid, got, WINDOW * iounit, iounit, p):
+                pieces.append(more)
+                got += len(more)
+            return b"".join(pieces)
+        full = len(data) == first or len(data) == iounit  # short only at end of file
+        if got < stop and (full or not data):
+            data += await client.pread(fid, got, stop - got, iounit, p)
+        return data[: stop - lo]
+    finally:
+        conn.clunk_soon(fid)
+
+
+async def _open_write(
+    client: Client, path: str, kind: str, data: bytes = b""
+) -> tuple[int, Qid, int, int, int]:
+    """Open `path` for writing as Python's w (create or truncate), x (create, FileExistsError
+    if it exists) or a (create or append), with the first iounit of `data` riding along.
+
+    Gives fid, qid, iounit, the offset the file starts at, and how many bytes went out."""
+    conn, p = client.conn, _path(path)
+    head = data[: conn.iounit]
+    parent, name = posixpath.split(p)
+    if not name:
+        raise IsADirectory("is a directory", p)
+    for _ in range(3):  # someone may create or remove it between our walk and our create
+        if kind != "x":
+            mode = OWRITE | (OTRUNC if kind == "w" else 0)
+
+            def opening(f: int, mode: int = mode) -> list[Request]:
+                if kind == "a":
+                    return [(Topen(0, f, mode), Ropen), (Tstat(0, f), Rstat)]
+                return [(Topen(0, f, mode), Ropen), *([(Twrite(0, f, 0, head), Rwrite)] if head else [])]
+
+            try:
+                fid, qid, (ropen, *rest) = await _walk_then(client, p, opening)
+            except FileNotFoundError:
+                pass
+            else:
+                if qid.is_dir:
+                    await client._clunk(fid)
+                    raise IsADirectory("is a directory", p)
+                at = rest[0].stat.length if kind == "a" else 0
+                return fid, qid, ropen.iounit or conn.iounit, at, rest[0].count if rest and kind == "w" else 0
+
+        def creating(f: int) -> list[Request]:
+            return [
+                (Tcreate(0, f, name, 0o666, OWRITE), Rcreate),
+                *([(Twrite(0, f, 0, head), Rwrite)] if head else []),
+            ]
+
+        try:
+            fid, _, (rcreate, *rest) = await _walk_then(client, parent, creating)
+        except FileExistsError:
+            if kind == "x":
+                raise Exists("file already exists", p) from None
+            continue
+        return fid, rcreate.qid, rcreate.iounit or conn.iounit, 0, rest[0].count if rest else 0
+    raise NinePError("i/o error: file keeps appearing and vanishing", p)
+
+
+@_again(repeatable=False)
+async def _pipe(client: Client, path: str, data: bytes, exclusive: bool) -> None:
+    fid, qid, iounit, _, sent = await _open_write(client, path, "x" if exclusive else "w", data)
+    try:
+        if sent < len(data):
+            ordered = bool(qid.type & QTAPPEND)
+            await client.pwrite(fid, sent, data[sent:], iounit, _path(path), ordered=ordered)
+    finally:
+        await client._clunk(fid)  # awaited: a server may act on the clunk of a written file
+
+
+@_again(repeatable=False)
+async def _remove(client: Client, path: str) -> None:
+    if not split_path(path):
+        raise PermissionError(f"{_path(path)}: refusing to remove the root of the tree")
+    await _walk_then(client, path, lambda f: [(Tremove(0, f), Rremove)], consumes=True)
+
+
+async def _rmtree(client: Client, path: str, limiter: trio.CapacityLimiter | None = None) -> None:
+    """Everything under `path`, then `path`: the files of a directory removed concurrently
+    (at most RM_AT_ONCE requests out), each a Twalk+Tremove in one round trip."""
+    limiter = limiter or trio.CapacityLimiter(RM_AT_ONCE)
+
+    async def remove(sub: str) -> None:
+        async with limiter:
+            await _remove(client, sub)
+
+    is_dir, entries = await _ls(client, path)
+    if is_dir:
+        async with trio.open_nursery() as nursery:
+            for e in entries:
+                sub = posixpath.join(_path(path), e.name)
+                if e.is_dir:
+                    nursery.start_soon(_rmtree, client, sub, limiter)
+                else:
+                    nursery.start_soon(remove, sub)
+    await _remove(client, path)
+
+
+def _entry(path: str, st: Stat) -> dict[str, Any]:
+    """fsspec's info dict: name, size, type; and 9P's own fields beside them."""
+    kind = st_mod.S_IFDIR if st.is_dir else st_mod.S_IFREG
+    return {
+        "name": path,
+        "size": 0 if st.is_dir else st.length,
+        "type": "directory" if st.is_dir else "file",
+        "mode": kind | (st.mode & 0o777) | unix_special(st.mode),
+        "mtime": float(st.mtime),
+        "atime": float(st.atime),
+        "uid": st.uid,
+        "gid": st.gid,
+        "muid": st.muid,
+        "qid": (st.qid.type, st.qid.vers, st.qid.path),
+        "islink": False,
+    }
+
+
+class NinePFileSystem(AbstractFileSystem):
+    """A 9P2000 tree as an fsspec file system; paths are absolute names from the attach root.
+
+    Where: `9p://host:port/path` (port 564 when absent), or `address=` any dial string
+    (`unix!/run/ninefs.sock`, `tls!host!port`) with `9p:///path`. `tls=True` dials
+    tls!host!port. `uname`, `aname`, `key` (a path, so that the instance pickles), `msize`,
+    `timeout` (seconds per 9P request), `connect_timeout`: as for ninep.connect.
+    """
+
+    protocol = ("9p",)
+    root_marker = "/"
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        address: str | None = None,
+        uname: str | None = None,
+        aname: str = "",
+        key: Any = None,
+        tls: bool = False,
+        msize: int | None = None,
+        timeout: float | None = TIMEOUT,
+        connect_timeout: float | None = CONNECT_TIMEOUT,
+        **storage_options: Any,
+    ) -> None:
+        super().__init__(**storage_options)
+        self.address = _dial_string(host, port, address, tls)
+        self._options: dict[str, Any] = {
+            "uname": uname,
+            "aname": aname,
+            "key": key,
+            "timeout": timeout,
+            "connect_timeout": connect_timeout,
+            **({"msize": msize} if msize else {}),
+        }
+        self._lock = threading.Lock()
+        self._client: SyncClient | None = None
+        self._pid = 0
+
+    # --- the connection ------------------------------------------------------------------------
+
+    def _sync(self) -> SyncClient:
+        """The connection, dialled at first use and again in a forked child (whose copy of
+        the parent's socket and helper thread is not its own)."""
+        pid = os.getpid()
+        if self._pid != pid:
+            self._lock = threading.Lock()  # a lock held by a parent's thread stays held here
+        with self._lock:
+            if self._client is None or self._pid != pid:
+                client = sync_connect(self.address, **self._options)
+                self._client, self._pid = client, pid
+                weakref.finalize(self, client.close)
+            return self._client
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        sync = self._sync()
+        return sync._loop.call(fn, sync.client, *args)
+
+    def close(self) -> None:
+        """End the connection now (it also ends when the instance is collected)."""
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
+
+    # --- URLs -------------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = stringify_path(path)
+        if path.startswith("9p://"):
+            rest = path[len("9p://") :]
+            path = rest[rest.find("/") :] if "/" in rest else "/"
+        return _path(path)
+
+    @staticmethod
+    def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
+        if not path.startswith("9p://"):
+            return {}
+        netloc = path[len("9p://") :].split("/", 1)[0]
+        user, _, netloc = netloc.rpartition("@")
+        out: dict[str, Any] = {"uname": user} if user else {}
+        if netloc:
+            addr = parse_address(netloc)
+            out.update(host=addr.host, port=addr.port)
+        return out
+
+    def unstrip_protocol(self, name: str) -> str:
+        return name if name.startswith("9p://") else f"9p://{_url_host(self.address)}{_path(name)}"
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        return _entry(path, self._run(_stat, path))
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        is_dir, stats = self._run(_ls, path)
+        if not is_dir:
+            entries = [_entry(path, stats[0])]
+        else:
+            entries = [_entry(posixpath.join(path, st.name), st) for st in stats]
+        entries.sort(key=lambda e: e["name"])
+        return entries if detail else [e["name"] for e in entries]
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        """Whether `path` is there; an unreachable server is an error, not a "no"."""
+        try:
+            self.info(path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def modified(self, path: str) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.UTC)
+
+    def created(self, path: str) -> datetime.datetime:
+        raise NotImplementedError("9P2000 keeps no creation time (stat(5) has atime and mtime only)")
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
+        if truncate or not self.exists(path):
+            self.pipe_file(path, b"")
+        else:
+            self._sync().wstat(path, mtime=int(time.time()))
+
+    # --- directories --------------------------------------------------------------------------
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
+        if create_parents:
+            self.makedirs(self._parent(path), exist_ok=True)
+        self._sync().mkdir(path, kwargs.get("perm", 0o777))
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        path = self._strip_protocol(path)
+        if not exist_ok and self.exists(path):
+            raise FileExistsError(f"{path}: file already exists")
+        self._sync().mkdir(path, parents=True, exist_ok=True)
+
+    def rmdir(self, path: str) -> None:
+        path = self._strip_protocol(path)
+        if not self.isdir(path):
+            raise NotADirectory("not a directory", path)
+        self._run(_remove, path)
+
+    def rm_file(self, path: str) -> None:
+        self._run(_remove, self._strip_protocol(path))
+
+    def _rm(self, path: str) -> None:
+        self.rm_file(path)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        """One path, recursive: a walk of the tree removing as it goes, concurrently; anything
+        else (lists, globs, maxdepth) as fsspec does it. Never the root."""
+        if isinstance(path, str) and recursive and maxdepth is None and not _has_magic(path):
+            path = self._strip_protocol(path)
+            if path == "/":
+                raise PermissionError("/: refusing to remove the root of the tree")
+            self._run(_rmtree, path)
+            return
+        paths = path if isinstance(path, list) else [path]
+        if any(self._strip_protocol(p) == "/" for p in paths) and recursive:
+            raise PermissionError("/: refusing to remove the root of the tree")
+        super().rm(path, recursive=recursive, maxdepth=maxdepth)
+
+    # --- contents -----------------------------------------------------------------------------
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        return self._run(_cat, self._strip_protocol(path), start, end)
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        self._run(_pipe, self._strip_protocol(path), bytes(value), mode == "create")
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Through this client (9P has no server-side copy), a block at a time."""
+        path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        if self.isdir(path1):
+            self.makedirs(path2, exist_ok=True)
+            return
+        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+            while block := src.read(self.blocksize):
+                dst.write(block)
+
+    def mv(
+        self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any
+    ) -> None:
+        """Within one directory, a 9P rename (wstat of the name): atomic, any size, keeps
+        qid, mode and mtime. Across directories, copy then remove (wstat(5) can do no more)."""
+        if not (isinstance(path1, str) and isinstance(path2, str)) or _has_magic(path1) or maxdepth:
+            return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        src, dst = self._strip_protocol(path1), self._strip_protocol(path2)
+        if path2.endswith("/") or self.isdir(dst):
+            dst = posixpath.join(dst, posixpath.basename(src))
+        if src == dst:
+            return None
+        if posixpath.dirname(src) != posixpath.dirname(dst):
+            return super().mv(src, dst, recursive=recursive or self.isdir(src))
+        sync = self._sync()
+        try:
+            sync.rename(src, dst)
+        except FileExistsError:
+            if self.isdir(dst):
+                raise
+            sync.remove(dst)  # POSIX rename(2) replaces a file; Plan 9's wstat refuses
+            sync.rename(src, dst)
+        return None
+
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> NinePFile:
+        return NinePFile(
+            self,
+            self._strip_protocol(path),
+            mode,
+            block_size,
+            autocommit,
+            cache_options=cache_options,
+            **kwargs,
+        )
+
+
+class NinePFile(AbstractBufferedFile):
+    """An open 9P file: fsspec's buffering and read-ahead over one fid, opened for the whole
+    life of the file (reads and writes at offsets; no walk per block)."""
+
+    def __init__(
+        self,
+        fs: NinePFileSystem,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in ("rb", "wb", "ab", "xb"):
+            raise NotImplementedError(f"{path}: file mode {mode!r} not supported (rb, wb, ab, xb)")
+        self._fid: int | None = None
+        self._sync = fs._sync()
+        if mode == "rb":
+            self._fid, self._qid, self._iounit, st = self._sync._loop.call(
+                _open_read, self._sync.client, path
+            )
+            kwargs["size"] = st.length
+        else:
+            self._fid, self._qid, self._iounit, self._base, _ = self._sync._loop.call(
+                _open_write, self._sync.client, path, mode[0]
+            )
+        try:
+            super().__init__(fs, path, mode, block_size, *args, **kwargs)
+        except BaseException:
+            self._clunk()
+            raise
+        if mode == "rb":
+            self.details = _entry(path, st)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        client = self._sync.client
+        return bytes(
+            self._sync._loop.call(client.pread, self._fid, start, end - start, self._iounit, self.path)
+        )
+
+    def _initiate_upload(self) -> None:
+        pass  # the file was opened (and created or truncated) when this object was made
+
+    def _upload_chunk(self, final: bool = False) -> bool:
+        data = self.buffer.getvalue()
+        if data:
+            client = self._sync.client
+            ordered = bool(self._qid.type & QTAPPEND)
+            at = self._base + self.offset
+            self._sync._loop.call(
+                lambda: client.pwrite(self._fid, at, data, self._iounit, self.path, ordered=ordered)
+            )
+        return True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()
+        finally:
+            self._clunk()
+
+    def _clunk(self) -> None:
+        fid, self._fid = self._fid, None
+        if fid is not None:
+            try:
+                self._sync._loop.call(self._sync.client._clunk, fid)
+            except (OSError, RuntimeError):
+                pass  # the connection is gone, and the fid with it (trio.RunFinishedError)
+
+
+async def _open_read(client: Client, path: str) -> tuple[int, Qid, int, Stat]:
+    fid, qid, (ropen, rstat) = await _walk_then(
+        client, path, lambda f: [(Topen(0, f, OREAD), Ropen), (Tstat(0, f), Rstat)]
+    )
+    if qid.is_dir:
+        await client._clunk(fid)
+        raise IsADirectory("is a directory", _path(path))
+    return fid, qid, ropen.iounit or client.conn.iounit, rstat.stat
+
+
+def _dial_string(host: str | None, port: int | None, address: str | None, tls: bool) -> str:
+    if address is not None:
+        if host:
+            raise ValueError(f"9p: give address={address!r} or a host ({host!r}), not both")
+        addr = parse_address(address)
+    elif host:
+        addr = parse_address(f"tcp!{host}!{port or 564}")
+    else:
+        raise ValueError("9p: no server: use 9p://host:port/path, or address='tcp!host!port'")
+    if tls:
+        if addr.network == "unix":
+            raise ValueError(f"9p: tls=True needs a TCP address, not {address!r}")
+        return f"tls!{addr.host}!{addr.port}"
+    return str(addr)
+
+
+def _url_host(address: str) -> str:
+    addr = parse_address(address)
+    if addr.network in ("tcp", "tls"):
+        host = f"[{addr.host}]" if ":" in addr.host else addr.host
+        return f"{host}:{addr.port}"
+    return ""  # a unix socket is no URL: 9p:///path with address= in the options
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
