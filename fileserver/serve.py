@@ -25,12 +25,14 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 
 import trio
 
 from ninep import Limits, Server, Tree
 from ninep.auth import Authenticator, KeyFileError
 from ninep.client import single_error
+from ninep.constants import MIN_MSIZE
 from ninep.tls import server_context_from_files
 from ninep.transport import Address, parse_address
 
@@ -395,6 +397,18 @@ def _is_loopback_ip(text: str) -> bool:
     return ip.is_loopback
 
 
+def _above(kind: Callable[[str], float], least: float, text: str) -> float:
+    """A limit's type: a number of at least `least` (a limit of 0 or less would refuse
+    everything, and an msize below MIN_MSIZE cannot hold a stat entry)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= least:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text}: want {least:g} or more")
+    return value
+
+
 def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) -> None:
     """Add `serve`; `machine` opens the --machine tree (composed above this package)."""
     p = sub.add_parser("serve", help="export a directory, a RAM tree or a whole machine over 9P2000")
@@ -425,7 +439,7 @@ def register(sub: argparse._SubParsersAction, *, machine: Opener | None = None) 
         kind = float if isinstance(default, float) else int
         p.add_argument(
             "--" + name.replace("_", "-"),
-            type=kind,
+            type=partial(_above, kind, MIN_MSIZE if name == "msize" else 1),
             default=default,
             metavar="N",
             help=f"{what} (default {default})",

@@ -319,22 +319,45 @@ def _run_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def seconds(text: str) -> float:
+    """The type of a time option: seconds, 0 or more (a negative deadline or cache is no
+    setting anyone means)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: want seconds, 0 or more")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A deadline: seconds above 0."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text}: want seconds above 0")
+    return value
+
+
 def add_cache_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--attr-cache",
-        type=float,
+        type=seconds,
+        metavar="S",
         default=FuseOptions().attr_cache,
         help="how long ninefs (and the kernel) trust a stat seen (s); longer is faster, staler",
     )
     p.add_argument(
         "--cache",
-        type=float,
+        type=seconds,
+        metavar="S",
         default=None,
         help="how long the kernel may keep names and attributes (s; default: what is left of --attr-cache)",
     )
     p.add_argument(
         "--negative-cache",
-        type=float,
+        type=seconds,
+        metavar="S",
         default=None,
         help="how long a name found missing is remembered as missing (s; default: --attr-cache)",
     )
@@ -370,8 +393,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground until unmounted")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=None,
+        metavar="S",
         help=f"deadline of every operation and of connecting (s; default {FuseOptions().timeout:g}, "
         f"and {bounds.CONNECT_TIMEOUT:g} to connect)",
     )
