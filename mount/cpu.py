@@ -39,6 +39,7 @@ import ninep
 from ninep import bounds
 from ninep.client import single_error
 from ninep.command import Command, exit_status, start_command
+from ninep.errors import NotFound, PermissionDenied
 from ninep.hostlist import Machine
 
 if TYPE_CHECKING:
@@ -146,7 +147,14 @@ async def run_cpu(
             command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", f"/mnt/term{cwd}", *command]
         # Listen for signals before the command exists, so none arrives while nobody listens.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            await cmd.exec(command)
+            try:
+                await cmd.exec(command)
+            except (NotFound, PermissionDenied) as e:
+                # A server that starts the command itself says so in its Rerror; sh (and
+                # `ns run`, the fallback) make it 127 for a program not found, 126 for one
+                # that may not run.
+                print(f"ninefs cpu: {address}: {e}", file=sys.stderr)
+                return 127 if isinstance(e, NotFound) else 126
             return await _session(cmd, ns, address, interactive, signals)
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+import trio
 
+import ninep
 import ninep.sync
 
 from .fuse_helpers import needs_fuse, on_terminal
@@ -125,3 +131,117 @@ def test_ctrl_c_at_a_terminal_interrupts_the_remote_command(machine):
     status, out = on_terminal(ninefs_command("cpu", machine, "--", "sh", "-c", script), b"ready", b"\x03")
     assert status == 3, out
     assert b"interrupted" in out
+
+
+# --- /mnt/term served by the server itself (issue #19) ---------------------------------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server mounts /mnt/term itself only as root")
+
+
+@pytest.fixture
+def machine_and_pid(tmp_path):
+    with server_process("--machine", str(tmp_path), "--allow-exec") as (address, proc):
+        yield address, proc.pid
+
+
+@as_root
+def test_the_command_is_the_servers_own_child_not_a_second_python(machine_and_pid, tmp_path):
+    address, server_pid = machine_and_pid
+    (tmp_path / "seen.txt").write_text("seen\n")
+    script = f"echo $PPID; cat /mnt/term{tmp_path}/seen.txt"
+    r = cpu(address, "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n", 1) == [str(server_pid), "seen\n"]
+
+
+@as_root
+def test_mnt_term_is_seen_by_the_command_only_and_the_hosts_mnt_is_unchanged(machine, tmp_path):
+    (tmp_path / "mine.txt").write_text("mine\n")
+    before = sorted(os.listdir("/mnt"))
+    script = f"cat /mnt/term{tmp_path}/mine.txt; ls /mnt; echo ready; read line"
+    proc = subprocess.Popen(
+        ninefs_command("cpu", machine, "--", "sh", "-c", script),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        seen = []
+        while (line := proc.stdout.readline()) not in ("ready\n", ""):
+            seen.append(line.strip())
+        assert seen[0] == "mine" and "term" in seen[1:], seen
+        # While the command runs with it: not here, on the host, nor any change to /mnt.
+        assert not os.path.exists(f"/mnt/term{tmp_path}/mine.txt")
+        assert sorted(os.listdir("/mnt")) == before
+        proc.stdin.write("done\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    assert sorted(os.listdir("/mnt")) == before
+    assert set(before) <= set(seen[1:])  # the command's /mnt holds the host's entries too
+
+
+@as_root
+def test_a_program_of_the_callers_runs_from_mnt_term(machine):
+    r = cpu(machine, "--", "/mnt/term/bin/echo", "from", "the caller's echo")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "from the caller's echo\n"
+
+
+async def dir_in_mnt_term(address: str, key: str | None = None) -> str:
+    """The error of `term`, `dir /mnt/term/tmp` and exec on a cmd session."""
+    async with ninep.connect(address, uname="nobody" if key else None, key=key) as fs:
+        ctl, _ = await fs.walk_fid("cmd/clone")
+        await fs.conn.open(ctl, ninep.ORDWR)
+        await fs.conn.write(ctl, 0, b"term")
+        with pytest.raises(ninep.NinePError) as e:  # at `dir`, or at the exec that would wait
+            await fs.conn.write(ctl, 0, b"dir /mnt/term/tmp")
+            await fs.conn.write(ctl, 0, b"exec true")
+        return str(e.value)
+
+
+@as_root
+def test_dir_in_mnt_term_is_refused_not_waited_for(machine):
+    assert "/mnt/term" in trio.run(dir_in_mnt_term, machine)
+
+
+@as_root
+def test_a_command_run_as_nobody_sees_the_callers_files_with_nobodys_rights(tmp_path):
+    from ninep.auth import generate_key
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    generate_key(str(keys / "nobody"), "nobody@test")
+    kind, blob = (keys / "nobody.pub").read_text().split()[:2]
+    (keys / "authorized").write_text(f"{kind} {blob} nobody\n")
+    shared = Path(tempfile.mkdtemp(prefix="ninefs-cpu-"))
+    try:
+        os.chmod(shared, 0o755)
+        (shared / "open.txt").write_text("for everyone\n")
+        (shared / "secret.txt").write_text("root's\n")
+        os.chmod(shared / "secret.txt", 0o600)
+        script = f"id -un; cat /mnt/term{shared}/open.txt; cat /mnt/term{shared}/secret.txt"
+        args = ("--machine", "--allow-exec", "--authorized-keys", str(keys / "authorized"))
+        with server_process(*args) as (address, _):
+            r = cpu(address, "-k", str(keys / "nobody"), "-u", "nobody", "--", "sh", "-c", script)
+            # As a user, `dir` is entered by the child, after the mount: one in /mnt/term
+            # is refused at exec, before the child would wait there for the caller.
+            assert "/mnt/term" in trio.run(dir_in_mnt_term, address, str(keys / "nobody"))
+        assert r.stdout == "nobody\nfor everyone\n", r.stderr
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_t_without_a_terminal_is_one_line_not_a_traceback(machine):
+    r = cpu(machine, "-t", "--", "true")  # stdin: a pipe
+    assert r.returncode == 2
+    assert r.stderr == "ninefs cpu: -t: stdin is not a terminal\n"
