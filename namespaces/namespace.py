@@ -148,12 +148,15 @@ class Namespace(Tree):
         *,
         start_down: bool = False,
         lazy: bool = False,
-        connect_timeout: float = bounds.CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> RemoteTree:
         """A connection to the server at `address`, living as long as the namespace, for
         `mount`. By default a server that does not answer is an error; `start_down` gives a
         tree that starts "down" and joins when the server answers, `lazy` one that dials at
-        its first use (ninep.remote). Many dials may run at once (nsfile.apply does)."""
+        its first use (ninep.remote). Many dials may run at once (nsfile.apply does).
+        `connect_timeout` None: bounds.CONNECT_TIMEOUT, as it is when called."""
+        if connect_timeout is None:
+            connect_timeout = bounds.CONNECT_TIMEOUT
         if self._nursery is None:
             raise RuntimeError("mount a server inside `async with Namespace() as ns:`")
         return await self._nursery.start(self._connect, address, start_down, lazy, connect_timeout)
