@@ -9,7 +9,6 @@ people-facing path API (`ninep.connect`) is built on this in `files.py`.
 
 from __future__ import annotations
 
-import getpass
 import heapq
 import logging
 import struct
@@ -225,7 +224,10 @@ class Connection:
     async def start(self, nursery: trio.Nursery) -> None:
         """Negotiate the version and start the reader task in `nursery`."""
         await self._send(Tversion(NOTAG, self.msize, VERSION))
-        frame = await self._reader.next_frame()
+        try:
+            frame = await self._reader.next_frame()
+        except CodecError as e:  # an HTTP server, say: its first "frame" is far too large
+            raise ProtocolError(f"not a 9P server: {e}") from None
         if frame is None:
             raise ProtocolError("connection closed: server hung up during Tversion")
         try:
@@ -532,7 +534,7 @@ class Connection:
         try:
             private = auth.resolve_key(key)
             if private is None:
-                raise NinePError("authentication required: no key (make one with `ninefs key gen`)")
+                raise NinePError(f"authentication required: {auth.no_key_reason()}")
             challenge = await self.read(afid, 0, 256)
             binding = auth.channel_binding(
                 self.stream.getpeercert(binary_form=True) if isinstance(self.stream, trio.SSLStream) else None
@@ -569,7 +571,10 @@ class Connection:
         return fid, qid
 
     async def attach(self, fid: int, uname: str | None = None, aname: str = "", afid: int = NOFID) -> Qid:
-        uname = uname if uname is not None else getpass.getuser()
+        if uname is None:
+            from . import auth
+
+            uname = auth.local_user()
         return (await self.rpc(Tattach(0, fid, afid, uname, aname), Rattach)).qid
 
     async def walk(self, fid: int, newfid: int, names: Sequence[str]) -> list[Qid]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import getpass
 import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
@@ -165,7 +164,10 @@ class Client:
     async def attach(
         cls, conn: Connection, *, uname: str | None = None, aname: str = "", key: Any = None
     ) -> Client:
-        uname = uname if uname is not None else getpass.getuser()
+        if uname is None:
+            from .auth import local_user  # cryptography: only when attaching
+
+            uname = local_user()
         fid, qid = await conn.attach_as(uname, aname, key)
         return cls(conn, fid, qid, uname, aname, key)
 
