@@ -208,28 +208,30 @@ async def _cat(client: Client, path: str, start: int | None, end: int | None) ->
 
 
 async def _open_write(
-    client: Client, path: str, kind: str, data: bytes = b""
+    client: Client, path: str, kind: str, data: bytes = b"", auto_mkdir: bool = False
 ) -> tuple[int, Qid, int, int, int]:
     """Open `path` for writing as Python's w (create or truncate), x (create, FileExistsError
-    if it exists) or a (create or append), with the first iounit of `data` riding along.
-
-    Gives fid, qid, iounit, the offset the file starts at, and how many bytes went out."""
+    if it exists) or a (create or append), the first iounit of `data` riding along; with
+    `auto_mkdir`, make missing parents. Gives fid, qid, iounit, the offset writing starts
+    at, and how many bytes of `data` went out."""
     conn, p = client.conn, _path(path)
-    head = data[: conn.iounit]
+    head = [(data[: conn.iounit],)] if data and kind != "a" else []
     parent, name = posixpath.split(p)
     if not name:
         raise IsADirectory("is a directory", p)
     for _ in range(3):  # someone may create or remove it between our walk and our create
         if kind != "x":
             mode = OWRITE | (OTRUNC if kind == "w" else 0)
-
-            def opening(f: int, mode: int = mode) -> list[Request]:
-                if kind == "a":
-                    return [(Topen(0, f, mode), Ropen), (Tstat(0, f), Rstat)]
-                return [(Topen(0, f, mode), Ropen), *([(Twrite(0, f, 0, head), Rwrite)] if head else [])]
-
             try:
-                fid, qid, (ropen, *rest) = await _walk_then(client, p, opening)
+                fid, qid, (ropen, *rest) = await _walk_then(
+                    client,
+                    p,
+                    lambda f: [
+                        (Topen(0, f, mode), Ropen),
+                        *[(Twrite(0, f, 0, h), Rwrite) for (h,) in head],
+                        *([(Tstat(0, f), Rstat)] if kind == "a" else []),
+                    ],
+                )
             except FileNotFoundError:
                 pass
             else:
@@ -237,27 +239,33 @@ async def _open_write(
                     await client._clunk(fid)
                     raise IsADirectory("is a directory", p)
                 at = rest[0].stat.length if kind == "a" else 0
-                return fid, qid, ropen.iounit or conn.iounit, at, rest[0].count if rest and kind == "w" else 0
-
-        def creating(f: int) -> list[Request]:
-            return [
-                (Tcreate(0, f, name, 0o666, OWRITE), Rcreate),
-                *([(Twrite(0, f, 0, head), Rwrite)] if head else []),
-            ]
-
+                return fid, qid, ropen.iounit or conn.iounit, at, rest[0].count if head else 0
         try:
-            fid, _, (rcreate, *rest) = await _walk_then(client, parent, creating)
+            fid, _, (rcreate, *rest) = await _walk_then(
+                client,
+                parent,
+                lambda f: [
+                    (Tcreate(0, f, name, 0o666, OWRITE), Rcreate),
+                    *[(Twrite(0, f, 0, h), Rwrite) for (h,) in head],
+                ],
+            )
         except FileExistsError:
             if kind == "x":
                 raise Exists("file already exists", p) from None
             continue
-        return fid, rcreate.qid, rcreate.iounit or conn.iounit, 0, rest[0].count if rest else 0
+        except FileNotFoundError:
+            if not auto_mkdir:
+                raise
+            await client.mkdir(parent, parents=True, exist_ok=True)
+            auto_mkdir = False
+            continue
+        return fid, rcreate.qid, rcreate.iounit or conn.iounit, 0, rest[0].count if head else 0
     raise NinePError("i/o error: file keeps appearing and vanishing", p)
 
 
 @_again(repeatable=False)
-async def _pipe(client: Client, path: str, data: bytes, exclusive: bool) -> None:
-    fid, qid, iounit, _, sent = await _open_write(client, path, "x" if exclusive else "w", data)
+async def _pipe(client: Client, path: str, data: bytes, exclusive: bool, auto_mkdir: bool) -> None:
+    fid, qid, iounit, _, sent = await _open_write(client, path, "x" if exclusive else "w", data, auto_mkdir)
     try:
         if sent < len(data):
             ordered = bool(qid.type & QTAPPEND)
@@ -317,11 +325,14 @@ class NinePFileSystem(AbstractFileSystem):
 
     Where: `9p://host:port/path` (port 564 when absent), or `address=` any dial string
     (`unix!/run/ninefs.sock`, `tls!host!port`) with `9p:///path`. `tls=True` dials
-    tls!host!port. `uname`, `aname`, `key` (a path, so that the instance pickles), `msize`,
+    tls!host!port. `auto_mkdir`: writing a file makes its missing directories (as
+    LocalFileSystem's option; off by default, like it). `uname`, `aname`, `key` (a path, so that the instance pickles), `msize`,
     `timeout` (seconds per 9P request), `connect_timeout`: as for ninep.connect.
     """
 
-    protocol = ("9p",)
+    # "ninep" too: RFC 3986 schemes begin with a letter, and pandas passes to fsspec only
+    # URLs whose scheme does (pandas.io.common.is_fsspec_url), so read_csv needs ninep://.
+    protocol = ("9p", "ninep")
     root_marker = "/"
 
     def __init__(
@@ -334,6 +345,7 @@ class NinePFileSystem(AbstractFileSystem):
         aname: str = "",
         key: Any = None,
         tls: bool = False,
+        auto_mkdir: bool = False,
         msize: int | None = None,
         timeout: float | None = TIMEOUT,
         connect_timeout: float | None = CONNECT_TIMEOUT,
@@ -341,6 +353,7 @@ class NinePFileSystem(AbstractFileSystem):
     ) -> None:
         super().__init__(**storage_options)
         self.address = _dial_string(host, port, address, tls)
+        self.auto_mkdir = auto_mkdir
         self._options: dict[str, Any] = {
             "uname": uname,
             "aname": aname,
@@ -386,16 +399,17 @@ class NinePFileSystem(AbstractFileSystem):
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = stringify_path(path)
-        if path.startswith("9p://"):
-            rest = path[len("9p://") :]
+        rest = _after_scheme(path)
+        if rest is not None:
             path = rest[rest.find("/") :] if "/" in rest else "/"
         return _path(path)
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
-        if not path.startswith("9p://"):
+        rest = _after_scheme(path)
+        if rest is None:
             return {}
-        netloc = path[len("9p://") :].split("/", 1)[0]
+        netloc = rest.split("/", 1)[0]
         user, _, netloc = netloc.rpartition("@")
         out: dict[str, Any] = {"uname": user} if user else {}
         if netloc:
@@ -404,7 +418,7 @@ class NinePFileSystem(AbstractFileSystem):
         return out
 
     def unstrip_protocol(self, name: str) -> str:
-        return name if name.startswith("9p://") else f"9p://{_url_host(self.address)}{_path(name)}"
+        return name if _after_scheme(name) is not None else f"9p://{_url_host(self.address)}{_path(name)}"
 
     # --- metadata ---------------------------------------------------------------------------
 
@@ -489,7 +503,7 @@ class NinePFileSystem(AbstractFileSystem):
         return self._run(_cat, self._strip_protocol(path), start, end)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        self._run(_pipe, self._strip_protocol(path), bytes(value), mode == "create")
+        self._run(_pipe, self._strip_protocol(path), bytes(value), mode == "create", self.auto_mkdir)
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         """Through this client (9P has no server-side copy), a block at a time."""
@@ -569,7 +583,7 @@ class NinePFile(AbstractBufferedFile):
             kwargs["size"] = st.length
         else:
             self._fid, self._qid, self._iounit, self._base, _ = self._sync._loop.call(
-                _open_write, self._sync.client, path, mode[0]
+                _open_write, self._sync.client, path, mode[0], b"", fs.auto_mkdir
             )
         try:
             super().__init__(fs, path, mode, block_size, *args, **kwargs)
@@ -648,6 +662,13 @@ def _url_host(address: str) -> str:
         host = f"[{addr.host}]" if ":" in addr.host else addr.host
         return f"{host}:{addr.port}"
     return ""  # a unix socket is no URL: 9p:///path with address= in the options
+
+
+def _after_scheme(url: str) -> str | None:
+    for scheme in ("9p://", "ninep://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :]
+    return None
 
 
 def _has_magic(path: str) -> bool:
