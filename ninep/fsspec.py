@@ -32,30 +32,13 @@ import trio
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import stringify_path
 
+from . import messages as m
 from .bounds import CONNECT_TIMEOUT, MAX_DIR_BYTES, MAX_DIR_ENTRIES
 from .codec import decode_stats
 from .constants import MAXWELEM, OREAD, OTRUNC, OWRITE, QTAPPEND
 from .errors import Exists, IsADirectory, NinePError, NotADirectory, NotFound, ProtocolError, error_for
 from .files import WINDOW, Client, _again, split_path
-from .messages import (
-    Message,
-    Qid,
-    Rcreate,
-    Ropen,
-    Rread,
-    Rremove,
-    Rstat,
-    Rwalk,
-    Rwrite,
-    Stat,
-    Tcreate,
-    Topen,
-    Tread,
-    Tremove,
-    Tstat,
-    Twalk,
-    Twrite,
-)
+from .messages import Qid, Stat
 from .posix import unix_special
 from .sync import SyncClient
 from .sync import connect as sync_connect
@@ -63,7 +46,7 @@ from .transport import parse_address
 
 __all__ = ["NinePFile", "NinePFileSystem"]
 
-Request = tuple[Message, type[Message]]
+Request = tuple[m.Message, type[m.Message]]
 TIMEOUT = 60.0  # per 9P request: a server gone silent is an error, not a hang of read_csv
 RM_AT_ONCE = 32
 
@@ -87,18 +70,18 @@ async def _walk_then(
     conn, names = client.conn, split_path(path)
     if len(names) > MAXWELEM:  # walk(5): 16 names a Twalk; the long way, then the rest
         fid, qid = await client.walk_fid(path)
-        requests = then(fid)
-        replies = await conn.pipeline(*requests)
+        walk: list[Request] = []
     else:
-        fid = conn.fids.get()
-        requests = then(fid)
-        try:
-            walked, *replies = await conn.pipeline(
-                (Twalk(0, client.root_fid, fid, tuple(names)), Rwalk), *requests
-            )
-        except BaseException:
-            await client._clunk(fid)  # the server may or may not have made it
-            raise
+        fid, qid = conn.fids.get(), client.root_qid
+        walk = [(m.Twalk(0, client.root_fid, fid, tuple(names)), m.Rwalk)]
+    requests = then(fid)
+    try:
+        replies = await conn.pipeline(*walk, *requests)
+    except BaseException:
+        await client._clunk(fid)  # the server may or may not have made the fid
+        raise
+    if walk:
+        walked = replies.pop(0)
         if isinstance(walked, NinePError) or len(walked.qids) < len(names):
             conn.fids.put(fid)  # walk(5): no newfid, so nothing else happened either
             if isinstance(walked, NinePError):
@@ -107,7 +90,7 @@ async def _walk_then(
             if not last.is_dir:
                 raise NotADirectory("not a directory", _path(path))
             raise NotFound("file does not exist", _path(path))
-        qid = walked.qids[-1] if names else client.root_qid
+        qid = walked.qids[-1] if names else qid
     try:
         for i, reply in enumerate(replies):
             if isinstance(reply, NinePError):
@@ -129,7 +112,7 @@ async def _walk_then(
 
 @_again(repeatable=True)
 async def _stat(client: Client, path: str) -> Stat:
-    fid, _, (rstat,) = await _walk_then(client, path, lambda f: [(Tstat(0, f), Rstat)])
+    fid, _, (rstat,) = await _walk_then(client, path, lambda f: [(m.Tstat(0, f), m.Rstat)])
     client.conn.clunk_soon(fid)  # rides along with the next request: no round trip of its own
     return rstat.stat
 
@@ -140,18 +123,18 @@ async def _ls(client: Client, path: str) -> tuple[bool, list[Stat]]:
 
     The walk says whether it is a directory before anything is opened: opening a device or
     a clone file to find out could start something or block."""
-    fid, qid, (rstat,) = await _walk_then(client, path, lambda f: [(Tstat(0, f), Rstat)])
+    fid, qid, (rstat,) = await _walk_then(client, path, lambda f: [(m.Tstat(0, f), m.Rstat)])
     conn = client.conn
     try:
         if not qid.is_dir:
             return False, [rstat.stat]
         ropen, rread = await conn.pipeline(
-            (Topen(0, fid, OREAD), Ropen), (Tread(0, fid, 0, conn.iounit), Rread)
+            (m.Topen(0, fid, OREAD), m.Ropen), (m.Tread(0, fid, 0, conn.iounit), m.Rread)
         )
         if isinstance(ropen, NinePError):
             raise _named(ropen, _path(path))
         if isinstance(rread, NinePError):  # ran before the open
-            rread = Rread(0, await conn.read(fid, 0, conn.iounit))
+            rread = m.Rread(0, await conn.read(fid, 0, conn.iounit))
         data, offset, out = bytes(rread.data), 0, []
         while data:
             out.extend(decode_stats(data))
@@ -177,7 +160,11 @@ async def _cat(client: Client, path: str, start: int | None, end: int | None) ->
     fid, qid, (ropen, rstat, rread) = await _walk_then(
         client,
         path,
-        lambda f: [(Topen(0, f, OREAD), Ropen), (Tstat(0, f), Rstat), (Tread(0, f, lo, first), Rread)],
+        lambda f: [
+            (m.Topen(0, f, OREAD), m.Ropen),
+            (m.Tstat(0, f), m.Rstat),
+            (m.Tread(0, f, lo, first), m.Rread),
+        ],
     )
     try:
         if qid.is_dir:
@@ -227,9 +214,9 @@ async def _open_write(
                     client,
                     p,
                     lambda f: [
-                        (Topen(0, f, mode), Ropen),
-                        *[(Twrite(0, f, 0, h), Rwrite) for (h,) in head],
-                        *([(Tstat(0, f), Rstat)] if kind == "a" else []),
+                        (m.Topen(0, f, mode), m.Ropen),
+                        *[(m.Twrite(0, f, 0, h), m.Rwrite) for (h,) in head],
+                        *([(m.Tstat(0, f), m.Rstat)] if kind == "a" else []),
                     ],
                 )
             except FileNotFoundError:
@@ -245,8 +232,8 @@ async def _open_write(
                 client,
                 parent,
                 lambda f: [
-                    (Tcreate(0, f, name, 0o666, OWRITE), Rcreate),
-                    *[(Twrite(0, f, 0, h), Rwrite) for (h,) in head],
+                    (m.Tcreate(0, f, name, 0o666, OWRITE), m.Rcreate),
+                    *[(m.Twrite(0, f, 0, h), m.Rwrite) for (h,) in head],
                 ],
             )
         except FileExistsError:
@@ -278,7 +265,7 @@ async def _pipe(client: Client, path: str, data: bytes, exclusive: bool, auto_mk
 async def _remove(client: Client, path: str) -> None:
     if not split_path(path):
         raise PermissionError(f"{_path(path)}: refusing to remove the root of the tree")
-    await _walk_then(client, path, lambda f: [(Tremove(0, f), Rremove)], consumes=True)
+    await _walk_then(client, path, lambda f: [(m.Tremove(0, f), m.Rremove)], consumes=True)
 
 
 async def _rmtree(client: Client, path: str, limiter: trio.CapacityLimiter | None = None) -> None:
@@ -539,54 +526,31 @@ class NinePFileSystem(AbstractFileSystem):
             sync.rename(src, dst)
         return None
 
-    def _open(
-        self,
-        path: str,
-        mode: str = "rb",
-        block_size: int | None = None,
-        autocommit: bool = True,
-        cache_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> NinePFile:
-        return NinePFile(
-            self,
-            self._strip_protocol(path),
-            mode,
-            block_size,
-            autocommit,
-            cache_options=cache_options,
-            **kwargs,
-        )
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> NinePFile:
+        """`kwargs`: AbstractBufferedFile's (block_size, cache_type, cache_options, ...)."""
+        return NinePFile(self, self._strip_protocol(path), mode, **kwargs)
 
 
 class NinePFile(AbstractBufferedFile):
     """An open 9P file: fsspec's buffering and read-ahead over one fid, opened for the whole
     life of the file (reads and writes at offsets; no walk per block)."""
 
-    def __init__(
-        self,
-        fs: NinePFileSystem,
-        path: str,
-        mode: str = "rb",
-        block_size: Any = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, fs: NinePFileSystem, path: str, mode: str = "rb", **kwargs: Any) -> None:
         if mode not in ("rb", "wb", "ab", "xb"):
             raise NotImplementedError(f"{path}: file mode {mode!r} not supported (rb, wb, ab, xb)")
         self._fid: int | None = None
-        self._sync = fs._sync()
+        self._conn = fs._sync()
         if mode == "rb":
-            self._fid, self._qid, self._iounit, st = self._sync._loop.call(
-                _open_read, self._sync.client, path
+            self._fid, self._qid, self._iounit, st = self._conn._loop.call(
+                _open_read, self._conn.client, path
             )
             kwargs["size"] = st.length
         else:
-            self._fid, self._qid, self._iounit, self._base, _ = self._sync._loop.call(
-                _open_write, self._sync.client, path, mode[0], b"", fs.auto_mkdir
+            self._fid, self._qid, self._iounit, self._base, _ = self._conn._loop.call(
+                _open_write, self._conn.client, path, mode[0], b"", fs.auto_mkdir
             )
         try:
-            super().__init__(fs, path, mode, block_size, *args, **kwargs)
+            super().__init__(fs, path, mode, **kwargs)
         except BaseException:
             self._clunk()
             raise
@@ -594,9 +558,9 @@ class NinePFile(AbstractBufferedFile):
             self.details = _entry(path, st)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        client = self._sync.client
+        client = self._conn.client
         return bytes(
-            self._sync._loop.call(client.pread, self._fid, start, end - start, self._iounit, self.path)
+            self._conn._loop.call(client.pread, self._fid, start, end - start, self._iounit, self.path)
         )
 
     def _initiate_upload(self) -> None:
@@ -605,10 +569,10 @@ class NinePFile(AbstractBufferedFile):
     def _upload_chunk(self, final: bool = False) -> bool:
         data = self.buffer.getvalue()
         if data:
-            client = self._sync.client
+            client = self._conn.client
             ordered = bool(self._qid.type & QTAPPEND)
             at = self._base + self.offset
-            self._sync._loop.call(
+            self._conn._loop.call(
                 lambda: client.pwrite(self._fid, at, data, self._iounit, self.path, ordered=ordered)
             )
         return True
@@ -625,14 +589,14 @@ class NinePFile(AbstractBufferedFile):
         fid, self._fid = self._fid, None
         if fid is not None:
             try:
-                self._sync._loop.call(self._sync.client._clunk, fid)
+                self._conn._loop.call(self._conn.client._clunk, fid)
             except (OSError, RuntimeError):
                 pass  # the connection is gone, and the fid with it (trio.RunFinishedError)
 
 
 async def _open_read(client: Client, path: str) -> tuple[int, Qid, int, Stat]:
     fid, qid, (ropen, rstat) = await _walk_then(
-        client, path, lambda f: [(Topen(0, f, OREAD), Ropen), (Tstat(0, f), Rstat)]
+        client, path, lambda f: [(m.Topen(0, f, OREAD), m.Ropen), (m.Tstat(0, f), m.Rstat)]
     )
     if qid.is_dir:
         await client._clunk(fid)
