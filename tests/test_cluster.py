@@ -152,6 +152,8 @@ def test_a_host_killed_and_a_link_cut_mid_fanout_are_reported_and_the_other_four
     assert {label: out[label] for label in out} == {h.name: h.hostname for h in others}
     closing = [ln for ln in stderr.splitlines() if ln.startswith(("h5:", "h9:"))]
     assert len(closing) == 2, stderr
+    # Killed mid-command: the connection ends; cut: the heartbeat goes unanswered for 3 s.
+    assert all(("lost" in ln or "unreachable" in ln) for ln in closing), stderr
     assert not [ln for ln in stderr.splitlines() if ln.split(":")[0] in {h.name for h in others}]
 
 
