@@ -363,7 +363,12 @@ class NinePFileSystem(AbstractFileSystem):
             self._lock = threading.Lock()  # a lock held by a parent's thread stays held here
         with self._lock:
             if self._client is None or self._pid != pid:
-                client = sync_connect(self.address, **self._options)
+                try:
+                    client = sync_connect(self.address, **self._options)
+                except NinePError as e:  # a refused attach, a peer that is no 9P server
+                    if e.filename is not None:
+                        raise
+                    raise type(e)(e.ename, self.address) from None
                 self._client, self._pid = client, pid
                 weakref.finalize(self, client.close)
             return self._client

@@ -25,7 +25,7 @@ from fileserver.ram import RamTree
 from ninep.codec import decode
 from ninep.fsspec import NinePFileSystem
 
-from .servers import server_process, serving
+from .servers import ninefs_command, server_process, serving
 
 
 def _url(address: str, scheme: str = "9p") -> str:
@@ -469,15 +469,41 @@ def test_tls_true_dials_tls_and_pins_the_servers_key(tmp_path: Path, monkeypatch
     assert f"{host}!{port}" in (tmp_path / "known_hosts").read_text()
 
 
+def test_key_and_uname_authenticate_to_a_server_that_wants_keys(tmp_path: Path) -> None:
+    for name in ("alice", "mallory"):
+        made = subprocess.run(
+            ninefs_command("key", "gen", "--out", str(tmp_path / name)), capture_output=True, timeout=60
+        )
+        assert made.returncode == 0, made.stderr
+    pub = (tmp_path / "alice.pub").read_text().strip()
+    (tmp_path / "authorized_keys").write_text(f"user=alice {pub}\n")
+    with server_process("--authorized-keys", str(tmp_path / "authorized_keys")) as (address, _):
+        url = _url(address).replace("9p://", "9p://alice@")
+        with fsspec.open(f"{url}/notes", "wb", key=str(tmp_path / "alice")) as f:
+            f.write(b"signed in")
+        fs = NinePFileSystem(
+            address=address, uname="alice", key=str(tmp_path / "alice"), skip_instance_cache=True
+        )
+        try:
+            assert pickle.loads(pickle.dumps(fs)).cat_file("/notes") == b"signed in"
+        finally:
+            fs.close()
+        impostor = NinePFileSystem(
+            address=address, uname="alice", key=str(tmp_path / "mallory"), skip_instance_cache=True
+        )
+        with pytest.raises(PermissionError, match="authentication failed"):
+            impostor.cat_file("/notes")
+
+
 def test_no_server_or_a_bad_option_is_one_clear_error() -> None:
     import socket
 
-    with socket.socket() as s:  # a port nothing listens on
+    with socket.socket() as s:  # bound, never listening: refused, and nobody else's meanwhile
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fs = NinePFileSystem(host="127.0.0.1", port=port, skip_instance_cache=True, connect_timeout=5)
-    with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
-        fs.exists("/anything")  # unreachable is an error, not "does not exist"
+        fs = NinePFileSystem(host="127.0.0.1", port=port, skip_instance_cache=True, connect_timeout=5)
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+            fs.exists("/anything")  # unreachable is an error, not "does not exist"
     with pytest.raises(ValueError, match="no server"):
         NinePFileSystem(skip_instance_cache=True)
     with pytest.raises(ValueError, match="tls=True needs a TCP address"):
