@@ -85,33 +85,12 @@ class TermMount:
         mount_device(self.fd, _SPEC, rootmode=0o40000, uid=uid, gid=gid)
 
     async def serve(self, peer: socket.socket, uname: str) -> None:
-        from ninep.client import Connection
-        from ninep.remote import RemoteTree
-
-        from .fuse import FuseOptions, TreeFS
-        from .fusesession import FuseSession
+        from ninep.client import single_error
 
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(peer))
         try:
-            async with trio.open_nursery() as nursery:
-                conn = Connection(stream)
-                ops = TreeFS(
-                    RemoteTree(conn, uname=uname), uname=uname, options=FuseOptions(allow_other=True)
-                )
-                try:
-                    # The caller serves its namespace once our exec is answered: it has as
-                    # long to begin as a connect has, then the command finds no files there.
-                    with trio.fail_after(bounds.CONNECT_TIMEOUT):
-                        await conn.start(nursery)
-                        await ops.start(nursery)
-                    session = FuseSession(self.fd, ops)
-                    ops.kernel = session
-                    await session.run()
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await ops.close()
-                        await conn.aclose()
-                    nursery.cancel_scope.cancel()
+            with single_error():
+                await self._serve(stream, uname)
         except trio.TooSlowError:
             log.warning(
                 "%s: the caller did not serve its namespace within %g s", TERM, bounds.CONNECT_TIMEOUT
@@ -120,9 +99,34 @@ class TermMount:
             if e.errno != errno.ENODEV:  # the command was gone before it looked: not news
                 log.warning("%s: %s", TERM, e.strerror or e)
         except Exception as e:  # a caller that speaks no 9P on term ends its mount, not the server
-            log.warning("%s: %s: %s", TERM, type(e).__name__, e)
+            log.warning("%s: %s: %s", TERM, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
         finally:
             await stream.aclose()
+
+    async def _serve(self, stream: trio.SocketStream, uname: str) -> None:
+        from ninep.client import Connection
+        from ninep.remote import RemoteTree
+
+        from .fuse import FuseOptions, TreeFS
+        from .fusesession import FuseSession
+
+        async with trio.open_nursery() as nursery:
+            conn = Connection(stream)
+            ops = TreeFS(RemoteTree(conn, uname=uname), uname=uname, options=FuseOptions(allow_other=True))
+            try:
+                # The caller serves its namespace once our exec is answered: it has as
+                # long to begin as a connect has, then the command finds no files there.
+                with trio.fail_after(bounds.CONNECT_TIMEOUT):
+                    await conn.start(nursery)
+                    await ops.start(nursery)
+                session = FuseSession(self.fd, ops)
+                ops.kernel = session
+                await session.run()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await ops.close()
+                    await conn.aclose()
+                nursery.cancel_scope.cancel()
 
     def close(self) -> None:
         if self.fd >= 0:
