@@ -1,5 +1,5 @@
 """`ninefs ls|cat|write|stat|mkdir|rm|mv ADDR PATH…`: plan9port's 9p(1) for ninefs;
-`ninefs ping ADDR`, and `ninefs key gen|authorize|show`.
+`ninefs cp SRC… DST` (ninep/copy.py), `ninefs ping ADDR`, and `ninefs key gen|authorize|show`.
 
 Each command connects, does its work through the path API and exits; errors
 print one line, with the path (or the address) and the server's 9P message, and
@@ -21,6 +21,7 @@ import stat as st_mod
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 
 import trio
@@ -31,7 +32,20 @@ from .bounds import CONNECT_TIMEOUT, Opening
 from .client import single_error
 from .codec import CodecError
 from .constants import DMAPPEND, DMDIR, DMEXCL
-from .errors import NinePError
+from .copy import (
+    Copier,
+    CopyError,
+    LocalSide,
+    Location,
+    Options,
+    Progress,
+    RemoteSide,
+    first_error,
+    move_across,
+    normalize,
+    parse_location,
+)
+from .errors import IsADirectory, NinePError
 from .files import Client, connect
 from .messages import Stat
 from .transport import Address, parse_address
@@ -82,6 +96,8 @@ async def _cat(fs: Client, args: argparse.Namespace) -> None:
     out = sys.stdout.buffer
     for path in args.paths:
         async with fs.open(path, "rb") as f:
+            if f.qid.is_dir:  # read(5) of a directory gives stat records: not for a terminal
+                raise IsADirectory("is a directory", path)
             while data := await f.read(CHUNK):
                 out.write(data)
                 out.flush()
@@ -110,6 +126,10 @@ async def _mkdir(fs: Client, args: argparse.Namespace) -> None:
 
 
 async def _rm(fs: Client, args: argparse.Namespace) -> None:
+    # Every path is checked before anything goes: `rm -r ADDR a /` must not take a first.
+    for path in args.paths:
+        if normalize(path) == "/" or (await fs.stat(path)).qid.path == fs.root_qid.path:
+            raise NinePError("refusing to remove the root of the export", path)
     for path in args.paths:
         if args.recursive:
             await fs.rmtree(path)
@@ -126,14 +146,18 @@ async def _mv(fs: Client, args: argparse.Namespace) -> None:
         pass
     try:
         await fs.rename(src, dst)
-    except OSError as e:
-        if e.errno != errno.EXDEV or (await fs.stat(src)).is_dir:
+    except FileExistsError:
+        # POSIX rename replaces a file; wstat(5) refuses: remove it first, as 9pfuse does.
+        if (await fs.stat(src)).is_dir or (await fs.stat(dst)).is_dir:
             raise
-        # 9P renames only within a directory; like mv(1) across devices: copy, then remove.
-        async with fs.open(src, "rb") as fin, fs.open(dst, "xb") as fout:
-            while data := await fin.read(CHUNK):
-                await fout.write(data)
-        await fs.remove(src)
+        await fs.remove(dst)
+        await fs.rename(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        # 9P renames only within a directory; like mv(1) across devices: copy with modes and
+        # times, directories too, then remove the source.
+        await move_across(RemoteSide(args.addr, fs), src, dst)
 
 
 async def _session(
@@ -154,7 +178,7 @@ def _runner(
         where = f"{args.addr}: "
         try:
             trio.run(partial(_session, args, body))
-        except KeyFileError as e:
+        except (KeyFileError, CopyError) as e:
             print(f"ninefs {args.command}: {e}", file=sys.stderr)
             return 1
         except NinePError as e:
@@ -180,8 +204,72 @@ def _runner(
     return run
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
+async def _cp(args: argparse.Namespace, sources: list[Location], target: Location, umask: int) -> int:
+    within = args.timeout or None
+    key = auth.load_private_key(args.key) if args.key else None
+    uname = args.uname if args.uname is not None else local_user()
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress(sys.stderr if show else None)
+    local = LocalSide()
+    sides: dict[str, RemoteSide] = {}  # one connection per address, whichever side it is on
+    async with AsyncExitStack() as stack:
+
+        async def side(place: Location) -> LocalSide | RemoteSide:
+            if place.addr is None:
+                return local
+            if place.addr not in sides:
+                try:
+                    fs = await stack.enter_async_context(
+                        connect(place.addr, uname=uname, aname=args.aname, key=key,
+                                connect_timeout=within, reconnect=False)
+                    )  # fmt: skip
+                except (OSError, CodecError) as e:
+                    reason = _reason(e) if isinstance(e, OSError) else f"not a 9P server? bad answer: {e}"
+                    raise CopyError(f"{place.addr}: {reason}") from None
+                sides[place.addr] = RemoteSide(place.addr, fs)
+            return sides[place.addr]
+
+        copier = Copier(await side(target), Options(args.recursive, args.preserve, umask), progress)
+        try:
+            await copier.plan([(await side(s), s.path) for s in sources], target.path)
+            await copier.run()
+        finally:
+            progress.finish()
+    for place in copier.omitted:
+        print(f"ninefs cp: {place}: omitting directory (use -r)", file=sys.stderr)
+    if not args.quiet:
+        print(progress.summary(), file=sys.stderr)
+    return 1 if copier.omitted else 0
+
+
+def _run_cp(args: argparse.Namespace) -> int:
+    try:
+        places = [parse_location(text) for text in [*args.sources, args.target]]
+    except ValueError as e:
+        print(f"ninefs cp: {e}", file=sys.stderr)
+        return 2
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        return trio.run(_cp, args, places[:-1], places[-1], umask)
+    except BaseException as group:  # every failure, ^C too, ends as one line
+        e = first_error(group)
+    if isinstance(e, KeyboardInterrupt):
+        print("ninefs cp: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(e, (CopyError, KeyFileError)):
+        print(f"ninefs cp: {e}", file=sys.stderr)
+    elif isinstance(e, OSError):
+        place = f"{e.filename}: " if e.filename else ""
+        print(f"ninefs cp: {place}{_reason(e)}", file=sys.stderr)
+    elif isinstance(e, Exception):  # a bug of ours or a server's surprise: still one line
+        print(f"ninefs cp: {type(e).__name__}: {e}", file=sys.stderr)
+    else:
+        raise e
+    return 1
+
+
+def _connect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uname", "-u", default=None, help="user name to attach as (default: yours)")
     p.add_argument("--aname", "-A", default="", help="tree to attach (default: the server's main tree)")
     add_key_option(p)
@@ -192,6 +280,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"deadline for connecting: dial, version, auth, attach (default {CONNECT_TIMEOUT:g} s; 0: none)",
     )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("addr", help="server address: tcp!host!port, unix!/path or host:port")
+    _connect_options(p)
 
 
 def key_path(value: str) -> str:
@@ -360,6 +453,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=_run_ping)
 
+    p = sub.add_parser(
+        "cp",
+        help="copy files and trees between here and 9P servers (ADDR:PATH), or between servers",
+        description="Each SRC and DST is a local path or ADDR:PATH: a dial string ends at the first ':' "
+        "after its last '!' (tcp!h!564:/a, unix!/run/9p.sock:/a); otherwise host:port:PATH, "
+        "[v6]:port:PATH or host:PATH (port 564). A local name with ':' in it: ./a:b. Files are "
+        "written under a temporary name (.NAME.ninefs-XXXXXX) and renamed when complete.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC", help="local path or ADDR:PATH")
+    p.add_argument("target", metavar="DST", help="local path or ADDR:PATH (a directory if several SRC)")
+    p.add_argument(
+        "-r", "-R", dest="recursive", action="store_true", help="copy directories and their contents"
+    )
+    p.add_argument("-p", dest="preserve", action="store_true", help="keep modes and modification times")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr: bytes, rate, ETA (default: when stderr is a terminal)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line at the end")
+    _connect_options(p)
+    p.set_defaults(run=_run_cp)
+
     p = sub.add_parser("ls", help="list directories on a 9P server")
     _common(p)
     p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")
@@ -397,7 +514,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+")
     p.set_defaults(run=_runner(_rm))
 
-    p = sub.add_parser("mv", help="rename a file within its directory")
+    p = sub.add_parser(
+        "mv", help="rename (within a directory), or move: copy with modes and times, then remove"
+    )
     _common(p)
     p.add_argument("src")
     p.add_argument("dst")
