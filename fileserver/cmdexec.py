@@ -106,7 +106,8 @@ async def open_command(
             try:
                 as_root(uid, gid)
             except OSError as e:
-                fail(e, f"term: {e.filename or e}")
+                where = f" ({e.filename})" if e.filename else ""
+                fail(e, f"term: {e.strerror or e}{where}")
         if ids is not None:  # as subprocess does it: groups, then gid, then uid
             os.setgroups(ids[2])
             os.setregid(ids[1], ids[1])
