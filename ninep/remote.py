@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -143,14 +144,16 @@ def reason(e: BaseException | None) -> str:
         return "connection closed"
     if isinstance(e, NinePError):
         return e.ename
+    if isinstance(e, socket.gaierror):  # its errno is getaddrinfo's (EAI_NONAME is -2), not errno(3)'s
+        return (e.strerror or str(e)).lower()
     if isinstance(e, OSError):
         if e.errno:
             return os.strerror(e.errno).lower()
         # trio.open_tcp_stream: "all attempts to connect to ... failed", the errors in its cause
         leaves = e.__cause__.exceptions if isinstance(e.__cause__, BaseExceptionGroup) else ()
-        codes = [x.errno for x in leaves if isinstance(x, OSError) and x.errno]
-        if codes:
-            return os.strerror(codes[0]).lower()
+        for leaf in leaves:
+            if isinstance(leaf, OSError) and leaf.errno:
+                return reason(leaf)
     if isinstance(e, trio.TooSlowError):
         return "timed out"
     return str(e) or type(e).__name__
