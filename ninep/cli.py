@@ -230,14 +230,16 @@ async def _cp(args: argparse.Namespace, sources: list[Location], target: Locatio
             return sides[place.addr]
 
         copier = Copier(await side(target), Options(args.recursive, args.preserve, umask), progress)
+        complete = False
         try:
             await copier.plan([(await side(s), s.path) for s in sources], target.path)
             await copier.run()
+            complete = True
         finally:
-            progress.finish()
+            progress.finish(complete)
     for place in copier.omitted:
         print(f"ninefs cp: {place}: omitting directory (use -r)", file=sys.stderr)
-    if not args.quiet:
+    if not args.quiet and (progress.files or progress.dirs or not copier.omitted):
         print(progress.summary(), file=sys.stderr)
     return 1 if copier.omitted else 0
 

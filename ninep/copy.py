@@ -271,8 +271,12 @@ class LocalSide:
 
     async def listdir(self, path: str) -> list[Entry]:
         def scan() -> list[Entry]:
+            out = []
             with os.scandir(path) as it:
-                return [_local_entry(e.name, e.stat()) for e in it]  # follows symlinks, as cp -L
+                for e in it:
+                    with _blame(e.path):  # a dangling symlink, say
+                        out.append(_local_entry(e.name, e.stat()))  # follows symlinks, as cp -L
+            return out
 
         with _blame(path):
             return await trio.to_thread.run_sync(scan)
@@ -522,9 +526,10 @@ class Progress:
         self.stream.write("\r" + self.line(now))
         self.stream.flush()
 
-    def finish(self) -> None:
-        """Draw the last state and end the line, so what follows starts on a line of its own."""
-        if self.stream is not None:
+    def finish(self, complete: bool) -> None:
+        """Draw the last state and end the line, so what follows starts on a line of its own
+        (after a failure, only if a bar was drawn: a bar of nothing done says nothing)."""
+        if self.stream is not None and (complete or self._drawn):
             self.draw()
             self.stream.write("\n")
             self.stream.flush()
