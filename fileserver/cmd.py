@@ -411,13 +411,15 @@ class CmdTree(Tree):
                 start_new_session=True,  # its own process group, so kill reaches its children
                 **io,
             )
-        except (OSError, subprocess.SubprocessError) as e:
+        except BaseException as e:
             s.starting = False
             if mount is not None:
                 mount.close()
             if master >= 0:
                 os.close(master)
                 os.close(slave)
+            if not isinstance(e, (OSError, subprocess.SubprocessError)):
+                raise  # a cancel, say: with the pty and the mount's device let go
             if isinstance(e, NinePError):
                 raise
             if isinstance(e, subprocess.SubprocessError):
@@ -428,7 +430,9 @@ class CmdTree(Tree):
             s.stdin = s.stdout = trio.lowlevel.FdStream(master)
         else:
             s.stdin, s.stdout, s.stderr = proc.stdin, proc.stdout, proc.stderr
-        if mount is not None and s.term_peer is not None:  # we are the command's side of term
+        if mount is not None and s.term_peer is None:  # closed while starting: nobody to serve
+            mount.close()
+        elif mount is not None and s.term_peer is not None:  # we are the command's side of term
             s.term_serving = trio.CancelScope()
             self._nursery.start_soon(self._serve_term, s, mount, s.term_peer, s.term_serving)
             s.term_peer = None
