@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import IO
@@ -29,6 +30,18 @@ from ninep.fanout import HostResult, Machine, run_all
 from ninep.hostlist import fold, format_group, group
 
 __all__ = ["closing_lines", "exit_code", "fan_out"]
+
+
+class _StdoutClosed(Exception):
+    """Our stdout (or stderr) was closed (`| head`): ours to stop, not the hosts' fault."""
+
+
+def _write(out: IO[bytes], data: bytes) -> None:
+    try:
+        out.write(data)
+        out.flush()
+    except BrokenPipeError:
+        raise _StdoutClosed from None
 
 
 class _Lines:
@@ -49,9 +62,7 @@ class _Lines:
             self.partial[(host, name)] = rest
         if lines:
             head = f"{host}: ".encode() if self.prefix else b""
-            out = self._out(name)
-            out.write(b"".join(head + line + b"\n" for line in lines))
-            out.flush()
+            _write(self._out(name), b"".join(head + line + b"\n" for line in lines))
 
     def finish(self, host: str) -> None:
         for name in ("stdout", "stderr"):
@@ -154,7 +165,7 @@ async def fan_out(
         elif mode == "lines":
             lines.finish(r.host)
         elif mode == "json":
-            print(_record(r), flush=True)
+            _write(sys.stdout.buffer, _record(r).encode() + b"\n")
 
     try:
         results = await run_all(
@@ -165,6 +176,16 @@ async def fan_out(
             on_done=on_done,
             **options,  # type: ignore[arg-type]
         )
+    except BaseExceptionGroup as group:
+        closed, rest = group.split(_StdoutClosed)
+        if closed is None or rest is not None:
+            raise
+        # As cat(1) under `| head`: stop quietly (every command is killed as its connection
+        # closes), with SIGPIPE's status, and nothing more written to the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return 128 + signal.SIGPIPE
     finally:
         if files is not None:
             files.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import stat as st_mod
 import sys
@@ -230,11 +231,18 @@ async def _cp(args: argparse.Namespace, sources: list[Location], target: Locatio
             return sides[place.addr]
 
         copier = Copier(await side(target), Options(args.recursive, args.preserve, umask), progress)
+        places = [(await side(s), s.path) for s in sources]  # every server dialled: ^C may come
         complete = False
-        try:
-            await copier.plan([(await side(s), s.path) for s in sources], target.path)
+
+        async def work() -> None:
+            nonlocal complete
+            await copier.plan(places, target.path)
             await copier.run()
             complete = True
+
+        try:
+            if await _interrupted(work):
+                raise KeyboardInterrupt  # after the clean-up, with every connection still up for it
         finally:
             progress.finish(complete)
     for place in copier.omitted:
@@ -242,6 +250,26 @@ async def _cp(args: argparse.Namespace, sources: list[Location], target: Locatio
     if not args.quiet and (progress.files or progress.dirs or not copier.omitted):
         print(progress.summary(), file=sys.stderr)
     return 1 if copier.omitted else 0
+
+
+async def _interrupted(work: Callable[[], Awaitable[None]]) -> bool:
+    """Run `work`; whether a ^C (SIGINT) cancelled it first. The ^C is a cancellation, met at
+    a checkpoint, inside the connections' scope: not a KeyboardInterrupt raised wherever the
+    main task happens to be, nor one that cancels the connections' own tasks, which the
+    clean-up (removing a temporary) still needs."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await work()
+            nursery.cancel_scope.cancel()
+            return False
+    return True
 
 
 def _run_cp(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ log = logging.getLogger("ninefs.client")
 R = TypeVar("R", bound=Message)
 KeySpec = Any  # an Ed25519PrivateKey, a path to one, or None (see ninep.auth.resolve_key)
 
+FINISH_SEND = 10.0  # how long a cancelled send may go on, to end the frame it began (send_frame)
 FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
 SOON_DELAY = 0.01  # the longest a request sent `soon` waits for another to go out with
 SOON_BATCH = 32  # `soon` requests that go out with one write, at most
@@ -274,6 +275,12 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, CodecError) as e:
             err = e if isinstance(e, NinePError) else ProtocolError(f"connection closed: {e}")
             self._fail(err)
+        except trio.Cancelled:
+            # The scope that holds this connection is going (a deadline over a whole session,
+            # say): no reply can be read any more, so none is waited for, a Tflush's included
+            # (else each cancelled call would wait FLUSH_TIMEOUT for an Rflush we cannot read).
+            self._fail(ProtocolError("connection closed"))
+            raise
 
     def _deliver(self, tag: int, reply: Message) -> None:
         call = self._calls.get(tag)
@@ -312,7 +319,7 @@ class Connection:
             done(self._lost())
 
     async def _send(self, msg: Message) -> None:
-        await send_frame(self.stream, self._send_lock, codec.encode_parts(msg))
+        await send_frame(self.stream, self._send_lock, codec.encode_parts(msg), finish_within=FINISH_SEND)
 
     async def _send_parts(self, parts: list[bytes]) -> None:
         """Send `parts` in one write, with the `soon` requests waiting when our turn comes
@@ -323,7 +330,7 @@ class Connection:
                 parts[:0] = self._take_soon()
 
         try:
-            await send_frame(self.stream, self._send_lock, parts, with_soon)
+            await send_frame(self.stream, self._send_lock, parts, with_soon, finish_within=FINISH_SEND)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._fail(ProtocolError(f"connection closed: {e}"))
             raise ProtocolError(f"connection closed: {e}") from None

@@ -62,9 +62,16 @@ async def send_frame(
     lock: trio.Lock,
     parts: Sequence[bytes],
     before: Callable[[], None] | None = None,
+    *,
+    finish_within: float | None = None,
 ) -> None:
     """Send one frame's parts back to back under `lock`; `before` runs once it is our turn
     (and may still add to `parts`, when that is a list).
+
+    `finish_within` (a client's sends): once the first byte is out, the rest is sent even
+    if the caller is cancelled meanwhile, for at most that many seconds: a frame cut short
+    would leave the next one starting in the middle of it (and requests the server has, which
+    the caller thinks unsent). Past that, BrokenResourceError: the peer stopped reading.
 
     Big data go out as they are, uncopied (codec.encode_parts). An uncontended lock is
     taken without a checkpoint: one pass through the scheduler less per message. On a
@@ -75,12 +82,14 @@ async def send_frame(
         if before is not None:
             before()
         left = [p for p in parts if len(p)]
+        size = sum(map(len, left)) if finish_within is not None else 0
         _write_parts(stream.socket, left)
         if not left:
             return
         lock.acquire_nowait()  # free a moment ago, and nothing else has run since
         try:
-            await _send_parts(stream.socket, left)
+            started = finish_within is not None and sum(map(len, left)) < size  # some bytes are out
+            await _send_parts(stream.socket, left, finish_within, started=started)
         finally:
             lock.release()
         return
@@ -92,7 +101,7 @@ async def send_frame(
         if before is not None:
             before()
         if isinstance(stream, trio.SocketStream):
-            await _send_parts(stream.socket, [p for p in parts if len(p)])
+            await _send_parts(stream.socket, [p for p in parts if len(p)], finish_within)
         else:
             for part in parts:
                 await stream.send_all(part)
@@ -132,8 +141,32 @@ def _write_parts(sock: trio.socket.SocketType, parts: list[Any]) -> None:
             del parts[0]
 
 
-async def _send_parts(sock: trio.socket.SocketType, parts: list[Any]) -> None:
-    """All of `parts`, gathered into as few writev calls as the socket buffer allows."""
+async def _send_parts(
+    sock: trio.socket.SocketType,
+    parts: list[Any],
+    finish_within: float | None = None,
+    *,
+    started: bool = False,
+) -> None:
+    """All of `parts`, gathered into as few writev calls as the socket buffer allows;
+    with `finish_within`, shielded from cancellation once some bytes are out (send_frame)."""
+    if finish_within is not None and not started:
+        size = sum(map(len, parts))
+        while True:  # cancellable while nothing is out
+            _write_parts(sock, parts)
+            if not parts:
+                return
+            if sum(map(len, parts)) < size:
+                break
+            await trio.lowlevel.wait_writable(sock)
+    if finish_within is not None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + finish_within) as finishing:
+            await _send_parts(sock, parts)
+        if finishing.cancelled_caught:
+            raise trio.BrokenResourceError(
+                "connection lost: the peer stopped reading in the middle of a frame"
+            )
+        return
     while True:
         _write_parts(sock, parts)
         if not parts:

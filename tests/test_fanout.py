@@ -196,14 +196,16 @@ def test_a_host_that_stops_answering_mid_command_is_reported_lost(hosts, tmp_pat
     # SIGSTOP: the connection stays open and says nothing, as a cut link does
     with server_process("--machine", str(tmp_path), "--allow-exec") as (address, proc):
         p = subprocess.Popen(
-            ninefs_command("cpu", "-w", address, "--connect-timeout", "1", "--", "sleep", "30"),
+            ninefs_command(
+                "cpu", "-w", address, "--connect-timeout", "1", "--", "sh", "-c", "echo on; sleep 30"
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
-            time.sleep(2)
+            assert p.stdout.readline().endswith(": on\n")  # the command runs: now the host stops
             proc.send_signal(signal.SIGSTOP)
             _, err = p.communicate(timeout=30)
         finally:
