@@ -41,6 +41,8 @@ from ninep.client import single_error
 from ninep.command import Command, exit_status, start_command
 from ninep.errors import NotFound, PermissionDenied
 from ninep.hostlist import Machine
+from ninep.remote import reason
+from ninep.transport import parse_address
 
 if TYPE_CHECKING:
     from namespaces import Namespace
@@ -281,6 +283,11 @@ def _run(args: argparse.Namespace) -> int:
         print("ninefs cpu: no machine: give ADDR, or -w HOSTS for many", file=sys.stderr)
         return 2
     command = _split_late_options(args) or ["/bin/sh", "-i"]
+    try:
+        parse_address(args.addr)
+    except ValueError as e:
+        print(f"ninefs cpu: {e}", file=sys.stderr)
+        return 2
     if args.tty and not os.isatty(0):  # raw mode needs a terminal to put in it (issue #18)
         print("ninefs cpu: -t: stdin is not a terminal", file=sys.stderr)
         return 2
@@ -292,7 +299,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except OSError as e:
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
-        print(f"ninefs cpu: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"ninefs cpu: {where}{reason(e)}", file=sys.stderr)
         return 1
 
 
@@ -378,7 +385,7 @@ def _first_os_error() -> Iterator[None]:
             first = first.exceptions[0]
         if group.split(OSError)[1] is not None or not isinstance(first, OSError):
             raise
-        raise first from None
+        raise first from first.__cause__  # its cause says why (trio: every attempt to connect)
 
 
 def _options(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from namespaces.cli import add_namespace_options, add_start_options, gather_ops,
 
 from . import linux
 from .fuse import FuseOptions
-from .mounter import add_cache_options, mount_tree
+from .mounter import add_cache_options, mount_tree, positive_seconds
 
 __all__ = ["register"]
 
@@ -321,7 +321,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ns_sub.add_parser("run", help="run a command in a namespace of its own")
     add_namespace_options(p)
     p.add_argument(
-        "--timeout", type=float, default=FuseOptions().timeout, help="deadline of every file operation"
+        "--timeout",
+        type=positive_seconds,
+        default=FuseOptions().timeout,
+        help="deadline of every file operation",
     )
     add_cache_options(p)
     add_start_options(p)

@@ -15,6 +15,9 @@ from functools import partial
 import trio
 
 from ninep.bounds import CONNECT_TIMEOUT
+from ninep.client import single_error
+from ninep.remote import reason
+from ninep.transport import parse_address
 
 from .namespace import MCREATE, MREPL, Namespace
 from .nsfile import NamespaceFileError, Op, apply, parse, parse_file
@@ -87,13 +90,19 @@ async def _export(ops: list[Op], args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        parse_address(args.listen, listening=True)
+    except ValueError as e:
+        print(f"ninefs ns export: {e}", file=sys.stderr)
+        return 2
+    try:
         ops = gather_ops(args)
-        return trio.run(partial(_export, ops, args))
+        with single_error():  # the error of the listener, not the namespace's group around it
+            return trio.run(partial(_export, ops, args))
     except NamespaceFileError as e:
         print(f"ninefs ns export: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"ninefs ns export: {args.listen}: {e.strerror or e}", file=sys.stderr)
+        print(f"ninefs ns export: {args.listen}: {reason(e)}", file=sys.stderr)
         return 1
 
 

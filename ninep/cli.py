@@ -511,23 +511,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")
     p.add_argument("-F", dest="classify", action="store_true", help="mark directories with /")
-    p.add_argument("paths", nargs="*")
+    p.add_argument("paths", nargs="*", help="directories or files on the server (default /)")
     p.set_defaults(run=_runner(_ls))
 
     p = sub.add_parser("cat", help="print files from a 9P server")
     _common(p)
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="files on the server, printed one after another")
     p.set_defaults(run=_runner(_cat))
 
     p = sub.add_parser("write", help="write stdin to a file (create or truncate; -a appends)")
     _common(p)
     p.add_argument("-a", dest="append", action="store_true", help="append instead of truncating")
-    p.add_argument("path")
+    p.add_argument("path", help="the file on the server")
     p.set_defaults(run=_runner(_write))
 
     p = sub.add_parser("stat", help="show the 9P stat of files")
     _common(p)
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="files or directories on the server")
     p.set_defaults(run=_runner(_stat))
 
     p = sub.add_parser("mkdir", help="make directories")
@@ -535,19 +535,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-p", dest="parents", action="store_true", help="make parents as needed, no error if existing"
     )
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="directories to make on the server")
     p.set_defaults(run=_runner(_mkdir))
 
     p = sub.add_parser("rm", help="remove files or (empty) directories")
     _common(p)
     p.add_argument("-r", dest="recursive", action="store_true", help="remove directories and their contents")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="files or directories on the server (never its root)")
     p.set_defaults(run=_runner(_rm))
 
     p = sub.add_parser(
         "mv", help="rename (within a directory), or move: copy with modes and times, then remove"
     )
     _common(p)
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="what to move, on the server")
+    p.add_argument("dst", help="its new name, or a directory to move it into")
     p.set_defaults(run=_runner(_mv))

@@ -78,7 +78,7 @@ async def start_command(fs: Client, address: str, *, term: bool = False) -> Comm
     try:
         ctl = await _open(fs, "/cmd/clone", ORDWR)
     except FileNotFoundError:
-        raise NinePError(f"{address}: no /cmd here (serve it with --machine --allow-exec)") from None
+        raise NinePError("no /cmd here (serve it with --machine --allow-exec)", address) from None
     n = (await fs.conn.read(ctl, 0, 64)).decode().strip()
     fids: dict[str, int] = {}
     if term:

@@ -262,3 +262,25 @@ def test_fanout_does_not_depend_on_USER(hosts):
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_a_closed_stdout_ends_the_fan_out_quietly(hosts):
+    # `| head`: our own pipe closed, not a host lost; as cat(1) would, stop with SIGPIPE's status
+    cpu = subprocess.Popen(
+        ninefs_command("cpu", "-w", every(hosts), "--", "seq", "1000000"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    head = subprocess.run(["head", "-n", "2"], stdin=cpu.stdout, capture_output=True, timeout=60)
+    cpu.stdout.close()
+    try:
+        err = cpu.stderr.read().decode()
+        cpu.wait(timeout=30)
+    finally:
+        if cpu.poll() is None:
+            cpu.kill()
+            cpu.wait()
+    assert len(head.stdout.splitlines()) == 2
+    assert cpu.returncode == 128 + signal.SIGPIPE
+    assert err == "", err
