@@ -277,6 +277,7 @@ def test_the_command_line_block_runs(servers: Session) -> None:
     assert re.match(r"d\S+ 1 \S+ \S+ +0 .* 2026$", lines[2]), ran.stdout  # ls -l docs: docs/2026
     assert re.match(r"-\S+ 1 \S+ \S+ +\d+ .* greeting$", lines[3]), ran.stdout  # and the greeting moved in
     assert lines[4].startswith("'greeting' -"), ran.stdout  # stat
+    assert (servers.cwd / "greeting.txt").read_text().startswith("hello\n")  # cp from the server
     r = subprocess.run(ninefs_command("ls", servers.address(5641), "/"), capture_output=True, text=True)
     assert "docs" not in r.stdout.split()  # rm -r docs
 
