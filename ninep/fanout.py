@@ -30,7 +30,7 @@ from .command import exit_status, start_command
 from .errors import NinePError, ProtocolError
 from .files import connect
 from .hostlist import Machine, expand, label, read_machines
-from .remote import _reason
+from .remote import reason
 
 __all__ = ["UNREACHABLE", "HostResult", "Machine", "resolve_hosts", "run_all"]
 
@@ -148,6 +148,7 @@ async def _run_on(
     status: int | None = None
     error: str | None = None
     started = False
+    silent: list[str] = []  # why the heartbeat gave the connection up, if it did
     deadline = math.inf if timeout is None else began + timeout
     try:
         with trio.fail_at(deadline):
@@ -189,8 +190,10 @@ async def _run_on(
                                     await answered.wait()
                                 if not answered.is_set():
                                     # Given up, not flushed: a Tflush would wait for an answer too.
+                                    # Said first: closing fails the other calls, which may win.
+                                    silent.append(f"no answer for {connect_timeout:g} s")
                                     await conn.aclose()
-                                    raise _Lost(f"no answer for {connect_timeout:g} s")
+                                    raise _Lost(silent[0])
 
                     try:
                         async with trio.open_nursery() as nursery:
@@ -212,7 +215,7 @@ async def _run_on(
     except _Lost as e:
         error = f"connection lost ({e})"
     except (OSError, NinePError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        why = _reason(e)
+        why = silent[0] if silent else reason(e)
         if started:
             error = f"connection lost ({why})"
         elif isinstance(e, NinePError) and not isinstance(e, (ProtocolError, TimeoutError)):

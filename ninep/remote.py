@@ -159,8 +159,6 @@ def reason(e: BaseException | None) -> str:
     return str(e) or type(e).__name__
 
 
-_reason = reason  # the old private name (ninep/fanout.py imports it)
-
 
 class RemoteTree(Tree):
     """The tree a 9P server exports. `aname` is used when attach gives none."""

@@ -119,7 +119,10 @@ class Session:
         return text
 
     def env(self, home: str = "home") -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "NINEFS_KEY"}
+        # Nor make's variables, when the suite runs under `make test`: a `make` in a snippet
+        # would think itself a sub-make and print "Entering directory".
+        dropped = {"NINEFS_KEY", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         return {**env, "HOME": str(self.root / home)}
 
 
