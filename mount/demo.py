@@ -132,11 +132,11 @@ def _namespace_part(alpha: str, beta: str, tmp: str) -> None:
     script = (
         "ls /n; ls /n/beta/bin; sh /n/beta/bin/greet one two; sh /n/beta/bin/greet-local; "
         "cp /n/beta/report.txt /n/alpha/notes/ && cat /n/alpha/notes/report.txt; "
-        "grep ' /n/' /proc/self/mounts | cut -d' ' -f1-3"
+        "grep ' /n' /proc/self/mounts | cut -d' ' -f1-3"
     )
     _sh(f"ninefs ns run -n {nsfile} -- sh -c {shlex.quote(script)}")
     _say("...and nothing of it is visible outside that shell")
-    _sh("ls /n/alpha 2>&1; grep -c ' /n/' /proc/self/mounts | sed 's/^/mounts at \\/n out here: /'")
+    _sh("ls /n/alpha 2>&1; grep -c ' /n' /proc/self/mounts | sed 's/^/mounts at \\/n out here: /'")
     _sh(f"ninefs ns run -n {nsfile} -- sh -c 'exit 7'; echo exit status passed through: $?")
 
 

@@ -56,6 +56,19 @@ def _top_mount_points(ns: Namespace) -> list[tuple[str, ...]]:
     return [p for p in points if not any(q != p and p[: len(q)] == q for q in points)]
 
 
+def _bind_points(ns: Namespace) -> list[tuple[str, ...]]:
+    """Where the namespace is bound onto the machine: each top mount point, except that
+    those in a directory this machine does not have are bound once, by the highest such
+    directory (64 machines at /n/NAME on a host without /n: one bind of /n, not 64; the
+    namespace's /n holds nothing but them, and /n/.status)."""
+    chosen = set()
+    for p in _top_mount_points(ns):
+        while len(p) > 1 and not os.path.lexists("/" + "/".join(p[:-1])):
+            p = p[:-1]
+        chosen.add(p)
+    return sorted(p for p in chosen if not any(q != p and p[: len(q)] == q for q in chosen))
+
+
 def _private_work_area() -> tuple[str, LocalTree]:
     """A tmpfs of this namespace that no path reaches, holding `host` (this machine's
     files, as LocalTree) and `ns` (for the FUSE mount); the path to it, via our fd."""
@@ -180,7 +193,7 @@ async def _run_in_namespace(
                 await ready.wait()
             bound: list[str] = []
             try:
-                points = [("/" + "/".join(p), os.path.join(mnt, *p)) for p in _top_mount_points(ns)]
+                points = [("/" + "/".join(p), os.path.join(mnt, *p)) for p in _bind_points(ns)]
                 missing = []
                 for real, source in points:
                     if not os.path.lexists(real):
