@@ -131,6 +131,7 @@ async def run_cpu(
     interactive: bool = False,
     key: object = None,
     uname: str | None = None,
+    connect_timeout: float = bounds.CONNECT_TIMEOUT,
 ) -> int:
     """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status.
 
@@ -139,7 +140,7 @@ async def run_cpu(
     who we are to the remote server (its authorized keys map the key to a user).
     """
     # Connecting has a deadline; the command itself may run (and be waited for) for hours.
-    async with ninep.connect(address, connect_timeout=bounds.CONNECT_TIMEOUT, key=key, uname=uname) as fs:
+    async with ninep.connect(address, connect_timeout=connect_timeout, key=key, uname=uname) as fs:
         cmd = await start_command(fs, address, term=True)
         if interactive:
             await cmd.ctl_request("pty")
@@ -257,6 +258,7 @@ async def _main(args: argparse.Namespace, command: list[str]) -> int:
             interactive=interactive,
             key=args.key,
             uname=args.uname,
+            connect_timeout=args.connect_timeout,
         )
 
 
@@ -393,6 +395,13 @@ def _options(p: argparse.ArgumentParser) -> None:
 
     add_namespace_options(p)
     p.add_argument("--cwd", action="store_true", help="run in /mnt/term + this directory")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=bounds.CONNECT_TIMEOUT,
+        metavar="S",
+        help=f"per machine, to connect and start the command (default {bounds.CONNECT_TIMEOUT:g} s)",
+    )
     p.add_argument("--uname", "-u", default=None, help="the user to attach as (default: yours)")
     p.add_argument(
         "--key", "-k", default=None, help="private key, when the server asks (default $NINEFS_KEY)"
@@ -419,9 +428,6 @@ def _fanout_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-x", dest="exclude", action="append", metavar="HOSTS", help="but not on these")
     g.add_argument("--all", action="store_true", help="with -n NSFILE: every machine it mounts at /n/NAME")
     g.add_argument("-f", dest="fanout", type=int, default=64, metavar="N", help="hosts at once (default 64)")
-    g.add_argument(
-        "--connect-timeout", type=float, default=10.0, metavar="S", help="per host, to start (default 10)"
-    )
     g.add_argument(
         "--timeout", type=float, default=None, metavar="S", help="per host, to finish (default none)"
     )

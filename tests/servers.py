@@ -69,6 +69,43 @@ def server_process(
             proc.stdout.close()
 
 
+@contextmanager
+def server_processes(n: int, *args: str) -> Iterator[list[str]]:
+    """`n` servers as `server_process` starts one, all started at once (each spends most
+    of a second importing before it listens); their addresses."""
+    procs = [
+        subprocess.Popen(
+            ninefs_command("serve", *args, "--listen", "tcp!127.0.0.1!0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        for _ in range(n)
+    ]
+    try:
+        addresses = []
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("ninefs: serving on "):
+                raise RuntimeError(f"server did not start: {line!r}")
+            addresses.append(line.split()[-1])
+        yield addresses
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
 @asynccontextmanager
 async def raw_connection(address: str, *, msize: int = 1 << 20) -> AsyncIterator[Connection]:
     """A versioned 9P connection with no attach, for tests of the raw protocol."""

@@ -19,7 +19,7 @@ import pytest
 import ninep.sync
 
 from .fuse_helpers import needs_fuse
-from .servers import ninefs_command, server_process
+from .servers import ninefs_command, server_process, server_processes
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -169,13 +169,10 @@ def test_a_lazy_mount_dials_at_first_use_not_at_start(alpha):
 @contextmanager
 def servers(n: int) -> Iterator[list[str]]:
     """`n` RAM servers, each holding a file `name` with its number."""
-    with ExitStack() as stack:
-        addresses = []
-        for i in range(n):
-            address, _proc = stack.enter_context(server_process())
+    with server_processes(n) as addresses:
+        for i, address in enumerate(addresses):
             with ninep.sync.connect(address) as fs:
                 fs.write_bytes("name", f"h{i}\n".encode())
-            addresses.append(address)
         yield addresses
 
 
