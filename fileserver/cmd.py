@@ -16,7 +16,7 @@ starts the command (no shell is involved: run `sh -c '…'` for one); `kill`
 sends SIGKILL to the command's process group; `signal NAME` sends it that signal
 (INT, TERM, HUP, ...); `term` (before exec) makes n/term
 a pipe to a 9P client that shows the caller's files to the command at /mnt/term,
-and only to it. The tree's `term_wrapper` (from the mount layer) decides how: a
+and only to it. The tree's `term_wrapper` (from the mount layer: fileserver.cmdterm) decides how: a
 `TermMounter` that can (a server running as root) mounts it for the command
 itself, in a mount namespace the child makes before it becomes its user, and
 serves it from this process for the session's life; otherwise the command
@@ -80,11 +80,11 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import trio
 
@@ -94,10 +94,11 @@ from ninep.messages import Qid, Stat
 from ninep.tree import Tree, is_null_wstat
 
 from .cmdexec import open_command
+from .cmdterm import TermMount, TermMounter, TermWrapper, check_term_dir, exec_later, serve_term
 from .owners import host_account
 from .proc import parse_signal
 
-__all__ = ["CmdTree", "open_cmd_tree"]
+__all__ = ["CmdTree", "TermWrapper", "open_cmd_tree"]
 
 PIPE_SIZE = 1 << 20  # ask the kernel for bigger pipes: fewer, larger reads per 9P round trip
 REAP_TIMEOUT = 5.0  # how long close() waits for killed commands to be reaped
@@ -134,37 +135,6 @@ _PERMS = {
     _Kind.WAIT: 0o444,
     _Kind.TERM: DMAPPEND | 0o666,
 }
-
-TERM = "/mnt/term"  # where a command sees its caller's files
-
-
-class TermMount(Protocol):
-    """One command's /mnt/term, from opening /dev/fuse to the end of its mount."""
-
-    def in_child(self, uid: int, gid: int) -> None:
-        """In the child, with the server's rights: a mount namespace with /mnt/term in it."""
-
-    async def serve(self, peer: socket.socket, uname: str) -> None:
-        """9P on `peer` (the caller's namespace) as the mount, until the kernel or a cancel
-        ends it; never raises but Cancelled. Owns `peer` and the mount's device."""
-
-    def close(self) -> None:
-        """Let the mount go (aborted, if still there); also when `serve` never ran."""
-
-
-@runtime_checkable
-class TermMounter(Protocol):
-    def wrap(self, fd: int, argv: list[str]) -> list[str]:
-        """The fallback: what to run instead of `argv`, given the fd of the pipe's end."""
-
-    def prepare(self) -> TermMount | None:
-        """A mount for the next command, or None when this server cannot make one."""
-
-
-# Given the fd the command will find its end of the term pipe on, and the command: what
-# to run instead, so that the command sees the caller's namespace (see `term` above);
-# or a TermMounter, which mounts it for the command itself where it can.
-TermWrapper = Callable[[int, list[str]], list[str]] | TermMounter
 
 
 @dataclass(eq=False, slots=True)
@@ -383,14 +353,14 @@ class CmdTree(Tree):
         helper = self._term_wrapper
         if s.term_peer is not None and helper is not None:
             if isinstance(helper, TermMounter):
-                _check_term_dir(s.dir)
+                check_term_dir(s.dir)
                 mount = helper.prepare()
             if mount is None:
                 wrap = helper.wrap if isinstance(helper, TermMounter) else helper
                 pass_fds = (s.term_peer.fileno(),)
                 argv = wrap(s.term_peer.fileno(), argv)
             else:
-                argv = _exec_later(argv)
+                argv = exec_later(argv)
         s.starting = True
         master = slave = -1
         io: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -434,7 +404,7 @@ class CmdTree(Tree):
             mount.close()
         elif mount is not None and s.term_peer is not None:  # we are the command's side of term
             s.term_serving = trio.CancelScope()
-            self._nursery.start_soon(self._serve_term, s, mount, s.term_peer, s.term_serving)
+            self._nursery.start_soon(serve_term, mount, s.term_peer, s.user or self._owner, s.term_serving)
             s.term_peer = None
         elif s.term_peer is not None:  # the command has its end now
             s.term_peer.close()
@@ -453,16 +423,6 @@ class CmdTree(Tree):
                 _close_stream(stream)
             raise NinePError("i/o error: session closed")
         s.started.set()
-
-    async def _serve_term(
-        self, s: _Session, mount: TermMount, peer: socket.socket, scope: trio.CancelScope
-    ) -> None:
-        try:
-            with scope:
-                await mount.serve(peer, s.user or self._owner)
-        finally:
-            mount.close()
-            peer.close()
 
     async def _started(self, s: _Session) -> trio.Process:
         await s.started.wait()
@@ -724,21 +684,6 @@ async def open_cmd_tree(
             yield tree
         finally:
             await tree.close()
-
-
-def _check_term_dir(dir: str | None) -> None:
-    """A `dir` in /mnt/term cannot be entered before exec: the caller serves it only once
-    exec is answered (it would wait for ever)."""
-    if dir is not None and (os.path.normpath(dir) + "/").startswith(TERM + "/"):
-        raise NinePError(f"dir: {dir}: {TERM} is there only once the command runs: cd in the command")
-
-
-def _exec_later(argv: list[str]) -> list[str]:
-    """A program in /mnt/term is exec'd by a shell that is already running: our exec
-    returns before anything is read from the caller, who serves /mnt/term only then."""
-    if (os.path.normpath(argv[0]) + "/").startswith(TERM + "/"):
-        return ["/bin/sh", "-c", 'exec "$@"', argv[0], *argv]
-    return argv
 
 
 def _kill_group(proc: trio.Process) -> None:
