@@ -7,10 +7,8 @@ and every call here is a coroutine handed to it. The connection is made at first
 instance pickles by its options (fsspec's `__reduce__`: dask workers dial their own), and a
 forked child dials again instead of sharing its parent's socket.
 
-Round trips, where 9P allows fewer: a walk and what follows it on the new fid (stat, open,
-the first read or write) go out in one write. intro(5) lets a server answer them in any
-order, and ours runs each request as its own task, so a request refused because it ran
-before the walk (or open) it needs is sent again, in order, once those are done.
+Round trips, where 9P allows fewer: a walk and what follows it on the new fid go out in
+one write, and are retried in order when the server ran them out of order: ninep/batch.py.
 
 The top layer of nothing: this module is part of ninep and imports only ninep and fsspec.
 """
@@ -18,7 +16,6 @@ The top layer of nothing: this module is part of ninep and imports only ninep an
 from __future__ import annotations
 
 import datetime
-import errno
 import os
 import posixpath
 import stat as st_mod
@@ -28,17 +25,15 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import trio
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import stringify_path
 
-from . import messages as m
-from .bounds import CONNECT_TIMEOUT, MAX_DIR_BYTES, MAX_DIR_ENTRIES
-from .codec import decode_stats
-from .constants import MAXWELEM, OREAD, OTRUNC, OWRITE, QTAPPEND
-from .errors import Exists, IsADirectory, NinePError, NotADirectory, NotFound, ProtocolError, error_for
-from .files import WINDOW, Client, _again, split_path
-from .messages import Qid, Stat
+from . import batch
+from .batch import abs_path
+from .bounds import CONNECT_TIMEOUT
+from .constants import QTAPPEND
+from .errors import NinePError, NotADirectory
+from .messages import Stat
 from .posix import unix_special
 from .sync import SyncClient
 from .sync import connect as sync_connect
@@ -46,247 +41,7 @@ from .transport import parse_address
 
 __all__ = ["NinePFile", "NinePFileSystem"]
 
-Request = tuple[m.Message, type[m.Message]]
 TIMEOUT = 60.0  # per 9P request: a server gone silent is an error, not a hang of read_csv
-RM_AT_ONCE = 32
-
-
-def _path(path: str) -> str:
-    return "/" + "/".join(split_path(path))
-
-
-def _named(e: NinePError, path: str) -> NinePError:
-    return e if isinstance(e, ProtocolError) else error_for(e.ename, path)
-
-
-async def _walk_then(
-    client: Client, path: str, then: Callable[[int], list[Request]], *, consumes: bool = False
-) -> tuple[int, Qid, list[Any]]:
-    """Walk a new fid to `path` and send `then(fid)` in the same write: one round trip.
-
-    Gives the fid (the caller clunks it, unless `consumes`: a Tremove gives it up either
-    way), its qid, and the replies; raises the path-named error of the first that failed.
-    """
-    conn, names = client.conn, split_path(path)
-    if len(names) > MAXWELEM:  # walk(5): 16 names a Twalk; the long way, then the rest
-        fid, qid = await client.walk_fid(path)
-        walk: list[Request] = []
-    else:
-        fid, qid = conn.fids.get(), client.root_qid
-        walk = [(m.Twalk(0, client.root_fid, fid, tuple(names)), m.Rwalk)]
-    requests = then(fid)
-    try:
-        replies = await conn.pipeline(*walk, *requests)
-    except BaseException:
-        await client._clunk(fid)  # the server may or may not have made the fid
-        raise
-    if walk:
-        walked = replies.pop(0)
-        if isinstance(walked, NinePError) or len(walked.qids) < len(names):
-            conn.fids.put(fid)  # walk(5): no newfid, so nothing else happened either
-            if isinstance(walked, NinePError):
-                raise _named(walked, _path(path))
-            last = walked.qids[-1] if walked.qids else client.root_qid
-            if not last.is_dir:
-                raise NotADirectory("not a directory", _path(path))
-            raise NotFound("file does not exist", _path(path))
-        qid = walked.qids[-1] if names else qid
-    try:
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NinePError):
-                (again,) = await conn.pipeline(requests[i])
-                if isinstance(again, NinePError):
-                    # A consumed fid is gone after the first Tremove, whatever it said:
-                    # that answer is the one to report, unless it was about ordering.
-                    first = consumes and reply.errno != errno.EBADF  # EBADF: ran before the walk
-                    raise _named(reply if first else again, _path(path))
-                replies[i] = again
-    except BaseException:
-        if consumes:
-            conn.fids.put(fid)
-        else:
-            await client._clunk(fid)
-        raise
-    return fid, qid, replies
-
-
-@_again(repeatable=True)
-async def _stat(client: Client, path: str) -> Stat:
-    fid, _, (rstat,) = await _walk_then(client, path, lambda f: [(m.Tstat(0, f), m.Rstat)])
-    client.conn.clunk_soon(fid)  # rides along with the next request: no round trip of its own
-    return rstat.stat
-
-
-@_again(repeatable=True)
-async def _ls(client: Client, path: str) -> tuple[bool, list[Stat]]:
-    """A directory's entries from its reads alone (no stat per entry); a file lists as itself.
-
-    The walk says whether it is a directory before anything is opened: opening a device or
-    a clone file to find out could start something or block."""
-    fid, qid, (rstat,) = await _walk_then(client, path, lambda f: [(m.Tstat(0, f), m.Rstat)])
-    conn = client.conn
-    try:
-        if not qid.is_dir:
-            return False, [rstat.stat]
-        ropen, rread = await conn.pipeline(
-            (m.Topen(0, fid, OREAD), m.Ropen), (m.Tread(0, fid, 0, conn.iounit), m.Rread)
-        )
-        if isinstance(ropen, NinePError):
-            raise _named(ropen, _path(path))
-        if isinstance(rread, NinePError):  # ran before the open
-            rread = m.Rread(0, await conn.read(fid, 0, conn.iounit))
-        data, offset, out = bytes(rread.data), 0, []
-        while data:
-            out.extend(decode_stats(data))
-            offset += len(data)
-            if len(out) > MAX_DIR_ENTRIES or offset > MAX_DIR_BYTES:
-                raise NinePError("i/o error: directory listing too big", _path(path))
-            data = await conn.read(fid, offset, conn.iounit)
-        return True, out
-    except NinePError as e:
-        raise _named(e, _path(path)) from None
-    finally:
-        conn.clunk_soon(fid)
-
-
-@_again(repeatable=True)
-async def _cat(client: Client, path: str, start: int | None, end: int | None) -> bytes:
-    """The bytes of [start, end) (negative: from the end), in as few round trips as fit:
-    walk, open, stat and the first read in one, the rest pipelined (Client.pread)."""
-    conn, p = client.conn, _path(path)
-    lo = start if start is not None and start >= 0 else 0
-    hi = end if end is not None and end >= 0 else None
-    first = conn.iounit if hi is None else max(0, min(conn.iounit, hi - lo))
-    fid, qid, (ropen, rstat, rread) = await _walk_then(
-        client,
-        path,
-        lambda f: [
-            (m.Topen(0, f, OREAD), m.Ropen),
-            (m.Tstat(0, f), m.Rstat),
-            (m.Tread(0, f, lo, first), m.Rread),
-        ],
-    )
-    try:
-        if qid.is_dir:
-            raise IsADirectory("is a directory", p)
-        size, iounit = rstat.stat.length, ropen.iounit or conn.iounit
-        want_lo = lo if start is None or start >= 0 else max(0, size + start)
-        want_hi = hi if end is None or end >= 0 else max(0, size + end)
-        if want_lo != lo:  # negative start: the first read was for the wrong place
-            lo, data = want_lo, b""
-        else:
-            data = bytes(rread.data)
-        stop = want_hi if want_hi is not None else (size if size else None)
-        if stop is not None and stop <= lo:
-            return b""
-        got = lo + len(data)
-        if stop is None:  # a stream (length 0): read until it says end of file
-            pieces = [data]
-            while more := await client.pread(fid, got, WINDOW * iounit, iounit, p):
-                pieces.append(more)
-                got += len(more)
-            return b"".join(pieces)
-        full = len(data) == first or len(data) == iounit  # short only at end of file
-        if got < stop and (full or not data):
-            data += await client.pread(fid, got, stop - got, iounit, p)
-        return data[: stop - lo]
-    finally:
-        conn.clunk_soon(fid)
-
-
-async def _open_write(
-    client: Client, path: str, kind: str, data: bytes = b"", auto_mkdir: bool = False
-) -> tuple[int, Qid, int, int, int]:
-    """Open `path` for writing as Python's w (create or truncate), x (create, FileExistsError
-    if it exists) or a (create or append), the first iounit of `data` riding along; with
-    `auto_mkdir`, make missing parents. Gives fid, qid, iounit, the offset writing starts
-    at, and how many bytes of `data` went out."""
-    conn, p = client.conn, _path(path)
-    head = [(data[: conn.iounit],)] if data and kind != "a" else []
-    parent, name = posixpath.split(p)
-    if not name:
-        raise IsADirectory("is a directory", p)
-    for _ in range(3):  # someone may create or remove it between our walk and our create
-        if kind != "x":
-            mode = OWRITE | (OTRUNC if kind == "w" else 0)
-            try:
-                fid, qid, (ropen, *rest) = await _walk_then(
-                    client,
-                    p,
-                    lambda f: [
-                        (m.Topen(0, f, mode), m.Ropen),
-                        *[(m.Twrite(0, f, 0, h), m.Rwrite) for (h,) in head],
-                        *([(m.Tstat(0, f), m.Rstat)] if kind == "a" else []),
-                    ],
-                )
-            except FileNotFoundError:
-                pass
-            else:
-                if qid.is_dir:
-                    await client._clunk(fid)
-                    raise IsADirectory("is a directory", p)
-                at = rest[0].stat.length if kind == "a" else 0
-                return fid, qid, ropen.iounit or conn.iounit, at, rest[0].count if head else 0
-        try:
-            fid, _, (rcreate, *rest) = await _walk_then(
-                client,
-                parent,
-                lambda f: [
-                    (m.Tcreate(0, f, name, 0o666, OWRITE), m.Rcreate),
-                    *[(m.Twrite(0, f, 0, h), m.Rwrite) for (h,) in head],
-                ],
-            )
-        except FileExistsError:
-            if kind == "x":
-                raise Exists("file already exists", p) from None
-            continue
-        except FileNotFoundError:
-            if not auto_mkdir:
-                raise
-            await client.mkdir(parent, parents=True, exist_ok=True)
-            auto_mkdir = False
-            continue
-        return fid, rcreate.qid, rcreate.iounit or conn.iounit, 0, rest[0].count if head else 0
-    raise NinePError("i/o error: file keeps appearing and vanishing", p)
-
-
-@_again(repeatable=False)
-async def _pipe(client: Client, path: str, data: bytes, exclusive: bool, auto_mkdir: bool) -> None:
-    fid, qid, iounit, _, sent = await _open_write(client, path, "x" if exclusive else "w", data, auto_mkdir)
-    try:
-        if sent < len(data):
-            ordered = bool(qid.type & QTAPPEND)
-            await client.pwrite(fid, sent, data[sent:], iounit, _path(path), ordered=ordered)
-    finally:
-        await client._clunk(fid)  # awaited: a server may act on the clunk of a written file
-
-
-@_again(repeatable=False)
-async def _remove(client: Client, path: str) -> None:
-    if not split_path(path):
-        raise PermissionError(f"{_path(path)}: refusing to remove the root of the tree")
-    await _walk_then(client, path, lambda f: [(m.Tremove(0, f), m.Rremove)], consumes=True)
-
-
-async def _rmtree(client: Client, path: str, limiter: trio.CapacityLimiter | None = None) -> None:
-    """Everything under `path`, then `path`: the files of a directory removed concurrently
-    (at most RM_AT_ONCE requests out), each a Twalk+Tremove in one round trip."""
-    limiter = limiter or trio.CapacityLimiter(RM_AT_ONCE)
-
-    async def remove(sub: str) -> None:
-        async with limiter:
-            await _remove(client, sub)
-
-    is_dir, entries = await _ls(client, path)
-    if is_dir:
-        async with trio.open_nursery() as nursery:
-            for e in entries:
-                sub = posixpath.join(_path(path), e.name)
-                if e.is_dir:
-                    nursery.start_soon(_rmtree, client, sub, limiter)
-                else:
-                    nursery.start_soon(remove, sub)
-    await _remove(client, path)
 
 
 def _entry(path: str, st: Stat) -> dict[str, Any]:
@@ -394,7 +149,7 @@ class NinePFileSystem(AbstractFileSystem):
         rest = _after_scheme(path)
         if rest is not None:
             path = rest[rest.find("/") :] if "/" in rest else "/"
-        return _path(path)
+        return abs_path(path)
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
@@ -410,17 +165,17 @@ class NinePFileSystem(AbstractFileSystem):
         return out
 
     def unstrip_protocol(self, name: str) -> str:
-        return name if _after_scheme(name) is not None else f"9p://{_url_host(self.address)}{_path(name)}"
+        return name if _after_scheme(name) is not None else f"9p://{_url_host(self.address)}{abs_path(name)}"
 
     # --- metadata ---------------------------------------------------------------------------
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
-        return _entry(path, self._run(_stat, path))
+        return _entry(path, self._run(batch.stat, path))
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         path = self._strip_protocol(path)
-        is_dir, stats = self._run(_ls, path)
+        is_dir, stats = self._run(batch.ls, path)
         if not is_dir:
             entries = [_entry(path, stats[0])]
         else:
@@ -467,10 +222,10 @@ class NinePFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         if not self.isdir(path):
             raise NotADirectory("not a directory", path)
-        self._run(_remove, path)
+        self._run(batch.remove, path)
 
     def rm_file(self, path: str) -> None:
-        self._run(_remove, self._strip_protocol(path))
+        self._run(batch.remove, self._strip_protocol(path))
 
     def _rm(self, path: str) -> None:
         self.rm_file(path)
@@ -482,7 +237,7 @@ class NinePFileSystem(AbstractFileSystem):
             path = self._strip_protocol(path)
             if path == "/":
                 raise PermissionError("/: refusing to remove the root of the tree")
-            self._run(_rmtree, path)
+            self._run(batch.rmtree, path)
             return
         paths = path if isinstance(path, list) else [path]
         if any(self._strip_protocol(p) == "/" for p in paths) and recursive:
@@ -492,10 +247,10 @@ class NinePFileSystem(AbstractFileSystem):
     # --- contents -----------------------------------------------------------------------------
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        return self._run(_cat, self._strip_protocol(path), start, end)
+        return self._run(batch.cat, self._strip_protocol(path), start, end)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        self._run(_pipe, self._strip_protocol(path), bytes(value), mode == "create", self.auto_mkdir)
+        self._run(batch.pipe, self._strip_protocol(path), bytes(value), mode == "create", self.auto_mkdir)
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         """Through this client (9P has no server-side copy), a block at a time."""
@@ -547,12 +302,12 @@ class NinePFile(AbstractBufferedFile):
         self._conn = fs._sync()
         if mode == "rb":
             self._fid, self._qid, self._iounit, st = self._conn._loop.call(
-                _open_read, self._conn.client, path
+                batch.open_read, self._conn.client, path
             )
             kwargs["size"] = st.length
         else:
             self._fid, self._qid, self._iounit, self._base, _ = self._conn._loop.call(
-                _open_write, self._conn.client, path, mode[0], b"", fs.auto_mkdir
+                batch.open_write, self._conn.client, path, mode[0], b"", fs.auto_mkdir
             )
         try:
             super().__init__(fs, path, mode, **kwargs)
@@ -597,16 +352,6 @@ class NinePFile(AbstractBufferedFile):
                 self._conn._loop.call(self._conn.client._clunk, fid)
             except (OSError, RuntimeError):
                 pass  # the connection is gone, and the fid with it (trio.RunFinishedError)
-
-
-async def _open_read(client: Client, path: str) -> tuple[int, Qid, int, Stat]:
-    fid, qid, (ropen, rstat) = await _walk_then(
-        client, path, lambda f: [(m.Topen(0, f, OREAD), m.Ropen), (m.Tstat(0, f), m.Rstat)]
-    )
-    if qid.is_dir:
-        await client._clunk(fid)
-        raise IsADirectory("is a directory", _path(path))
-    return fid, qid, ropen.iounit or client.conn.iounit, rstat.stat
 
 
 def _dial_string(host: str | None, port: int | None, address: str | None, tls: bool) -> str:
