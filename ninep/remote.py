@@ -159,7 +159,6 @@ def reason(e: BaseException | None) -> str:
     return str(e) or type(e).__name__
 
 
-
 class RemoteTree(Tree):
     """The tree a 9P server exports. `aname` is used when attach gives none."""
 

@@ -325,9 +325,7 @@ def test_cpu_to_a_refused_port_says_connection_refused(refused: str) -> None:
 
 
 def test_cpu_to_a_silent_server_gives_up(silent: str) -> None:
-    one_line(
-        ninefs("cpu", silent, "--connect-timeout", "2", "-T", "--", "true"), silent, "within 2 s"
-    )
+    one_line(ninefs("cpu", silent, "--connect-timeout", "2", "-T", "--", "true"), silent, "within 2 s")
 
 
 def test_cpu_with_uname_runs_the_command(machine: str) -> None:
