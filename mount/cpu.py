@@ -131,7 +131,7 @@ async def run_cpu(
     interactive: bool = False,
     key: object = None,
     uname: str | None = None,
-    connect_timeout: float = bounds.CONNECT_TIMEOUT,
+    connect_timeout: float | None = None,
 ) -> int:
     """Run `command` on the machine at `address`, with `ns` at its /mnt/term; its exit status.
 
@@ -140,6 +140,8 @@ async def run_cpu(
     who we are to the remote server (its authorized keys map the key to a user).
     """
     # Connecting has a deadline; the command itself may run (and be waited for) for hours.
+    if connect_timeout is None:  # as it is now, not as it was at import
+        connect_timeout = bounds.CONNECT_TIMEOUT
     async with ninep.connect(address, connect_timeout=connect_timeout, key=key, uname=uname) as fs:
         cmd = await start_command(fs, address, term=True)
         if interactive:
