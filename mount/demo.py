@@ -197,7 +197,9 @@ def _fanout_part(tmp: str) -> None:
             with open(nsfile, "w") as f:
                 f.write(f"machines {machines}\nmount tcp!127.0.0.1!1 /n/node5\n")
             _sh(f"cat {nsfile}")
-            script = "cat /n/node*/fs/load | paste -sd+ | bc; cat /n/.status; ls /n/node5"
+            script = (
+                "cat /n/node*/fs/load | awk '{s += $1} END {print \"sum:\", s}'; cat /n/.status; ls /n/node5"
+            )
             _sh(f"ninefs ns run -n {nsfile} -- sh -c {shlex.quote(script)}")
 
 
