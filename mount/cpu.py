@@ -278,15 +278,32 @@ def _split_late_options(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _load_key(args: argparse.Namespace) -> bool:
+    """An explicit --key read now (once for every host), so a bad one is one line naming
+    it, whether or not a server asks; False when it could not be read."""
+    if args.key is None:
+        return True
+    from ninep.auth import load_private_key
+
+    try:
+        args.key = load_private_key(args.key)
+    except OSError as e:
+        print(f"ninefs cpu: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     from namespaces import NamespaceFileError
 
     if args.hosts or args.all:
-        return _run_fanout(args)
+        return _run_fanout(args) if _load_key(args) else 1
     if args.addr is None:
         print("ninefs cpu: no machine: give ADDR, or -w HOSTS for many", file=sys.stderr)
         return 2
     command = _split_late_options(args) or ["/bin/sh", "-i"]
+    if not _load_key(args):  # after the options that follow ADDR, -k among them
+        return 1
     try:
         parse_address(args.addr)
     except ValueError as e:
@@ -406,7 +423,11 @@ def _options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--uname", "-u", default=None, help="the user to attach as (default: yours)")
     p.add_argument(
-        "--key", "-k", default=None, help="private key, when the server asks (default $NINEFS_KEY)"
+        "--key",
+        "-k",
+        type=lambda v: os.path.abspath(os.path.expanduser(v)),  # as ninep.cli.key_path does
+        default=None,
+        help="private key, when the server asks (default $NINEFS_KEY)",
     )
     p.add_argument(
         "-t",

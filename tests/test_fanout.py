@@ -284,3 +284,16 @@ def test_a_closed_stdout_ends_the_fan_out_quietly(hosts):
     assert len(head.stdout.splitlines()) == 2
     assert cpu.returncode == 128 + signal.SIGPIPE
     assert err == "", err
+
+
+@pytest.mark.parametrize("where", ["-w", "after ADDR"])
+def test_a_bad_key_is_one_line_naming_it_even_if_no_host_asks(hosts, tmp_path, where):
+    key = tmp_path / "key"
+    key.write_text("not a key\n")
+    address = hosts[0][0]
+    args = ["-w", address, "-k", str(key)] if where == "-w" else [address, "-k", str(key)]
+    r = cpu_w(*args, "--", "true")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"ninefs cpu: {key}: not a PEM private key (make one with `ninefs key gen`)"
+    ]
