@@ -37,6 +37,38 @@ def ninefs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mount.cli", *args]
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_server(argv: list[str], stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    """A server's process, started (its address comes with `server_address`)."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=CHECKOUT)
+
+
+def server_address(proc: subprocess.Popen) -> str:
+    """The address a started server prints once it listens ("ninefs: serving on ADDR")."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ninefs: serving on "):
+        raise RuntimeError(f"server did not start: {line!r}")
+    return line.split()[-1]
+
+
+def stop_servers(*procs: subprocess.Popen) -> None:
+    """SIGTERM to every one still running, then wait for each (SIGKILL after 10 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
 @contextmanager
 def server_process(
     *args: str, listen: str = "tcp!127.0.0.1!0", stderr: Any = subprocess.DEVNULL
@@ -44,66 +76,22 @@ def server_process(
     """Run `ninefs serve ARGS --listen LISTEN` in a subprocess; yield its address and process.
 
     `stderr`: where its log goes (a file, to check what it said)."""
-    proc = subprocess.Popen(
-        ninefs_command("serve", *args, "--listen", listen),
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    proc = start_server(ninefs_command("serve", *args, "--listen", listen), stderr)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("ninefs: serving on "):
-            raise RuntimeError(f"server did not start: {line!r}")
-        yield line.split()[-1], proc
+        yield server_address(proc), proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        stop_servers(proc)
 
 
 @contextmanager
 def server_processes(n: int, *args: str) -> Iterator[list[str]]:
     """`n` servers as `server_process` starts one, all started at once (each spends most
     of a second importing before it listens); their addresses."""
-    procs = [
-        subprocess.Popen(
-            ninefs_command("serve", *args, "--listen", "tcp!127.0.0.1!0"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-        for _ in range(n)
-    ]
+    procs = [start_server(ninefs_command("serve", *args, "--listen", "tcp!127.0.0.1!0")) for _ in range(n)]
     try:
-        addresses = []
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith("ninefs: serving on "):
-                raise RuntimeError(f"server did not start: {line!r}")
-            addresses.append(line.split()[-1])
-        yield addresses
+        yield [server_address(proc) for proc in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_servers(*procs)
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ Real servers as subprocesses on loopback, `ns run` as a real subprocess (as in t
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +18,14 @@ import pytest
 import ninep.sync
 
 from .fuse_helpers import needs_fuse
-from .servers import ninefs_command, server_process, server_processes
+from .servers import (
+    ninefs_command,
+    server_address,
+    server_process,
+    server_processes,
+    start_server,
+    stop_servers,
+)
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -223,28 +229,12 @@ def _unshare_works() -> bool:
 def machine_named(sysname: str, listen: str, fs_dir: str) -> Iterator[subprocess.Popen]:
     """`ninefs serve --machine` in a UTS namespace of its own, so its /dev/sysname is `sysname`."""
     serve = " ".join(ninefs_command("serve", "--machine", fs_dir, "--listen", listen))
-    proc = subprocess.Popen(
-        ["unshare", "-u", "sh", "-c", f"hostname {sysname} && exec {serve}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    proc = start_server(["unshare", "-u", "sh", "-c", f"hostname {sysname} && exec {serve}"])
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("ninefs: serving on "):
-            raise RuntimeError(f"server did not start: {line!r}")
+        server_address(proc)
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        stop_servers(proc)
 
 
 @pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare -mu")
