@@ -120,6 +120,22 @@ def rbind(source: str, target: str) -> None:
     _check(_libc.mount(_b(source), _b(target), None, MS_BIND | MS_REC, None), "rbind", target)
 
 
+def copy_entry(entry: os.DirEntry, source: str, target: str) -> None:
+    """An entry of a directory being covered by a tmpfs, made again at `target` as it was:
+    a symlink copied (with its owner), anything else an empty file or directory with
+    `source` (the entry's path) bound onto it. FileNotFoundError: it went away meanwhile."""
+    if entry.is_symlink():
+        os.symlink(os.readlink(source), target)
+        st = entry.stat(follow_symlinks=False)
+        os.lchown(target, st.st_uid, st.st_gid)
+        return
+    if entry.is_dir(follow_symlinks=False):
+        os.mkdir(target)
+    else:
+        open(target, "x").close()
+    rbind(source, target)
+
+
 def bind_mount(source: str, target: str) -> None:
     _check(_libc.mount(_b(source), _b(target), None, MS_BIND, None), "bind", target)
 

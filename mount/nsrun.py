@@ -134,16 +134,7 @@ def _make_mount_points(missing: list[tuple[str, bool]], work: str, cwd: str) -> 
 def _copy_entry(entry: os.DirEntry, target: str) -> None:
     """An entry of a covered directory, as it was: a symlink copied, anything else bound."""
     try:
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry.path), target)
-            st = entry.stat(follow_symlinks=False)
-            os.lchown(target, st.st_uid, st.st_gid)
-            return
-        if entry.is_dir(follow_symlinks=False):
-            os.mkdir(target)
-        else:
-            open(target, "x").close()
-        linux.rbind(entry.path, target)
+        linux.copy_entry(entry, entry.path, target)
     except FileNotFoundError:
         log.debug("%s went away while we looked", entry.path)
 

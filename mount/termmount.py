@@ -147,16 +147,7 @@ def _cover(directory: str, name: str) -> None:
                 continue  # not a directory (else we would mount on it): ours replaces it
             target = os.path.join(directory, entry.name)
             with contextlib.suppress(FileNotFoundError):  # went away while we looked
-                if entry.is_symlink():
-                    os.symlink(os.readlink(entry.name, dir_fd=below), target)
-                    info = entry.stat(follow_symlinks=False)
-                    os.lchown(target, info.st_uid, info.st_gid)
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    os.mkdir(target)
-                else:
-                    open(target, "x").close()
-                linux.rbind(f"/proc/self/fd/{below}/{entry.name}", target)
+                linux.copy_entry(entry, f"/proc/self/fd/{below}/{entry.name}", target)
         os.mkdir(os.path.join(directory, name), 0o555)
     finally:
         os.close(below)
