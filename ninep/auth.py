@@ -41,14 +41,17 @@ import os
 import pwd
 import secrets
 from dataclasses import dataclass, field
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from .constants import QTAUTH
 from .errors import NinePError
 from .messages import Qid
+
+# cryptography is imported where a key is made, read, used or checked, not here: every
+# client names its user through this module (local_user) and most never see a key, and
+# importing cryptography costs ~20 ms, a tenth of `ninefs cpu HOST -- true` (issue #19).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
     "DEFAULT_AUTHORIZED_KEYS",
@@ -97,6 +100,8 @@ def channel_binding(certificate_der: bytes | None) -> bytes:
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -107,6 +112,9 @@ def public_line(key: Ed25519PrivateKey, comment: str) -> str:
 
 def generate_key(path: str, comment: str) -> str:
     """Write a new private key to `path` (0600) and `path`.pub; give the public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     pem = key.private_bytes(
@@ -186,6 +194,10 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
         raise KeyFileError(
             path, "an OpenSSH key: ninefs keys are PKCS#8 PEM (make one with `ninefs key gen`)"
         )
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:  # cryptography's way of saying the key has a passphrase
@@ -204,11 +216,13 @@ def resolve_key(key: object) -> Ed25519PrivateKey | None:
     A path given must hold a key. $NINEFS_KEY naming no file means no key, as the default
     file's absence does (scripts set NINEFS_KEY=/nonexistent to offer none).
     """
-    if isinstance(key, Ed25519PrivateKey):
-        return key
     if isinstance(key, (str, os.PathLike)):
         return load_private_key(os.fspath(key))
     if key is not None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if isinstance(key, Ed25519PrivateKey):
+            return key
         raise TypeError(f"a key is an Ed25519PrivateKey or a path, not {type(key).__name__}")
     path = os.environ.get("NINEFS_KEY") or DEFAULT_KEY
     if not os.path.lexists(path):
@@ -510,6 +524,9 @@ class Authenticator:
             raise NinePError("authentication failed: read the challenge first")
         if session.user is not None or session.failed is not None:
             raise NinePError("authentication failed: response already given")
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         words = data.decode(errors="replace").split()
         try:
             if len(words) != 3 or words[0] != KEY_TYPE:
