@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,7 @@ class Handle:
     length: int = -1  # a read-only open: the file's length then (-1: not known)
     writes_at_open: int = 0  # the inode's count of writes through this mount then
     listed: float = 0.0  # when a directory handle read its entries
+    prefetched: bool = False  # its first read came with the opendir, at `listed`
     vers: int = 0  # a directory's qid.vers when opened
 
 
@@ -235,8 +237,10 @@ class FileIO:
         h.inode.stat_time = 0.0
         h.inode.writes += 1
         if h.append:
+            h.inode.written_at = 0.0  # the end is the server's: only it knows the length now
             return await self._append(h, bytes(buf))
         h.inode.written_end = max(h.inode.written_end, off + len(buf))
+        h.inode.written_at = time.time()
         if h.stream or self.nursery is None:
             return await self.tree.write(h.node, off, bytes(buf))
         f, end = h.file, off + len(buf)

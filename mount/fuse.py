@@ -45,7 +45,7 @@ from .fuseabi import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, FileInfo, FuseErro
 from .fusecodec import DirentBuffer
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
-from .nodes import Nodes
+from .listings import Listings
 from .posix import Statfs, check_name, create_mode, maker, open_mode, owner_name, wstat_keeping, wstat_mode
 
 __all__ = ["FuseOptions", "TreeFS"]
@@ -78,9 +78,10 @@ class FuseOptions:
 # and we ask the server (fstat of a file written elsewhere, or unlinked).
 OPEN_FILE_TTL = 1.0
 MISSING_MAX = 4096  # names remembered as missing, at most
+DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 
 
-class TreeFS(Nodes, FileIO):
+class TreeFS(Listings, FileIO):
     """The FUSE operations (fusesession.py calls them) over a `Tree` attached as `uname`."""
 
     def __init__(
@@ -119,7 +120,8 @@ class TreeFS(Nodes, FileIO):
         with trio.move_on_after(10) as scope:
             scope.shield = True
             for h in list(self.handles.values()):
-                await self._clunk(h.node)
+                if h.node is not None:  # a directory opened from memory has none (opendir)
+                    await self._clunk(h.node)
             self.handles.clear()
             while self.spares:
                 await self._clunk(self.spares.popitem()[1][2])
@@ -169,14 +171,28 @@ class TreeFS(Nodes, FileIO):
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
+        if inode.restat is not None and not inode.fresh(self.options.attr_cache):
+            # The stat a close asked for is on its way (_restat_and_clunk): sooner than our own.
+            with trio.move_on_after(self.options.timeout):
+                await inode.restat.wait()
         if not inode.fresh(self.options.attr_cache):
             opened = self._opened_node(inode)
             if opened is not None:
                 inode.stat = await self.tree.stat(opened)
+            elif inode.node is None and self.tree.pipelines and inode.ino != ROOT_INODE:
+                # Walked and stated in one round trip; the node is kept as _node keeps it.
+                base, names = self._walk_from(inode)
+                with self._pinned(base):
+                    node, inode.stat = await self.tree.walk_stat(await self._node(base), names)
+                if inode.node is None and self.inodes.get(inode.ino) is inode:
+                    inode.node = node
+                    self._hold(inode)
+                else:
+                    self._clunk_later(node)
             else:
                 with self._pinned(inode):
                     inode.stat = await self.tree.stat(await self._node(inode))
-            inode.stat_time = time.monotonic()
+            inode.stat_time, inode.written_at = time.monotonic(), 0.0
         return inode.stat
 
     def _opened_node(self, inode: Inode) -> Any:
@@ -188,7 +204,7 @@ class TreeFS(Nodes, FileIO):
         """
         if inode.open_handles:
             for h in self.handles.values():
-                if h.inode is inode:
+                if h.inode is inode and h.node is not None:
                     return h.node
         return None
 
@@ -242,6 +258,7 @@ class TreeFS(Nodes, FileIO):
                     node, stat = await self._walk_stat(parent, n, inode)
                 except FileNotFoundError:
                     self._missed(parent, n)
+                    self._relist_soon(parent)
                     return self._negative()
                 inode, unneeded = self.inodes.learn(parent, n, stat, node)
                 for old in unneeded:
@@ -255,11 +272,12 @@ class TreeFS(Nodes, FileIO):
     async def _walk_stat(self, parent: Inode, name: str, known: Inode | None) -> tuple[Any, Stat]:
         """Walk to `name` and stat it: in one round trip where the tree can, else the stat
         only when qid.vers says the file changed since we saw it."""
+        if self.tree.pipelines:
+            base, names = self._walk_from(parent)  # one Twalk, however many levels lack a node
+            with self._pinned(base):
+                return await self.tree.walk_stat(await self._node(base), [*names, name])
         with self._pinned(parent):
-            pnode = await self._node(parent)
-            if self.tree.pipelines:
-                return await self.tree.walk_stat(pnode, [name])
-            _, node = await self.tree.walk(pnode, [name])
+            _, node = await self.tree.walk(await self._node(parent), [name])
         if node is None:
             raise FuseError(errno.ENOENT)
         cached = known.stat if known is not None else None
@@ -295,12 +313,20 @@ class TreeFS(Nodes, FileIO):
                 continue
             inode.lookups -= n
             if inode.lookups <= 0 and inode.open_handles == 0:
+                inode.listing_vers = 0  # the kernel's listing went with the inode (drop_caches)
                 node = self.inodes.retire(inode, self.options.attr_cache)
                 if node is not None:
                     self._clunk_later(node)
 
     async def getattr(self, inode: int, ctx: Any = None, fh: int | None = None) -> Attr:
         i = self.inodes.by_ino.get(inode)
+        if i is not None and i.written_at and i.open_handles:
+            # Open, and changed since the server's stat only by our own writes (fstat after
+            # write: SQLite, dd status): their end is the length, and mtime is about when.
+            # For this once: the kernel asks again next time (the stat is not fresh).
+            a = self._attr(i)
+            a.st_mtime_ns = a.st_ctime_ns = max(i.stat.mtime, int(i.written_at)) * 1_000_000_000
+            return a
         # an open file's stat is the server's (written elsewhere, or unlinked)
         if i is not None and i.fresh(self.options.attr_cache) and (not i.open_handles or i.stat.mode & DMDIR):
             return self._attr(i)
@@ -321,7 +347,9 @@ class TreeFS(Nodes, FileIO):
         if fields.update_size:
             changes["length"] = attr.st_size
         if fields.update_mode:
-            changes["mode"] = wstat_mode(i.stat.mode, attr.st_mode)
+            mode = wstat_mode(i.stat.mode, attr.st_mode)
+            if mode != i.stat.mode or not i.fresh(self.options.attr_cache):  # else rsync's fchmod to 0600
+                changes["mode"] = mode
         if fields.update_mtime:
             changes["mtime"] = attr.st_mtime_ns // 1_000_000_000
         if fields.update_gid and attr.st_gid != _cached_gid(i.stat.gid, self.gid):  # else cp -a's no-op
@@ -358,9 +386,11 @@ class TreeFS(Nodes, FileIO):
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).
                 # If our stat is old (a write since), the kernel is told to ask again (_attr).
                 i.stat = dataclasses.replace(i.stat, **changes)
+                if "mtime" in changes:
+                    i.vers_stale = True  # a server's qid.vers may follow mtime (ours does)
                 return self._attr(i)
             i.stat = await self.tree.stat(node)  # a new length moves qid.vers and mtime
-        i.stat_time = time.monotonic()
+        i.stat_time, i.written_at = time.monotonic(), 0.0
         return self._attr(i)
 
     def _writable(self) -> None:
@@ -378,12 +408,36 @@ class TreeFS(Nodes, FileIO):
 
     # --- directories -----------------------------------------------------------------------------
 
-    @fuse_op
     async def opendir(self, inode: int, ctx: Any) -> FileInfo:
+        i = self.inodes.by_ino.get(inode)
+        if (
+            i is not None
+            and i.listing_vers
+            and i.stat.qid.vers == i.listing_vers
+            and i.fresh(self.options.attr_cache)
+        ):
+            # Unchanged since the kernel read all of it, as far as our attribute cache goes
+            # (the time it may trust the names in it anyway): its listing stands, and the
+            # directory is opened on the server only if the kernel reads after all (it
+            # dropped the listing: drop_caches, or a create or remove through this mount).
+            h = Handle(i, None, 0, False, False)
+            h.vers = i.listing_vers
+            return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=True)
+        return await self._opendir(inode)
+
+    @fuse_op
+    async def _opendir(self, inode: int) -> FileInfo:
         i = self._inode(inode)
-        node, qid, _ = await self._walk_open(i, OREAD)
+        since = time.monotonic()
+        if i.listing_vers == 0:
+            # The kernel has no listing of it (never read, changed, or it forgot the inode):
+            # its first read goes with the open, and the tree keeps it for readdir (one round
+            # trip less for `ls` and `find`; nothing more to wait for if it is only fsync'd).
+            node, qid = await self._walk_opendir(i, DIR_FIRST_READ)
+        else:
+            node, qid, _ = await self._walk_open(i, OREAD)
         h = Handle(i, node, 0, False, False)
-        h.vers = qid.vers
+        h.vers, h.listed, h.prefetched = qid.vers, since, i.listing_vers == 0
         # The kernel keeps the listing it read (FOPEN_CACHE_DIR), and may serve it again while
         # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
         # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
@@ -402,8 +456,14 @@ class TreeFS(Nodes, FileIO):
     @fuse_op
     async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
         h = self.handles[fh]
+        if h.node is None:  # opened from memory (opendir): now it is opened for real
+            h.listed, h.prefetched = time.monotonic(), True
+            h.node, qid = await self._walk_opendir(h.inode, DIR_FIRST_READ)
+            h.vers = qid.vers
         if start_id == 0 or h.entries is None:
-            h.listed = time.monotonic()
+            if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
+                h.listed = time.monotonic()
+            h.prefetched = False  # rewinddir reads afresh
             h.entries = list(await self.tree.readdir(h.node))
         # "." and ".." first (ids 1 and 2; the kernel takes no lookup count for them), then entry
         # k with id k + 3.
@@ -421,26 +481,8 @@ class TreeFS(Nodes, FileIO):
                 inode.lookups += 1
                 self.inodes.revive(inode)
         else:
-            h.inode.listed = h.listed  # every name is learned: lookup may answer "no such file"
             h.inode.listing_vers = h.vers
-            self._forget_vanished(h)
-
-    def _forget_vanished(self, h: Handle) -> None:
-        """Names we knew in this directory that a whole listing no longer shows were removed
-        behind our back: the kernel must stop taking them for there (it may trust an entry
-        for the attribute-cache time)."""
-        assert h.entries is not None
-        d = h.inode
-        if len(d.children) <= len(h.entries) and all(st.name in d.children for st in h.entries):
-            return  # the common case: nothing gone (every listed name known, no more known)
-        listed = {st.name for st in h.entries}
-        for name, ino in list(d.children.items()):
-            child = self.inodes.get(ino)
-            # Not a name learned after the listing was read (made meanwhile through this mount).
-            if name not in listed and (child is None or child.stat_time < h.listed):
-                self.inodes.unlink(d, name)
-                if self.kernel is not None:
-                    self.kernel.notify_inval_entry(d.ino, os.fsencode(name))
+            self._listed_whole(h.inode, h.entries, h.listed)
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:
@@ -456,8 +498,9 @@ class TreeFS(Nodes, FileIO):
             h.inode.open_handles -= 1
             self._closed(h)
             if restat and self.nursery is not None:
-                self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node)
-            else:
+                h.inode.restat = trio.Event()
+                self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node, h.inode.restat)
+            elif h.node is not None:
                 self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
                 node = self.inodes.retire(h.inode, self.options.attr_cache)
@@ -519,6 +562,7 @@ class TreeFS(Nodes, FileIO):
         with self._pinned(parent):
             await self.tree.walk_remove(await self._node(parent), [n])
         self.inodes.unlink(parent, n)
+        parent.removed_at = time.monotonic()
         self._dir_changed(parent)
 
     @fuse_op
@@ -548,6 +592,19 @@ class TreeFS(Nodes, FileIO):
         check_name(name_new)
         parent = self._inode(parent_inode_old)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        if new not in parent.children:
+            # The kernel looked `new` up first and found nothing: one round trip, walk and
+            # wstat together. 9P refuses to rename onto a name that is there ("file already
+            # exists"), so if it was made meanwhile, the whole way below does it.
+            try:
+                with self._pinned(parent):
+                    await self.tree.walk_wstat(await self._node(parent), [old], Stat.dont_touch(name=new))
+            except OSError as e:
+                if e.errno != errno.EEXIST or flags & RENAME_NOREPLACE:
+                    raise
+            else:
+                self._renamed(parent, old, new)
+                return
         walked: dict[str, Any] = {}  # name -> its node, or the error its walk met
 
         async def walk(name: str) -> None:
@@ -583,6 +640,10 @@ class TreeFS(Nodes, FileIO):
                 for n in walked.values():
                     if n is not None and not isinstance(n, BaseException):
                         self._clunk_later(n)
+        self._renamed(parent, old, new)
+
+    def _renamed(self, parent: Inode, old: str, new: str) -> None:
+        parent.removed_at = time.monotonic()
         ino = parent.children.pop(old, None)
         moved = self.inodes.get(ino) if ino is not None else None
         self.missing.pop((parent.ino, new), None)
@@ -613,7 +674,13 @@ class TreeFS(Nodes, FileIO):
             mode |= OTRUNC
         await self._drain_inode(i)
         first: bytes | None = None  # the start of the file, when it came with the open
-        if mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR:
+        stat: Stat | None = None
+        small = mode == OREAD and 0 < i.stat.length < READAHEAD and not i.stat.mode & DMDIR
+        if (i.stat_time == 0 or i.vers_stale or mode & OTRUNC) and self.tree.pipelines:
+            # What we hold is old (our own writes, a wstat, a truncation): the stat the open
+            # needs goes with it, not one round trip after.
+            node, qid, iounit, first, stat = await self._walk_open_stat(i, mode, READAHEAD if small else 0)
+        elif small:
             # A small file opened to be read: walk (or clone), open and read it in one round
             # trip; a node the inode holds stays for the next open.
             node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
@@ -628,17 +695,17 @@ class TreeFS(Nodes, FileIO):
             node, qid, iounit = await self._walk_open(i, mode)
         try:
             unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
-            if unchanged and i.stat_time > 0 and not mode & OTRUNC:
+            if stat is None and unchanged and i.stat_time > 0 and not mode & OTRUNC:
                 # Unchanged since we last saw it: no Tstat. Not when our own writes made the
                 # stat we hold old (_forget_stat): a server whose qid.vers never moves (py9p)
                 # would have the file read as the length it had before them.
                 stat = i.stat
-            else:
+            elif stat is None:
                 stat = await self.tree.stat(node)
         except BaseException:
             self._clunk_later(node)
             raise
-        i.stat, i.stat_time = stat, time.monotonic()
+        i.stat, i.stat_time, i.vers_stale, i.written_at = stat, time.monotonic(), False, 0.0
         # Streams (devices, ctl files: length 0 and qid.vers 0) go past the page cache, in order;
         # an empty file is a file (mmap, SQLite's -shm), and one we made never is a stream.
         stream = is_stream(stat) and not i.regular
@@ -716,7 +783,7 @@ class TreeFS(Nodes, FileIO):
         self._forget_stat(h.inode)
         await self._release_handle(fh, restat=h.writable)
 
-    async def _restat_and_clunk(self, inode: Inode, node: Any) -> None:
+    async def _restat_and_clunk(self, inode: Inode, node: Any, done: trio.Event) -> None:
         """Learn a written file's new stat through its handle's node, then clunk that.
 
         Off the kernel's path, so the stat that usually follows a write (ls -l, make)
@@ -734,8 +801,13 @@ class TreeFS(Nodes, FileIO):
                     and not inode.fresh(self.options.attr_cache)
                 ):
                     inode.stat, inode.stat_time = stat, time.monotonic()
+                    inode.vers_stale, inode.written_at = False, 0.0
         except Exception as e:
             log.debug("restat: %s", e)
+        finally:
+            done.set()
+            if inode.restat is done:
+                inode.restat = None
 
     def _forget_kernel_attributes(self, ino: int) -> None:
         """Tell the kernel to ask getattr again for `ino` (its pages stay: safe in any request)."""

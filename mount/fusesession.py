@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 import types
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ log = logging.getLogger("ninefs.fuse")
 MAX_WRITE = 1 << 20  # bytes per WRITE request (FUSE_MAX_PAGES: 256 pages)
 MAX_WORKERS = 64  # requests handled at once
 YIELD_EVERY = 8  # requests a worker answers in a row before it lets other tasks run
+SPIN = 30e-6  # seconds the reader asks again for the next request before it waits (_read)
 MAX_BACKGROUND = 64  # the kernel's readahead and async requests in flight at once (libfuse: 12)
 _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 
@@ -131,12 +133,25 @@ class FuseSession:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def _read(self, buf: bytearray) -> int | None:
-        """One request into `buf`: its length, or None when the kernel ended the connection."""
+    async def _read(self, buf: bytearray, spin: bool = False) -> int | None:
+        """One request into `buf`: its length, or None when the kernel ended the connection.
+
+        `spin`: the last request was answered from memory and nothing else of ours is
+        running. A program that stats file after file sends the next request a few
+        microseconds after our reply; asking again for up to SPIN seconds catches it without
+        a pass through epoll and the scheduler, which costs more than the answer itself.
+        """
+        until = 0.0
         while True:
             try:
                 return os.readv(self.fd, [buf])
             except BlockingIOError:
+                if spin:
+                    now = time.perf_counter()
+                    if not until:
+                        until = now + SPIN
+                    if now < until:
+                        continue
                 await trio.lowlevel.wait_readable(self.fd)
             except InterruptedError:
                 continue
@@ -223,12 +238,14 @@ class FuseSession:
                 # LOOKUP from memory): only an INTERRUPT of the request in hand cancels it, and
                 # then that request is answered EINTR and a new scope begins.
                 with trio.CancelScope() as w.scope:
+                    spin = False
                     while not w.handed:
-                        n = await self._read(buf)
+                        n = await self._read(buf, spin)
                         if n is None:
                             self.stop()
                             return
                         await self._handle(view[:n], w)
+                        spin = self._workers == len(self._parked) + 1  # no other worker waits on the server
                         unyielded += 1
                         if unyielded >= YIELD_EVERY and not w.handed:  # answered from memory:
                             unyielded = 0  # let the loop's other tasks (the 9P client) run

@@ -67,6 +67,13 @@ class Inode:
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
     listed: float = 0.0  # when `children` was last known to be the whole directory
     listing_vers: int = 0  # a directory's qid.vers when the kernel last got all of its listing
+    list_size: int = 0  # entries in the directory's last whole listing (mount/listings.py)
+    missed_at: float = 0.0  # when a walk in this directory last found nothing
+    removed_at: float = 0.0  # when this mount last removed or renamed a name in the directory
+    relisting: bool = False  # a listing for lookups' sake is on its way
+    written_at: float = 0.0  # time.time() of our last write since the server's last stat; 0 if none
+    vers_stale: bool = False  # our own wstat moved mtime: the server's qid.vers is one we have not seen
+    restat: trio.Event | None = None  # set when the stat asked for at a written file's close is in
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     def length(self) -> int:
@@ -109,7 +116,10 @@ class InodeTable:
         ino = self.by_path.get(stat.qid.path)
         inode = self.by_ino.get(ino) if ino is not None else None
         unneeded: list[Any] = []
-        if inode is None:
+        if inode is None or inode.unlinked:
+            # New to us; or a file with the number of one we saw removed: the server gave the
+            # number again (ext4 reuses inode numbers), and it is another file. It gets an inode
+            # of its own: the kernel may still have the old one, with its size and its pages.
             ino = self._next
             self._next += 1
             inode = Inode(ino, stat.qid.path, parent.ino, name, stat, now, node)

@@ -76,15 +76,15 @@ class Nodes:
         return inode
 
     async def _node(self, inode: Inode) -> Any:
-        """The inode's walked node, walking it from its directory the first time."""
+        """The inode's walked node, walked the first time from the nearest inode that holds one."""
         if inode.node is not None:
             return inode.node
         async with inode.lock:
             if inode.node is not None:
                 return inode.node
-            parent = self._inode(inode.parent)
-            with self._pinned(parent):
-                _qids, node = await self.tree.walk(await self._node(parent), [inode.name])
+            base, names = self._walk_from(inode)
+            with self._pinned(base):
+                _qids, node = await self.tree.walk(await self._node(base), names)
             if node is None:
                 raise FuseError(errno.ENOENT)
             inode.node = node
@@ -125,11 +125,15 @@ class Nodes:
             self._clunk_later(node)
 
     def _walk_from(self, inode: Inode) -> tuple[Inode, list[str]]:
-        """Where a fresh node for `inode` is walked from, in one walk either way: a clone
-        of its own node, or its name from its directory (not kept: it is to be opened)."""
-        if inode.node is not None or inode.ino == ROOT_INODE:
-            return inode, []
-        return self._inode(inode.parent), [inode.name]
+        """Where a fresh node for `inode` is walked from, in one Twalk either way: a clone
+        of its own node, or its path from the nearest directory that holds one (the root
+        always does), not a walk per level."""
+        names: list[str] = []
+        while inode.node is None and inode.ino != ROOT_INODE:
+            names.append(inode.name)
+            inode = self._inode(inode.parent)
+        names.reverse()
+        return inode, names
 
     async def _clone(self, inode: Inode) -> Any:
         """A fresh node for `inode`, to create in."""
@@ -153,6 +157,20 @@ class Nodes:
         base, names = self._walk_from(inode)
         with self._pinned(base):
             return await self.tree.walk_open_read(await self._node(base), names, mode, count)
+
+    async def _walk_opendir(self, inode: Inode, count: int) -> tuple[Any, Qid]:
+        """`_walk_open` of a directory, its first `count` bytes read with it where the tree can."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_opendir(await self._node(base), names, count)
+
+    async def _walk_open_stat(
+        self, inode: Inode, mode: int, count: int = 0
+    ) -> tuple[Any, Qid, int, bytes | None, Stat]:
+        """`_walk_open` (or `_walk_open_read`), and the file's stat in the same round trip."""
+        base, names = self._walk_from(inode)
+        with self._pinned(base):
+            return await self.tree.walk_open_stat(await self._node(base), names, mode, count)
 
     async def _create_in(self, d: Inode, name: str, perm: int, mode: int) -> tuple[Any, Qid, int]:
         """Create `name` in directory `d`: (the new file's node, qid, iounit).

@@ -83,11 +83,15 @@ class Opening:
         return conn
 
 
-async def read_dir(conn: Connection, fid: int, path: str | None = None) -> list[Stat]:
-    """Every entry of the open directory `fid`, at most MAX_DIR_ENTRIES / MAX_DIR_BYTES."""
+async def read_dir(
+    conn: Connection, fid: int, path: str | None = None, first: bytes | None = None
+) -> list[Stat]:
+    """Every entry of the open directory `fid`, at most MAX_DIR_ENTRIES / MAX_DIR_BYTES;
+    `first`: what a read at offset 0 already gave (sent with the open)."""
     out: list[Stat] = []
     offset = 0
-    while data := await conn.read(fid, offset, conn.iounit):
+    while data := (first if first is not None else await conn.read(fid, offset, conn.iounit)):
+        first = None
         out.extend(decode_stats(data))
         offset += len(data)
         if len(out) > MAX_DIR_ENTRIES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -170,6 +170,9 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._soon: deque[tuple[Message, type[Message], Done]] = deque()
         self._soon_timer = False
+        # Requests by type, and "waits": the calls that waited for replies (each at least one
+        # round trip), when a test or benchmark counts them (None: not counted).
+        self.counts: Counter[str] | None = None
 
     @classmethod
     async def dial(
@@ -347,6 +350,8 @@ class Connection:
         reader task; it must not block.
         """
         done = done or _ignore
+        if self.counts is not None:
+            self.counts[type(msg).__name__] += 1
         if self._closed is not None:
             done(self._lost())
             return
@@ -411,6 +416,9 @@ class Connection:
         """
         if self._closed is not None:
             raise ProtocolError(str(self._closed))
+        if self.counts is not None:
+            self.counts["waits"] += 1
+            self.counts.update(type(m).__name__ for m, _ in requests)
         # One slot a call, however many requests it has in flight (a few): taking several
         # one by one could leave every slot with callers that each wait for one more.
         slots = self._slots

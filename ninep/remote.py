@@ -72,7 +72,7 @@ import trio
 from .bounds import Opening, read_dir
 from .client import Connection, single_error
 from .codec import CodecError
-from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OTRUNC, QTDIR
+from .constants import DEFAULT_MSIZE, MAXWELEM, NOFID, ORCLOSE, OREAD, OTRUNC, QTDIR
 from .errors import NinePError, NotFound, ProtocolError, Unreachable
 from .messages import (
     Message,
@@ -84,6 +84,7 @@ from .messages import (
     Rremove,
     Rstat,
     Rwalk,
+    Rwstat,
     Stat,
     Tclunk,
     Tcreate,
@@ -92,6 +93,7 @@ from .messages import (
     Tremove,
     Tstat,
     Twalk,
+    Twstat,
 )
 from .transport import Address
 from .tree import Tree
@@ -120,6 +122,8 @@ class RemoteNode:
     conn: Connection  # the connection `fid` belongs to
     iounit: int = 0
     omode: int | None = None
+    # A directory's read at offset 0, sent with its open (walk_open_read): readdir starts there.
+    first_read: bytes | None = None
 
 
 def _walked(path: tuple[str, ...], names: Sequence[str]) -> tuple[str, ...]:
@@ -528,6 +532,52 @@ class RemoteTree(Tree):
         new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
         return new, opened.qid, opened.iounit, read.data if isinstance(read, Rread) else None
 
+    async def walk_opendir(
+        self, node: RemoteNode, names: Sequence[str], count: int
+    ) -> tuple[RemoteNode, Qid]:
+        new, qid, _, new.first_read = await self.walk_open_read(node, names, OREAD, count)
+        return new, qid
+
+    async def walk_open_list(
+        self, node: RemoteNode, names: Sequence[str], unless_vers: int = 0
+    ) -> tuple[RemoteNode, Qid, list[Stat] | None]:
+        """Twalk, Topen and the first Tread in one write; more reads only for a directory
+        bigger than that (or to see that it ends)."""
+        if len(names) > MAXWELEM:
+            return await super().walk_open_list(node, names, unless_vers)
+        new, qid = await self.walk_opendir(node, names, node.conn.iounit)
+        if unless_vers and qid.vers == unless_vers:
+            return new, qid, None
+        try:
+            return new, qid, await self.readdir(new)
+        except BaseException:
+            await self.clunk(new)
+            raise
+
+    async def walk_open_stat(
+        self, node: RemoteNode, names: Sequence[str], mode: int, count: int = 0
+    ) -> tuple[RemoteNode, Qid, int, bytes | None, Stat]:
+        if len(names) > MAXWELEM:
+            return await super().walk_open_stat(node, names, mode, count)
+
+        def then(fid: int) -> list[tuple[Message, type[Message]]]:
+            requests: list[tuple[Message, type[Message]]] = [
+                (Topen(0, fid, mode), Ropen),
+                (Tstat(0, fid), Rstat),
+            ]
+            if count:
+                requests.append((Tread(0, fid, 0, min(count, node.conn.iounit)), Rread))
+            return requests
+
+        new, replies = await self._walk_then(
+            node, names, then, repeatable=not mode & (OTRUNC | ORCLOSE), optional=1 if count else 0
+        )
+        opened, stat = replies[0], replies[1]
+        read = replies[2] if count else None
+        assert isinstance(opened, Ropen) and isinstance(stat, Rstat)
+        new.qid, new.iounit, new.omode = opened.qid, opened.iounit, mode
+        return new, opened.qid, opened.iounit, read.data if isinstance(read, Rread) else None, stat.stat
+
     async def walk_stat(self, node: RemoteNode, names: Sequence[str]) -> tuple[RemoteNode, Stat]:
         if len(names) > MAXWELEM:
             return await super().walk_stat(node, names)
@@ -536,6 +586,16 @@ class RemoteTree(Tree):
         )
         assert isinstance(stat, Rstat)
         return new, stat.stat
+
+    async def walk_wstat(self, node: RemoteNode, names: Sequence[str], stat: Stat) -> None:
+        if len(names) > MAXWELEM:
+            return await super().walk_wstat(node, names, stat)
+        new, (done,) = await self._walk_then(
+            node, names, lambda fid: [(Twstat(0, fid, stat), Rwstat)], repeatable=False, optional=1
+        )
+        self.clunk_soon(new)
+        if isinstance(done, NinePError):
+            raise done
 
     async def walk_remove(self, node: RemoteNode, names: Sequence[str]) -> None:
         if len(names) > MAXWELEM:
@@ -622,8 +682,10 @@ class RemoteTree(Tree):
         return await self._call(node, op, repeatable=True)
 
     async def readdir(self, node: RemoteNode) -> list[Stat]:
+        first, node.first_read = node.first_read, None  # once: a second readdir reads afresh
+
         async def op(conn: Connection, fid: int) -> list[Stat]:
-            return await read_dir(conn, fid, "/" + "/".join(node.path))
+            return await read_dir(conn, fid, "/" + "/".join(node.path), first if conn is node.conn else None)
 
         return await self._call(node, op, repeatable=True)
 

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .constants import DMDIR, NOT_TOUCHED_U32, NOT_TOUCHED_U64
+from .constants import DMDIR, NOT_TOUCHED_U32, NOT_TOUCHED_U64, OREAD
 from .errors import NinePError, NotADirectory, NotFound
 from .messages import Qid, Stat
 
@@ -163,6 +163,43 @@ class Tree(ABC):
             await self.clunk(new)
             raise
 
+    async def walk_opendir(self, node: Any, names: Sequence[str], count: int) -> tuple[Any, Qid]:
+        """Walk to a directory and open it to be read; a tree that can sends its first read
+        (`count` bytes) with the open, and readdir starts from what that gave."""
+        new, qid, _ = await self.walk_open(node, names, OREAD)
+        return new, qid
+
+    async def walk_open_list(
+        self, node: Any, names: Sequence[str], unless_vers: int = 0
+    ) -> tuple[Any, Qid, Sequence[Stat] | None]:
+        """Walk to a directory, open it and read all of it, in as few round trips as the
+        tree can; None for the listing when the directory's qid.vers is `unless_vers`
+        (not 0): the caller has that listing already."""
+        new, qid, _ = await self.walk_open(node, names, OREAD)
+        if unless_vers and qid.vers == unless_vers:
+            return new, qid, None
+        try:
+            return new, qid, await self.readdir(new)
+        except BaseException:
+            await self.clunk(new)
+            raise
+
+    async def walk_open_stat(
+        self, node: Any, names: Sequence[str], mode: int, count: int = 0
+    ) -> tuple[Any, Qid, int, bytes | None, Stat]:
+        """`walk_open` (and `walk_open_read` of `count` bytes if not 0), and the opened
+        file's stat: for an open that must learn it anyway (what it knew is old), in the
+        same round trip where the tree can. data is None when nothing was read."""
+        if count:
+            new, qid, iounit, data = await self.walk_open_read(node, names, mode, count)
+        else:
+            (new, qid, iounit), data = await self.walk_open(node, names, mode), None
+        try:
+            return new, qid, iounit, data, await self.stat(new)
+        except BaseException:
+            await self.clunk(new)
+            raise
+
     async def walk_stat(self, node: Any, names: Sequence[str]) -> tuple[Any, Stat]:
         """Walk `names` to a new node and stat it."""
         new = await self._walk_all(node, names)
@@ -171,6 +208,15 @@ class Tree(ABC):
         except BaseException:
             await self.clunk(new)
             raise
+
+    async def walk_wstat(self, node: Any, names: Sequence[str], stat: Stat) -> None:
+        """Walk `names` and wstat what they name (a rename, say); the walked node is given back."""
+        new = await self._walk_all(node, names)
+        try:
+            await self.wstat(new, stat)
+        finally:
+            if not self.clunk_soon(new):
+                await self.clunk(new)
 
     async def walk_remove(self, node: Any, names: Sequence[str]) -> None:
         """Walk `names` and remove what they name."""

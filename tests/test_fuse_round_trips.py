@@ -1,0 +1,230 @@
+"""What the mount asks the server, counted: each way the mount saves a 9P round trip
+(issue #17) is checked by the waits it saves, and by what a user still sees.
+
+A "wait" is one call of the client that waited for replies: at least one round trip,
+however many requests went in its write (Connection.counts). The mount runs in this
+test's trio loop over a real `ninefs serve` subprocess; the commands are real programs."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from mount.fuse import FuseOptions
+from mount.mounter import mount_tree
+from ninep import RemoteTree
+
+from .fuse_helpers import needs_fuse
+from .servers import server_process
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+
+
+@asynccontextmanager
+async def counted(export: Path, mp: Path, **options: float) -> AsyncIterator[Counter[str]]:
+    """`export` served and mounted on `mp` in this loop; yields the 9P counter (by request
+    type, and "waits")."""
+    with server_process(str(export)) as (address, _):
+        async with RemoteTree.connect(address, uname="root") as tree, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(
+                partial(
+                    mount_tree,
+                    tree,
+                    str(mp),
+                    uname="root",
+                    options=FuseOptions(**options),  # type: ignore[arg-type]
+                    ready=ready.set,
+                    unmount_on_signals=False,
+                )
+            )
+            with trio.fail_after(30):
+                await ready.wait()
+            nine: Counter[str] = Counter()
+            tree.conn.counts = nine
+            try:
+                yield nine
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def sh(command: str) -> str:
+    r = await trio.run_process(["sh", "-c", command], capture_stdout=True, capture_stderr=True, check=False)
+    assert r.returncode == 0, f"{command}: {r.stderr.decode()}"
+    return r.stdout.decode()
+
+
+async def settle() -> None:
+    """What went behind the last command (clunks, the stat after a close) is in."""
+    await trio.sleep(0.1)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    export, mp = tmp_path / "export", tmp_path / "mnt"
+    export.mkdir()
+    mp.mkdir()
+    d = export / "d"
+    d.mkdir()
+    for i in range(200):
+        (d / f"n{i:03d}").write_text(f"file {i}\n")
+    (export / "f").write_text("hello\n")
+    return export, mp
+
+
+async def test_a_listing_comes_with_its_open(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"stat {mp}/d >/dev/null")
+        await settle()
+        nine.clear()
+        names = (await sh(f"ls {mp}/d")).split()
+        assert names == sorted(p.name for p in (export / "d").iterdir())
+        # Twalk+Topen+Tread in one write, then the Tread that hears the end: was three waits
+        assert nine["waits"] == 2 and nine["Tread"] == 2
+
+
+async def test_a_directory_opened_only_to_be_fsynced_costs_one_round_trip(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"stat {mp}/d >/dev/null")
+        await settle()
+        nine.clear()
+        code = f"import os; fd = os.open('{mp}/d', os.O_RDONLY); os.fsync(fd); os.close(fd)"
+        await sh(f'python3 -c "{code}"')
+        assert nine["waits"] == 1  # SQLite does this after each journal it makes or removes
+
+
+async def test_a_chmod_to_the_mode_a_file_has_asks_nothing(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"echo x > {mp}/new; chmod 600 {mp}/new")
+        await settle()
+        nine.clear()
+        await sh(f"chmod 600 {mp}/new")  # rsync's fchmod of the temporary file it made
+        assert nine["Twstat"] == 0
+        await sh(f"chmod 640 {mp}/new")
+        assert nine["Twstat"] == 1
+        assert oct((export / "new").stat().st_mode & 0o777) == "0o640"
+
+
+async def test_fstat_after_our_own_writes_is_answered_without_the_server(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        code = (
+            f"import os; fd = os.open('{mp}/w', os.O_CREAT | os.O_WRONLY, 0o644); "
+            "sizes = []; "
+            "[(os.write(fd, b'x' * 1000), sizes.append(os.fstat(fd).st_size)) for _ in range(20)]; "
+            "os.close(fd); print(sizes[-1], len(set(sizes)))"
+        )
+        nine.clear()
+        out = await sh(f'python3 -c "{code}"')
+        assert out.split() == ["20000", "20"]  # each fstat saw every byte written before it
+        # the lookup that found no `w` (its walk and stat go together) and the stat after
+        # close, off the writer's path; it was one more for each fstat
+        assert nine["Tstat"] <= 2
+        assert (export / "w").stat().st_size == 20000
+
+
+async def test_a_rename_to_a_new_name_is_one_round_trip_and_over_an_old_one_replaces_it(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"echo a > {mp}/a; echo c > {mp}/c; ls {mp} >/dev/null")
+        await settle()
+        nine.clear()
+        await sh(f"mv {mp}/a {mp}/b")
+        assert nine["waits"] == 1  # Twalk and Twstat in one write
+        assert (export / "b").read_text() == "a\n" and not (export / "a").exists()
+        await sh(f"mv {mp}/b {mp}/c")  # POSIX: the target is replaced
+        assert (export / "c").read_text() == "a\n" and not (export / "b").exists()
+        assert (await sh(f"ls {mp}")).split() == ["c", "d", "f"]
+
+
+async def test_an_open_after_our_own_touch_gets_its_stat_with_it(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"cat {mp}/f >/dev/null; touch -d 2020-01-02 {mp}/f")
+        await settle()
+        nine.clear()
+        assert await sh(f"cat {mp}/f") == "hello\n"
+        assert nine["waits"] == 1  # Twalk+Topen+Tstat+Tread; the Tstat was a wait of its own
+        assert (await sh(f"date -r {mp}/f +%F")).strip() == "2020-01-02"
+
+
+async def test_a_burst_of_creates_in_a_directory_made_elsewhere_looks_names_up_from_a_listing(tree):
+    export, mp = tree
+    (export / "e").mkdir()
+    (export / "e" / "there").write_text("x")
+    async with counted(export, mp) as nine:
+        nine.clear()
+        await sh(f"for i in $(seq 40); do echo $i > {mp}/e/f$i; done")
+        # A lookup that goes to the server walks and stats together; the only other Tstats
+        # are the one after each close. Names not there yet are asked for only until the
+        # directory has been read once: it was one lookup per file.
+        lookups = nine["Tstat"] - 40
+        assert lookups <= 4, nine
+        assert sorted(os.listdir(export / "e")) == sorted(["there", *(f"f{i}" for i in range(1, 41))])
+        assert (await sh(f"cat {mp}/e/there {mp}/e/f7")) == "x7\n"
+
+
+async def test_a_name_made_elsewhere_after_the_listing_shows_once_the_attribute_cache_is_over(tree):
+    export, mp = tree
+    (export / "e").mkdir()
+    async with counted(export, mp, attr_cache=0.5, negative_cache=0.5):
+        await sh(f"for i in 1 2 3 4; do echo $i > {mp}/e/f$i; done")
+        (export / "e" / "late").write_text("from the host\n")
+        await trio.sleep(0.8)
+        assert await sh(f"cat {mp}/e/late") == "from the host\n"
+
+
+WAL_WRITER = """
+import sqlite3, sys
+db, who = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(db, timeout=60, isolation_level=None)
+for i in range(20):
+    con.execute("BEGIN IMMEDIATE")
+    con.execute("INSERT INTO t (who, i) VALUES (?, ?)", (who, i))
+    con.execute("COMMIT")
+con.close()
+"""
+
+
+async def test_sqlite_wal_databases_made_one_after_another_are_not_mistaken_for_old_files(tree):
+    # Each WAL database removes its -wal and -shm when the last writer closes it, and ext4
+    # gives the next database's files the same inode numbers (the server's qid.path follows
+    # them). The mount took a new file for the removed one it still knew: the new -wal read
+    # as 512 bytes of nothing, and SQLite said "disk I/O error" or "file is not a database".
+    import sqlite3
+    import sys
+
+    export, mp = tree
+    (export / "db").mkdir()
+    async with counted(export, mp):
+        for k in range(8):
+            db = f"{mp}/db/t{k}.db"
+            setup = (
+                f"import sqlite3; con = sqlite3.connect('{db}', isolation_level=None); "
+                "con.execute('PRAGMA journal_mode=WAL'); "
+                "con.execute('CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT, i INTEGER)'); con.close()"
+            )
+            await sh(f'{sys.executable} -c "{setup}"')
+            async with trio.open_nursery() as nursery:
+                for who in "ab":
+                    code = WAL_WRITER.replace('"', "'")
+                    nursery.start_soon(sh, f'{sys.executable} -c "{code}" {db} {who}')
+            con = sqlite3.connect(export / "db" / f"t{k}.db")
+            try:
+                assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+                assert con.execute("SELECT who, count(*) FROM t GROUP BY who").fetchall() == [
+                    ("a", 20),
+                    ("b", 20),
+                ]
+            finally:
+                con.close()
