@@ -319,6 +319,20 @@ class LocalTree(Tree):
         node.qid = self._qid(s, extra)
         return node.qid, 0
 
+    def wstat_never_blocks(self, node: _Node, st: Stat) -> bool:
+        # Only a null wstat waits (fsync, in a thread); a rename to the name it has is one.
+        renames = st.name != "" and node.place.parent is not None and st.name != wire_name(node.place.name)
+        return renames or any(
+            (
+                st.length != NOT_TOUCHED_U64,
+                st.mode != NOT_TOUCHED_U32,
+                st.mtime != NOT_TOUCHED_U32,
+                st.atime != NOT_TOUCHED_U32,
+                st.gid != "",
+                st.uid != "",
+            )
+        )
+
     def io_never_blocks(self, node: _Node) -> bool:
         return node.fd is not None and node.regular  # pread/pwrite of a file; FIFOs and devices wait
 

@@ -410,19 +410,19 @@ class TreeFS(Listings, FileIO):
 
     async def opendir(self, inode: int, ctx: Any) -> FileInfo:
         i = self.inodes.by_ino.get(inode)
-        if (
-            i is not None
-            and i.listing_vers
-            and i.stat.qid.vers == i.listing_vers
-            and i.fresh(self.options.attr_cache)
-        ):
-            # Unchanged since the kernel read all of it, as far as our attribute cache goes
-            # (the time it may trust the names in it anyway): its listing stands, and the
-            # directory is opened on the server only if the kernel reads after all (it
-            # dropped the listing: drop_caches, or a create or remove through this mount).
-            h = Handle(i, None, 0, False, False)
-            h.vers = i.listing_vers
-            return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=True)
+        if i is not None and i.stat.mode & DMDIR and i.fresh(self.options.attr_cache):
+            # As far as our attribute cache goes (the time the kernel may trust the names in
+            # it anyway) the directory is what we know: nothing to ask the server.
+            kept = i.listing_vers != 0 and i.stat.qid.vers == i.listing_vers  # the kernel's stands
+            entries = self._listing_from_memory(i)
+            if entries is not None or kept:
+                h = Handle(i, None, 0, False, False)
+                h.vers = i.stat.qid.vers
+                if entries is not None:  # we know all of it (listed or made here): ours, if asked
+                    h.listed, h.entries, h.prefetched = i.listed, entries, True
+                # else it is opened on the server only if the kernel reads after all (it
+                # dropped its listing: drop_caches, or a create or remove through this mount)
+                return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=kept)
         return await self._opendir(inode)
 
     @fuse_op
@@ -456,15 +456,18 @@ class TreeFS(Listings, FileIO):
     @fuse_op
     async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
         h = self.handles[fh]
-        if h.node is None:  # opened from memory (opendir): now it is opened for real
-            h.listed, h.prefetched = time.monotonic(), True
-            h.node, qid = await self._walk_opendir(h.inode, DIR_FIRST_READ)
-            h.vers = qid.vers
         if start_id == 0 or h.entries is None:
-            if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
-                h.listed = time.monotonic()
+            if h.prefetched and h.entries is not None:
+                pass  # our own listing (opendir from memory)
+            else:
+                if h.node is None:  # opened from memory (opendir): now it is opened for real
+                    h.listed, h.prefetched = time.monotonic(), True
+                    h.node, qid = await self._walk_opendir(h.inode, DIR_FIRST_READ)
+                    h.vers = qid.vers
+                if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
+                    h.listed = time.monotonic()
+                h.entries = list(await self.tree.readdir(h.node))
             h.prefetched = False  # rewinddir reads afresh
-            h.entries = list(await self.tree.readdir(h.node))
         # "." and ".." first (ids 1 and 2; the kernel takes no lookup count for them), then entry
         # k with id k + 3.
         for i, name in ((0, b"."), (1, b"..")):

@@ -186,5 +186,6 @@ class InodeTable:
         parent = self.by_ino.get(inode.parent)
         if parent is not None and parent.children.get(inode.name) == inode.ino:
             del parent.children[inode.name]
+            parent.listed = 0.0  # its children no longer hold every name it has
         node, inode.node = inode.node, None
         return node

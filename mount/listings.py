@@ -10,6 +10,7 @@ it, in the background, once two walks in it have found nothing (_relist_soon).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -56,6 +57,21 @@ class Listings(Nodes):
                 self.inodes.unlink(d, name)
                 if self.kernel is not None:
                     self.kernel.notify_inval_entry(d.ino, os.fsencode(name))  # type: ignore[attr-defined]
+
+    def _listing_from_memory(self, d: Inode) -> list[Stat] | None:
+        """All of `d` as we know it, if we know all of it: listed (or made) within the
+        attribute-cache time, and each name's inode still here (sshfs's dir_cache keeps
+        names 20 s the same way; ours is the one trust both lookups and listings use)."""
+        if time.monotonic() - d.listed >= self.options.attr_cache:
+            return None
+        out = []
+        for name, ino in d.children.items():
+            child = self.inodes.get(ino)
+            if child is None or child.unlinked:
+                return None
+            st = child.stat
+            out.append(st if st.name == name else dataclasses.replace(st, name=name))
+        return out
 
     def _relist_soon(self, d: Inode) -> None:
         """A walk in `d` found nothing, and what we knew of all of `d` is old. On the second

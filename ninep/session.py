@@ -187,7 +187,11 @@ class Session(Answers):
         if handler is None:  # an R-message sent to us
             await self.send(Rerror(tag, f"unexpected {t.__name__}"))
             return
-        if t in self.inline or (t in _IO and self._io_inline(msg.fid)):  # type: ignore[attr-defined]
+        if (
+            t in self.inline
+            or (t in _IO and self._io_inline(msg.fid))  # type: ignore[attr-defined]
+            or (t is Twstat and self._wstat_inline(msg))  # type: ignore[arg-type]
+        ):
             # The tree never waits for this one: answer it here, without a task of its own.
             # Nothing else is read meanwhile, so no flush can be waiting for it. The reply
             # waits in the outbox while more requests are already here: requests sent
@@ -198,6 +202,10 @@ class Session(Answers):
             return
         req = pending[tag] = _Request(trio.CancelScope(), trio.Event())
         self.nursery.start_soon(self._respond, handler, msg, req)
+
+    def _wstat_inline(self, msg: Twstat) -> bool:
+        f = self.fids.get(msg.fid)
+        return f is not None and f.auth is None and self.tree.wstat_never_blocks(f.node, msg.stat)
 
     def _io_inline(self, fid: int) -> bool:
         f = self.fids.get(fid)

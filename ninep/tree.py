@@ -127,6 +127,12 @@ class Tree(ABC):
         local disk, say), so the server may answer them as it does `never_blocks` ones."""
         return False
 
+    def wstat_never_blocks(self, node: Any, stat: Stat) -> bool:
+        """Whether this wstat of `node` returns at once (a chmod, a utimes or a rename on a
+        local disk, not the fsync a null wstat asks for), so the server may answer it as
+        it does `never_blocks` ones."""
+        return False
+
     def clunk_soon(self, node: Any) -> bool:
         """Release the node without waiting for it, if the tree can: True when it has
         (RemoteTree: the Tclunk goes out with its next requests), False when the caller
