@@ -568,6 +568,29 @@ class Namespace(Tree):
         child, qid, iounit, data = await m.tree.walk_open_read(m.node, names, mode, count)
         return (*self._opened(node, names[0], m, child, qid, iounit), data)
 
+    async def walk_opendir(self, node: NsNode, names: Sequence[str], count: int) -> tuple[NsNode, Qid]:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_opendir(node, names, count)
+        child, qid = await m.tree.walk_opendir(m.node, names, count)
+        new, qid, _ = self._opened(node, names[0], m, child, qid, 0)
+        return new, qid
+
+    async def walk_open_stat(
+        self, node: NsNode, names: Sequence[str], mode: int, count: int = 0
+    ) -> tuple[NsNode, Qid, int, bytes | None, Stat]:
+        m = self._one_tree(node, names)
+        if m is None:
+            return await super().walk_open_stat(node, names, mode, count)
+        child, qid, iounit, data, st = await m.tree.walk_open_stat(m.node, names, mode, count)
+        return (*self._opened(node, names[0], m, child, qid, iounit), data, self._fix(m, st))
+
+    async def walk_wstat(self, node: NsNode, names: Sequence[str], stat: Stat) -> None:
+        m = self._one_tree(node, names)  # nothing mounted there: no mount point to rename
+        if m is None:
+            return await super().walk_wstat(node, names, stat)
+        await m.tree.walk_wstat(m.node, names, stat)
+
     def _opened(
         self, node: NsNode, name: str, m: Member, child: Any, qid: Qid, iounit: int
     ) -> tuple[NsNode, Qid, int]:
