@@ -184,9 +184,18 @@ def _read_key_file(path: str) -> bytes:
     return data
 
 
+# Keys parsed so far, by the bytes of their file: every connection of a namespace over 64
+# machines reads the same key, and parsing it each time was ~8 ms of `ns run` (issue #19).
+# The file is still read every time, so a key changed or gone on disk is noticed.
+_parsed: dict[bytes, Ed25519PrivateKey] = {}
+
+
 def load_private_key(path: str) -> Ed25519PrivateKey:
     """The Ed25519 private key in `path`; any failure is a KeyFileError naming `path`."""
     data = _read_key_file(path)
+    known = _parsed.get(data)
+    if known is not None:
+        return known
     text = data.lstrip()
     if text.startswith(KEY_TYPE.encode()):
         raise KeyFileError(path, "a public key: give the private key (the file without .pub)")
@@ -207,6 +216,9 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "") or "other"
         raise KeyFileError(path, f"not an Ed25519 private key (an {kind} key)")
+    if len(_parsed) >= 16:
+        _parsed.clear()
+    _parsed[data] = key
     return key
 
 

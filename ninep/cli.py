@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -33,23 +34,15 @@ from .bounds import CONNECT_TIMEOUT, Opening
 from .client import single_error
 from .codec import CodecError
 from .constants import DMAPPEND, DMDIR, DMEXCL
-from .copy import (
-    Copier,
-    CopyError,
-    LocalSide,
-    Location,
-    Options,
-    Progress,
-    RemoteSide,
-    first_error,
-    move_across,
-    normalize,
-    parse_location,
-)
 from .errors import IsADirectory, NinePError
 from .files import Client, connect
 from .messages import Stat
 from .transport import Address, parse_address
+
+# The copier (ninep/copy.py, ~8 ms to import) is imported by cp and by a mv across
+# directories only: ls, cat, and `mount` and `ns run` (which take --key from here), do not.
+if TYPE_CHECKING:
+    from .copy import Location
 
 __all__ = ["add_key_option", "format_long", "key_path", "register"]
 
@@ -127,6 +120,8 @@ async def _mkdir(fs: Client, args: argparse.Namespace) -> None:
 
 
 async def _rm(fs: Client, args: argparse.Namespace) -> None:
+    from .copy import normalize
+
     # Every path is checked before anything goes: `rm -r ADDR a /` must not take a first.
     for path in args.paths:
         if normalize(path) == "/" or (await fs.stat(path)).qid.path == fs.root_qid.path:
@@ -158,6 +153,8 @@ async def _mv(fs: Client, args: argparse.Namespace) -> None:
             raise
         # 9P renames only within a directory; like mv(1) across devices: copy with modes and
         # times, directories too, then remove the source.
+        from .copy import RemoteSide, move_across
+
         await move_across(RemoteSide(args.addr, fs), src, dst)
 
 
@@ -179,7 +176,7 @@ def _runner(
         where = f"{args.addr}: "
         try:
             trio.run(partial(_session, args, body))
-        except (KeyFileError, CopyError) as e:
+        except (KeyFileError, *_copy_errors()) as e:
             print(f"ninefs {args.command}: {e}", file=sys.stderr)
             return 1
         except NinePError as e:
@@ -205,7 +202,15 @@ def _runner(
     return run
 
 
+def _copy_errors() -> tuple[type[Exception], ...]:
+    """ninep.copy's CopyError, if that module was imported (nothing else raises one)."""
+    copy = sys.modules.get(f"{__package__}.copy")
+    return () if copy is None else (copy.CopyError,)
+
+
 async def _cp(args: argparse.Namespace, sources: list[Location], target: Location, umask: int) -> int:
+    from .copy import Copier, CopyError, LocalSide, Options, Progress, RemoteSide
+
     within = args.timeout or None
     key = auth.load_private_key(args.key) if args.key else None
     uname = args.uname if args.uname is not None else local_user()
@@ -273,6 +278,8 @@ async def _interrupted(work: Callable[[], Awaitable[None]]) -> bool:
 
 
 def _run_cp(args: argparse.Namespace) -> int:
+    from .copy import CopyError, first_error, parse_location
+
     try:
         places = [parse_location(text) for text in [*args.sources, args.target]]
     except ValueError as e:

@@ -46,10 +46,10 @@ def tune_allocator() -> None:
     _tuned = True
     try:
         import ctypes
-        import ctypes.util
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The running program's own symbols, libc's among them: ctypes.util.find_library
+        # would run `ldconfig -p` in a subprocess (~2 ms, and a fork of a big process).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
