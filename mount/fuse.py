@@ -120,8 +120,7 @@ class TreeFS(Listings, FileIO):
         with trio.move_on_after(10) as scope:
             scope.shield = True
             for h in list(self.handles.values()):
-                if h.node is not None:  # a directory opened from memory has none (opendir)
-                    await self._clunk(h.node)
+                await self._clunk(h.node)
             self.handles.clear()
             while self.spares:
                 await self._clunk(self.spares.popitem()[1][2])
@@ -168,6 +167,9 @@ class TreeFS(Listings, FileIO):
         (we mount with default_permissions) is answered without a Tstat.
         """
         d.stat = dataclasses.replace(d.stat, mtime=int(time.time()))
+        # Its qid.vers moved to one we have not seen: our listing of it is not known whole
+        # at any qid.vers until it is read again (listings.py).
+        d.known_vers, d.changed_at = 0, time.monotonic()
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
@@ -204,7 +206,7 @@ class TreeFS(Listings, FileIO):
         """
         if inode.open_handles:
             for h in self.handles.values():
-                if h.inode is inode and h.node is not None:
+                if h.inode is inode:
                     return h.node
         return None
 
@@ -408,27 +410,12 @@ class TreeFS(Listings, FileIO):
 
     # --- directories -----------------------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: Any) -> FileInfo:
-        i = self.inodes.by_ino.get(inode)
-        if i is not None and i.stat.mode & DMDIR and i.fresh(self.options.attr_cache):
-            # As far as our attribute cache goes (the time the kernel may trust the names in
-            # it anyway) the directory is what we know: nothing to ask the server.
-            kept = i.listing_vers != 0 and i.stat.qid.vers == i.listing_vers  # the kernel's stands
-            entries = self._listing_from_memory(i)
-            if entries is not None or kept:
-                h = Handle(i, None, 0, False, False)
-                h.vers = i.stat.qid.vers
-                if entries is not None:  # we know all of it (listed or made here): ours, if asked
-                    h.listed, h.entries, h.prefetched = i.listed, entries, True
-                # else it is opened on the server only if the kernel reads after all (it
-                # dropped its listing: drop_caches, or a create or remove through this mount)
-                return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=kept)
-        return await self._opendir(inode)
-
     @fuse_op
-    async def _opendir(self, inode: int) -> FileInfo:
+    async def opendir(self, inode: int, ctx: Any) -> FileInfo:
         i = self._inode(inode)
         since = time.monotonic()
+        # A listing always asks the server, if only for the directory's qid.vers: what the
+        # kernel or we know of it is used only while that is unchanged.
         if i.listing_vers == 0:
             # The kernel has no listing of it (never read, changed, or it forgot the inode):
             # its first read goes with the open, and the tree keeps it for readdir (one round
@@ -443,6 +430,10 @@ class TreeFS(Listings, FileIO):
         # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
         # a server that does not version directories: always read afresh.
         keep = qid.vers != 0 and i.listing_vers == qid.vers
+        if not keep and qid.vers != 0 and qid.vers == i.known_vers:
+            # Unchanged since we last read all of it, and we have all of it still: the kernel
+            # dropped its listing (drop_caches) and gets ours, with no more reads.
+            h.entries = self._listing_from_memory(i)
         return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
 
     def _new_handle(self, h: Handle) -> int:
@@ -457,13 +448,7 @@ class TreeFS(Listings, FileIO):
     async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
-            if h.prefetched and h.entries is not None:
-                pass  # our own listing (opendir from memory)
-            else:
-                if h.node is None:  # opened from memory (opendir): now it is opened for real
-                    h.listed, h.prefetched = time.monotonic(), True
-                    h.node, qid = await self._walk_opendir(h.inode, DIR_FIRST_READ)
-                    h.vers = qid.vers
+            if not (h.prefetched and h.entries is not None):  # else ours, from opendir
                 if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
                     h.listed = time.monotonic()
                 h.entries = list(await self.tree.readdir(h.node))
@@ -475,8 +460,11 @@ class TreeFS(Listings, FileIO):
                 dot = self.inodes.get(h.inode.parent if i else h.inode.ino) or h.inode
                 if not buf.add(name, self._attr(dot), i + 1):
                     return
+        raced = h.inode.removed_at >= h.listed  # we removed or renamed something there since
         for i in range(max(start_id - 2, 0), len(h.entries)):
             st = h.entries[i]
+            if raced and st.name not in h.inode.children:
+                continue  # maybe one we removed: not brought back (readdir(3) may leave it out)
             inode = self._learn(h.inode, st.name, st)
             if not buf.add(os.fsencode(st.name), self._attr(inode), i + 3):
                 break
@@ -485,7 +473,7 @@ class TreeFS(Listings, FileIO):
                 self.inodes.revive(inode)
         else:
             h.inode.listing_vers = h.vers
-            self._listed_whole(h.inode, h.entries, h.listed)
+            self._listed_whole(h.inode, h.entries, h.listed, h.vers)
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:
@@ -503,7 +491,7 @@ class TreeFS(Listings, FileIO):
             if restat and self.nursery is not None:
                 h.inode.restat = trio.Event()
                 self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node, h.inode.restat)
-            elif h.node is not None:
+            else:
                 self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
                 node = self.inodes.retire(h.inode, self.options.attr_cache)

@@ -68,6 +68,8 @@ class Inode:
     listed: float = 0.0  # when `children` was last known to be the whole directory
     listing_vers: int = 0  # a directory's qid.vers when the kernel last got all of its listing
     list_size: int = 0  # entries in the directory's last whole listing (mount/listings.py)
+    known_vers: int = 0  # a directory's qid.vers at which `children` is all of it; 0: not known
+    changed_at: float = 0.0  # when this mount last made, removed or renamed a name in the directory
     missed_at: float = 0.0  # when a walk in this directory last found nothing
     removed_at: float = 0.0  # when this mount last removed or renamed a name in the directory
     relisting: bool = False  # a listing for lookups' sake is on its way
@@ -135,7 +137,7 @@ class InodeTable:
                     unneeded.append(inode.node)
                 inode.node = None
                 inode.children.clear()
-                inode.listed = 0.0
+                inode.listed, inode.known_vers = 0.0, 0
                 inode.parent, inode.name = parent.ino, name
             if node is not None:
                 if inode.node is None:
@@ -186,6 +188,6 @@ class InodeTable:
         parent = self.by_ino.get(inode.parent)
         if parent is not None and parent.children.get(inode.name) == inode.ino:
             del parent.children[inode.name]
-            parent.listed = 0.0  # its children no longer hold every name it has
+            parent.listed, parent.known_vers = 0.0, 0  # its children no longer hold every name it has
         node, inode.node = inode.node, None
         return node

@@ -35,8 +35,9 @@ class Listings(Nodes):
 
     kernel: object | None  # the FUSE session, for notify_inval_entry
 
-    def _listed_whole(self, d: Inode, entries: Sequence[Stat], since: float) -> None:
-        """`entries` are all of `d`, as the server had it at `since` (each one learned).
+    def _listed_whole(self, d: Inode, entries: Sequence[Stat], since: float, vers: int) -> None:
+        """`entries` are all of `d`, as the server had it at `since`, at qid.vers `vers`
+        (each one learned).
 
         Names we knew that it no longer shows were removed behind our back: the kernel
         must stop taking them for there (it may trust an entry for the attribute-cache
@@ -47,6 +48,7 @@ class Listings(Nodes):
         if d.removed_at >= since:
             return
         d.listed = since  # every name is learned: lookup may answer "no such file"
+        d.known_vers = vers if d.changed_at < since else 0
         if len(d.children) <= len(entries) and all(st.name in d.children for st in entries):
             return  # the common case: nothing gone (every listed name known, no more known)
         listed = {st.name for st in entries}
@@ -59,11 +61,8 @@ class Listings(Nodes):
                     self.kernel.notify_inval_entry(d.ino, os.fsencode(name))  # type: ignore[attr-defined]
 
     def _listing_from_memory(self, d: Inode) -> list[Stat] | None:
-        """All of `d` as we know it, if we know all of it: listed (or made) within the
-        attribute-cache time, and each name's inode still here (sshfs's dir_cache keeps
-        names 20 s the same way; ours is the one trust both lookups and listings use)."""
-        if time.monotonic() - d.listed >= self.options.attr_cache:
-            return None
+        """All of `d` as we last read it (the caller saw its qid.vers unchanged since), if
+        each name's inode is still here."""
         out = []
         for name, ino in d.children.items():
             child = self.inodes.get(ino)
@@ -90,13 +89,13 @@ class Listings(Nodes):
             with trio.move_on_after(self.options.timeout):
                 base, names = self._walk_from(d)
                 with self._pinned(base):
-                    node, _qid, entries = await self.tree.walk_open_list(await self._node(base), names)
+                    node, qid, entries = await self.tree.walk_open_list(await self._node(base), names)
                 self._clunk_later(node)
-                if entries is None or self.inodes.get(d.ino) is not d:
-                    return
+                if entries is None or self.inodes.get(d.ino) is not d or d.removed_at >= since:
+                    return  # a name we removed meanwhile may be in it: learning it would bring it back
                 for st in entries:
                     self._learn(d, st.name, st)
-                self._listed_whole(d, entries, since)
+                self._listed_whole(d, entries, since, qid.vers)
         except Exception as e:
             log.debug("listing %s again: %s", d.name, e)
         finally:
