@@ -1,7 +1,7 @@
 """`ninefs cpu -w` fan-out against pdsh and clush over ssh, on clusters of 16 and 64 machines.
 
     .venv/bin/python benchmarks/bench_cluster.py [--hosts 16,64] [--passes 3] [--lines 1600000]
-                                                [--json PATH]
+                                                [--json PATH] [--only ns]
 
 Each cluster is tests/cluster.py's: N network namespaces joined to ours by veth pairs,
 each with its own hostname, running `ninefs serve --machine --allow-exec
@@ -30,6 +30,8 @@ checked (and, for count, parsed and summed), in seconds:
   ns run true     ninefs ns run -n NSFILE -- true, NSFILE mounting every host at /n/hN
   ns run cat all  the same with `sh -c 'cat /n/h*/dev/sysname'`: every mount answering
   ns run none     ninefs ns run -- true, no mounts (what the mounts add is the difference)
+
+`--only ns`: the ns run rows alone (no sshd, pdsh or clush needed), for start-up work.
 
 One untimed warm-up of every row first; then PASSES passes, the tools taking turns in
 an order that rotates each pass so all see the same background load; the median is
@@ -157,9 +159,9 @@ def make_shares(c: Cluster, lines: int) -> tuple[Path, int]:
     return shares, expected
 
 
-def bench_cluster(c: Cluster, lines: int, passes: int) -> list[Row]:
+def bench_cluster(c: Cluster, lines: int, passes: int, *, fan_out: bool = True) -> list[Row]:
     n = len(c.hosts)
-    shares, expected = make_shares(c, lines)
+    shares, expected = make_shares(c, lines) if fan_out else (c.dir, 0)
     b = Bench(c, shares)
     names = {h.hostname for h in c.hosts}
 
@@ -181,6 +183,8 @@ def bench_cluster(c: Cluster, lines: int, passes: int) -> list[Row]:
         ("uname -n", ["uname", "-n"], "uname -n", check_names),
         ("count", ["sh", "-c", count_sh], count_sh, check_count),
     ]
+    if not fan_out:
+        jobs = []
     nsfile = c.dir / "cluster.ns"
     nsfile.write_text("".join(f"mount {h.address} /n/{h.name}\n" for h in c.hosts))
 
@@ -217,6 +221,8 @@ def rss(c: Cluster) -> dict[str, dict[str, float]]:
     out = {}
     for tool in ("ninefs", "sshd"):
         kib = [_rss_kib(p.pid) for h in c.hosts if (p := h.proc if tool == "ninefs" else h.sshd)]
+        if not kib:
+            continue
         out[tool] = {"median_mib": statistics.median(kib) / 1024, "total_mib": sum(kib) / 1024}
     return out
 
@@ -230,6 +236,8 @@ def table(rows: list[Row], memory: dict[int, dict[str, dict[str, float]]]) -> st
     ]
     for n in sorted({r.hosts for r in rows}):
         for job in ("true", "uname -n", "count"):
+            if (n, job, "ninefs") not in get:
+                continue
             rs = [get[(n, job, t)] for t in TOOLS]
             t9, tp, tc = (r.median for r in rs)
             ccpu = "/".join(f"{r.median_of('client_cpu'):.2f}" for r in rs)
@@ -248,10 +256,9 @@ def table(rows: list[Row], memory: dict[int, dict[str, dict[str, float]]]) -> st
     out += ["", "| hosts | ninefs server RSS median / total MiB | sshd listener RSS median / total MiB |"]
     out.append("|---:|---:|---:|")
     for n, m in sorted(memory.items()):
-        f, s = m["ninefs"], m["sshd"]
-        out.append(
-            f"| {n} | {f['median_mib']:.1f} / {f['total_mib']:.0f} | {s['median_mib']:.1f} / {s['total_mib']:.0f} |"
-        )
+        f, s = m["ninefs"], m.get("sshd")
+        sshd = f"{s['median_mib']:.1f} / {s['total_mib']:.0f}" if s else "-"
+        out.append(f"| {n} | {f['median_mib']:.1f} / {f['total_mib']:.0f} | {sshd} |")
     return "\n".join(out)
 
 
@@ -261,9 +268,11 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--lines", type=int, default=1_600_000)
     ap.add_argument("--json", type=Path, help="also write the runs here")
+    ap.add_argument("--only", choices=["ns"], help="ns: only the ns run rows (no sshd, pdsh, clush)")
     args = ap.parse_args()
+    fan_out = args.only is None
     missing = [t for t in ("pdsh", "clush", "/usr/sbin/sshd", "ssh-keygen") if not shutil.which(t)]
-    if missing:
+    if missing and fan_out:
         print(f"bench_cluster: missing {', '.join(missing)} (make bench-cluster-deps)", file=sys.stderr)
         return 1
     if not netns_works():
@@ -278,9 +287,9 @@ def main() -> int:
     memory = {}
     for n in sizes:
         t0 = time.monotonic()
-        with cluster(n, sshd=True) as c:
+        with cluster(n, sshd=fan_out) as c:
             print(f"{n} hosts up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-            rows += bench_cluster(c, args.lines, args.passes)
+            rows += bench_cluster(c, args.lines, args.passes, fan_out=fan_out)
             memory[n] = rss(c)
     print(table(rows, memory))
     if args.json:

@@ -40,12 +40,11 @@ from ninep import bounds
 from ninep.client import single_error
 from ninep.command import Command, exit_status, start_command
 from ninep.errors import NotFound, PermissionDenied
-from ninep.hostlist import Machine
-from ninep.remote import reason
 from ninep.transport import parse_address
 
 if TYPE_CHECKING:
     from namespaces import Namespace
+    from ninep.hostlist import Machine
 
     from .termmount import TermMounter
 
@@ -319,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ninefs cpu: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        from ninep.remote import reason
+
         where = f"{e.filename}: " if e.filename else f"{args.addr}: "
         print(f"ninefs cpu: {where}{reason(e)}", file=sys.stderr)
         return 1
@@ -378,6 +379,7 @@ def _machines_in_namespace(args: argparse.Namespace) -> list[Machine]:
     from namespaces.cli import gather_ops
     from namespaces.namespace import split
     from ninep.fanout import machine_for
+    from ninep.hostlist import Machine
 
     try:
         ops = gather_ops(args)

@@ -7,20 +7,15 @@ served over 9P, so another machine can mount one machine's view of many.
 from __future__ import annotations
 
 import argparse
-import getpass
-import logging
 import sys
-from functools import partial
-
-import trio
+from typing import TYPE_CHECKING
 
 from ninep.bounds import CONNECT_TIMEOUT
-from ninep.client import single_error
-from ninep.remote import reason
-from ninep.transport import parse_address
 
-from .namespace import MCREATE, MREPL, Namespace
-from .nsfile import NamespaceFileError, Op, apply, parse, parse_file
+# The namespace itself is imported by the functions that make one: `ninefs cpu` and
+# `ns run` take these options while their parser is built, before they dial (issue #19).
+if TYPE_CHECKING:
+    from .nsfile import Op
 
 __all__ = ["add_namespace_options", "add_start_options", "gather_ops", "register_export"]
 
@@ -54,6 +49,9 @@ def add_start_options(p: argparse.ArgumentParser) -> None:
 
 def gather_ops(args: argparse.Namespace) -> list[Op]:
     """Everything the command line says, in order: -n files, then -e lines, then --bind/--mount."""
+    from .namespace import MCREATE, MREPL
+    from .nsfile import Op, parse, parse_file
+
     ops: list[Op] = []
     for path in args.nsfile or []:
         ops += parse_file(path)
@@ -71,7 +69,12 @@ def _warn(line: str) -> None:
 
 
 async def _export(ops: list[Op], args: argparse.Namespace) -> int:
+    import getpass
+
     from fileserver.serve import serve_tree  # here: `cpu` uses these options and no server
+
+    from .namespace import Namespace
+    from .nsfile import NamespaceFileError, apply
 
     listen, trace = args.listen, args.trace
     async with Namespace(uname=getpass.getuser()) as ns:
@@ -88,6 +91,17 @@ async def _export(ops: list[Op], args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    import logging
+    from functools import partial
+
+    import trio
+
+    from ninep.client import single_error
+    from ninep.remote import reason
+    from ninep.transport import parse_address
+
+    from .nsfile import NamespaceFileError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         parse_address(args.listen, listening=True)

@@ -126,6 +126,7 @@ class Namespace(Tree):
         self._root_tree = root
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
+        self._dialled: set[int] = set()  # id() of the trees dial() made: they close with us
 
     async def __aenter__(self) -> Namespace:
         # Connections to servers live in tasks of this nursery, for as long as the namespace.
@@ -175,6 +176,7 @@ class Namespace(Tree):
         async with RemoteTree.connect(
             address, uname=self.uname, connect_timeout=connect_timeout, start_down=start_down, lazy=lazy
         ) as tree:
+            self._dialled.add(id(tree))
             task_status.started(tree)
             await trio.sleep_forever()
 
@@ -188,12 +190,15 @@ class Namespace(Tree):
         return out
 
     async def close(self) -> None:
-        # A remote tree's Tclunk goes out with its connection's next message, or as that
-        # connection closes, with nobody waiting for the Rclunk: one round trip after another
-        # was ~70 ms of `ns run -- true` over 64 machines (issue #19).
+        """Let every mount go (`async with` does this as it ends, then closes what dial() made)."""
+        # A connection dial() made closes next, and its fids with it (version(5), intro(5)):
+        # nothing is sent for them. Another remote tree's Tclunk goes out with its connection's
+        # next message, with nobody waiting for the Rclunk. One round trip after another was
+        # ~70 ms of `ns run -- true` over 64 machines, and every Tclunk wakes a server (#19).
         for members in self.table.values():
             for m in members:
-                await _release(m.tree, m.node)
+                if id(m.tree) not in self._dialled:
+                    await _release(m.tree, m.node)
         self.table.clear()
 
     @property

@@ -39,7 +39,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -47,9 +47,12 @@ from ninep.bounds import CONNECT_TIMEOUT
 from ninep.errors import NinePError
 from ninep.remote import RemoteTree, reason
 
-from .discovery import Discovered, discover, is_dns_source
 from .namespace import MAFTER, MBEFORE, MCREATE, MREPL, Namespace
-from .status import STATUS_NAME, StatusTree, status_text
+
+# Discovery (DNS) and /n/.status are imported by the lines that use them: `ninefs cpu`
+# without a namespace file needs neither (issue #19).
+if TYPE_CHECKING:
+    from .discovery import Discovered
 
 __all__ = ["NamespaceFileError", "Op", "apply", "parse", "parse_file"]
 
@@ -126,6 +129,8 @@ def _machines(args: list[str], filename: str, where: str) -> list[Op]:
     if not 1 <= len(rest) <= 2:
         raise NamespaceFileError(f"{where}: usage: machines [-abcCl] SOURCE [DIR]")
     source, directory = rest[0], (rest[1] if len(rest) > 1 else "/n").rstrip("/")
+    from .discovery import is_dns_source
+
     if is_dns_source(source):
         parts = source.split("!")
         if len(parts) != 3 or not parts[1] or not parts[2].isdigit() or not 0 < int(parts[2]) < 65536:
@@ -241,6 +246,8 @@ async def apply(
                         with trio.fail_after(connect_timeout):
                             roots[i] = await tree.attach(ns.uname, op.args[2] if len(op.args) > 2 else "")
             else:
+                from .discovery import discover
+
                 found[i] = await discover(
                     ns, *op.args, start_down=start_down, lazy=op.lazy, connect_timeout=connect_timeout
                 )
@@ -295,8 +302,11 @@ async def apply(
         except (OSError, ValueError) as e:
             raise NamespaceFileError(f"{op.where}: {op.verb} {' '.join(op.args)}: {e}") from None
     under_n = any(len(path) > 1 and path[0] == "n" for path, _, _ in ns.remote_mounts())
-    if status and under_n and ("n", STATUS_NAME) not in ns.table:
-        await ns.mount(StatusTree(lambda: status_text(ns), ns.uname), "/n/" + STATUS_NAME)
+    if status and under_n:
+        from .status import STATUS_NAME, StatusTree, status_text
+
+        if ("n", STATUS_NAME) not in ns.table:
+            await ns.mount(StatusTree(lambda: status_text(ns), ns.uname), "/n/" + STATUS_NAME)
     return cwd
 
 
