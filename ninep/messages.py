@@ -8,7 +8,7 @@ and back; nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, replace
+from dataclasses import MISSING, FrozenInstanceError, dataclass, replace
 from operator import attrgetter
 from typing import Any, TypeVar, dataclass_transform
 
@@ -24,9 +24,10 @@ _V = TypeVar("_V", bound=type)
 
 
 class _Value:
-    """Equality, hash and repr as @dataclass(frozen=True) writes them, but written once here
-    rather than compiled anew for each of the 30 classes below: every process that speaks
-    9P imports this module, and compiling ~200 small functions made it ~25 ms of
+    """What @dataclass(frozen=True) writes for each class, written once here instead of
+    compiled anew for each of the 30 classes below (equality, hash, repr, and refusing
+    assignment: FrozenInstanceError, as a frozen dataclass's): every process that speaks 9P
+    imports this module, and compiling ~200 small functions made it ~25 ms of
     `ninefs cpu HOST -- true`'s start-up (issue #19)."""
 
     __slots__ = ()
@@ -44,16 +45,29 @@ class _Value:
         values = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)  # type: ignore[attr-defined]
         return f"{self.__class__.__qualname__}({values})"
 
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    # pickle and copy restore the slots as a frozen dataclass's do: around __setattr__
+    def __getstate__(self) -> list[object]:
+        return [getattr(self, name) for name in self.__dataclass_fields__]  # type: ignore[attr-defined]
+
+    def __setstate__(self, state: list[object]) -> None:
+        for name, value in zip(self.__dataclass_fields__, state, strict=True):  # type: ignore[attr-defined]
+            object.__setattr__(self, name, value)
+
 
 @dataclass_transform(frozen_default=True)
 def _value(cls: _V) -> _V:
-    """A frozen dataclass with slots whose equality, hash and repr are _Value's, and whose
-    `__init__` (of the same signature) stores each field through its slot's descriptor.
-    The generated one goes through object.__setattr__ for every field (the class's own
-    refuses, being frozen), which takes twice as long: an 11-field Stat, built for every
-    stat and directory entry, costs ~3 µs that way here. The source is made like the
-    dataclasses module makes its own."""
-    cls = dataclass(frozen=True, slots=True, init=False, repr=False, eq=False)(cls)  # type: ignore[assignment]
+    """A dataclass with slots, frozen by _Value, whose `__init__` (of the same signature)
+    stores each field through its slot's descriptor. The generated one goes through
+    object.__setattr__ for every field (the class's own refuses, being frozen), which
+    takes twice as long: an 11-field Stat, built for every stat and directory entry, costs
+    ~3 µs that way here. The source is made like the dataclasses module makes its own."""
+    cls = dataclass(slots=True, init=False, repr=False, eq=False)(cls)  # type: ignore[assignment]
     fields = list(cls.__dataclass_fields__.values())  # type: ignore[attr-defined]
     names: dict[str, object] = {}
     params, body = [], []
