@@ -229,11 +229,13 @@ def rss(c: Cluster) -> dict[str, dict[str, float]]:
 
 def table(rows: list[Row], memory: dict[int, dict[str, dict[str, float]]]) -> str:
     get = {(r.hosts, r.job, r.tool): r for r in rows}
-    out = [
-        "| hosts | job | ninefs s | pdsh s | clush s | ninefs/pdsh | ninefs/clush "
-        "| client CPU s (ninefs/pdsh/clush) | server CPU s (ninefs/sshd/sshd) |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---|",
-    ]
+    out = []
+    if any(r.tool != "ninefs" for r in rows):  # not --only ns
+        out += [
+            "| hosts | job | ninefs s | pdsh s | clush s | ninefs/pdsh | ninefs/clush "
+            "| client CPU s (ninefs/pdsh/clush) | server CPU s (ninefs/sshd/sshd) |",
+            "|---:|---|---:|---:|---:|---:|---:|---|---|",
+        ]
     for n in sorted({r.hosts for r in rows}):
         for job in ("true", "uname -n", "count"):
             if (n, job, "ninefs") not in get:
