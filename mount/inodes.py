@@ -70,8 +70,9 @@ class Inode:
     list_size: int = 0  # entries in the directory's last whole listing (mount/listings.py)
     known_vers: int = 0  # a directory's qid.vers at which `children` is all of it; 0: not known
     changed_at: float = 0.0  # when this mount last made, removed or renamed a name in the directory
-    missed_at: float = 0.0  # when a walk in this directory last found nothing
     removed_at: float = 0.0  # when this mount last removed or renamed a name in the directory
+    missed_at: float = 0.0  # when a walk in this directory last found nothing
+    seen_at: float = 0.0  # when the server last showed this name, or this mount made it (not moved by writes)
     relisting: bool = False  # a listing for lookups' sake is on its way
     written_at: float = 0.0  # time.time() of our last write since the server's last stat; 0 if none
     vers_stale: bool = False  # our own wstat moved mtime: the server's qid.vers is one we have not seen
@@ -145,6 +146,7 @@ class InodeTable:
                 else:
                     unneeded.append(node)
         inode.unlinked = False  # the server just showed it under a name
+        inode.seen_at = now
         parent.children[name] = inode.ino
         return inode, unneeded
 

@@ -41,8 +41,9 @@ class Listings(Nodes):
 
         Names we knew that it no longer shows were removed behind our back: the kernel
         must stop taking them for there (it may trust an entry for the attribute-cache
-        time). Unless we removed or renamed something in `d` meanwhile: then the listing
-        may show a name that is gone, and `d` is not taken as known whole.
+        time); not names seen or made after it began. Unless we removed or renamed
+        something in `d` meanwhile: then the listing may show a name that is gone, and `d`
+        is not taken as known whole. Nor at `vers` if we made something there meanwhile.
         """
         d.list_size = len(entries)
         if d.removed_at >= since:
@@ -55,7 +56,7 @@ class Listings(Nodes):
         for name, ino in list(d.children.items()):
             child = self.inodes.get(ino)
             # Not a name learned after the listing was read (made meanwhile through this mount).
-            if name not in listed and (child is None or child.stat_time < since):
+            if name not in listed and (child is None or child.seen_at < since):
                 self.inodes.unlink(d, name)
                 if self.kernel is not None:
                     self.kernel.notify_inval_entry(d.ino, os.fsencode(name))  # type: ignore[attr-defined]

@@ -245,3 +245,38 @@ async def test_sqlite_wal_databases_made_one_after_another_are_not_mistaken_for_
                 ]
             finally:
                 con.close()
+
+
+CREATE_WHILE_LISTED = """
+import os, sys, time
+d = sys.argv[1]
+end = time.monotonic() + 3
+i = 0
+while time.monotonic() < end:
+    for missing in ("x", "y"):  # two misses: the mount reads the directory behind our back
+        try:
+            os.stat(os.path.join(d, f"{missing}{i}"))
+        except FileNotFoundError:
+            pass
+    p = os.path.join(d, f"f{i}")
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, b"data")
+    os.close(fd)
+    os.stat(p)  # FileNotFoundError if a listing read before the create took the name away
+    os.rename(p, os.path.join(d, f"g{i}"))
+    i += 1
+print(i)
+"""
+
+
+async def test_files_made_while_the_mount_reads_their_directory_stay_there(tree):
+    # An editor's save (write a temporary file, stat it, rename it over) in a directory the
+    # mount reads in the background: a listing that began before the create lacks the new
+    # name, and must not make the mount forget it.
+    export, mp = tree
+    (export / "busy").mkdir()
+    async with counted(export, mp, attr_cache=0.2, negative_cache=0.2):
+        code = CREATE_WHILE_LISTED.replace('"', "'")
+        n = int(await sh(f'python3 -c "{code}" {mp}/busy'))
+        assert n > 10
+        assert sorted(os.listdir(export / "busy")) == sorted(f"g{i}" for i in range(n))
