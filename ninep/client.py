@@ -577,12 +577,7 @@ class Connection:
             raise
         finally:
             if afid != NOFID:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    try:
-                        await self.clunk(afid)
-                    except NinePError:
-                        pass
-                self.fids.put(afid)
+                self.clunk_soon(afid)  # with the next request: no round trip of its own at start
         return fid, qid
 
     async def attach(self, fid: int, uname: str | None = None, aname: str = "", afid: int = NOFID) -> Qid:
