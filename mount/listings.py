@@ -94,6 +94,9 @@ class Listings(Nodes):
                 self._clunk_later(node)
                 if entries is None or self.inodes.get(d.ino) is not d or d.removed_at >= since:
                     return  # a name we removed meanwhile may be in it: learning it would bring it back
+                if len(entries) > RELIST_MAX:
+                    d.list_size = len(entries)  # too big to keep for lookups; not read again for them
+                    return
                 for st in entries:
                     self._learn(d, st.name, st)
                 self._listed_whole(d, entries, since, qid.vers)
