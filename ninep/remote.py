@@ -538,22 +538,6 @@ class RemoteTree(Tree):
         new, qid, _, new.first_read = await self.walk_open_read(node, names, OREAD, count)
         return new, qid
 
-    async def walk_open_list(
-        self, node: RemoteNode, names: Sequence[str], unless_vers: int = 0
-    ) -> tuple[RemoteNode, Qid, list[Stat] | None]:
-        """Twalk, Topen and the first Tread in one write; more reads only for a directory
-        bigger than that (or to see that it ends)."""
-        if len(names) > MAXWELEM:
-            return await super().walk_open_list(node, names, unless_vers)
-        new, qid = await self.walk_opendir(node, names, node.conn.iounit)
-        if unless_vers and qid.vers == unless_vers:
-            return new, qid, None
-        try:
-            return new, qid, await self.readdir(new)
-        except BaseException:
-            await self.clunk(new)
-            raise
-
     async def walk_open_stat(
         self, node: RemoteNode, names: Sequence[str], mode: int, count: int = 0
     ) -> tuple[RemoteNode, Qid, int, bytes | None, Stat]:

@@ -37,6 +37,9 @@ class Node(Protocol):
     qid: Qid
 
 
+LIST_FIRST_READ = 1 << 20  # walk_open_list's first read, with the open (a tree caps it at its iounit)
+
+
 class Tree(ABC):
     """A file server. Subclasses implement either `walk` or `walk1` + `clone`."""
 
@@ -181,7 +184,7 @@ class Tree(ABC):
         """Walk to a directory, open it and read all of it, in as few round trips as the
         tree can; None for the listing when the directory's qid.vers is `unless_vers`
         (not 0): the caller has that listing already."""
-        new, qid, _ = await self.walk_open(node, names, OREAD)
+        new, qid = await self.walk_opendir(node, names, LIST_FIRST_READ)
         if unless_vers and qid.vers == unless_vers:
             return new, qid, None
         try:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from mount.mounter import unmount
+from ninep import RemoteTree
 
-from .servers import ninefs_command
+from .servers import ninefs_command, server_process
 
 
 def fuse_available() -> bool:
@@ -83,3 +89,36 @@ def on_terminal(
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+@asynccontextmanager
+async def mounted_here(
+    export: Path, mp: Path, counts: Counter[str] | None = None, **options: Any
+) -> AsyncIterator[RemoteTree]:
+    """`export` served by `ninefs serve` and mounted on `mp` in this trio loop (the kernel's
+    requests counted by opcode into `counts`); yields the mount's tree, whose connection
+    can count the 9P side (Connection.counts). Commands run as subprocesses meanwhile."""
+    from mount.fuse import FuseOptions
+    from mount.mounter import mount_tree
+
+    with server_process(str(export)) as (address, _):
+        async with RemoteTree.connect(address, uname="root") as tree, trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(
+                partial(
+                    mount_tree,
+                    tree,
+                    str(mp),
+                    uname="root",
+                    options=FuseOptions(**options),
+                    ready=ready.set,
+                    unmount_on_signals=False,
+                    counts=counts,
+                )
+            )
+            with trio.fail_after(30):
+                await ready.wait()
+            try:
+                yield tree
+            finally:
+                nursery.cancel_scope.cancel()

@@ -13,17 +13,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from mount.fuse import FuseOptions
 from mount.mounter import mount_tree
 from ninep import RemoteTree
 
-from .fuse_helpers import needs_fuse
+from .fuse_helpers import mounted_here, needs_fuse
 from .servers import server_process
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -34,27 +32,8 @@ async def counted_mount(export: Path, mp: Path, **options: float | bool) -> Asyn
     """`export` served by `ninefs serve` and mounted on `mp` in this loop; yields the counter
     of the kernel's requests by opcode name."""
     counts: Counter[str] = Counter()
-    with server_process(str(export)) as (address, _):
-        async with RemoteTree.connect(address, uname="root") as tree, trio.open_nursery() as nursery:
-            ready = trio.Event()
-            nursery.start_soon(
-                partial(
-                    mount_tree,
-                    tree,
-                    str(mp),
-                    uname="root",
-                    options=FuseOptions(**options),  # type: ignore[arg-type]
-                    ready=ready.set,
-                    unmount_on_signals=False,
-                    counts=counts,
-                )
-            )
-            with trio.fail_after(30):
-                await ready.wait()
-            try:
-                yield counts
-            finally:
-                nursery.cancel_scope.cancel()
+    async with mounted_here(export, mp, counts, **options):
+        yield counts
 
 
 async def sh(command: str) -> str:

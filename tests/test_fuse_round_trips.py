@@ -11,18 +11,12 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from mount.fuse import FuseOptions
-from mount.mounter import mount_tree
-from ninep import RemoteTree
-
-from .fuse_helpers import needs_fuse
-from .servers import server_process
+from .fuse_helpers import mounted_here, needs_fuse
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -31,28 +25,10 @@ pytestmark = [pytest.mark.fuse, needs_fuse]
 async def counted(export: Path, mp: Path, **options: float) -> AsyncIterator[Counter[str]]:
     """`export` served and mounted on `mp` in this loop; yields the 9P counter (by request
     type, and "waits")."""
-    with server_process(str(export)) as (address, _):
-        async with RemoteTree.connect(address, uname="root") as tree, trio.open_nursery() as nursery:
-            ready = trio.Event()
-            nursery.start_soon(
-                partial(
-                    mount_tree,
-                    tree,
-                    str(mp),
-                    uname="root",
-                    options=FuseOptions(**options),  # type: ignore[arg-type]
-                    ready=ready.set,
-                    unmount_on_signals=False,
-                )
-            )
-            with trio.fail_after(30):
-                await ready.wait()
-            nine: Counter[str] = Counter()
-            tree.conn.counts = nine
-            try:
-                yield nine
-            finally:
-                nursery.cancel_scope.cancel()
+    async with mounted_here(export, mp, **options) as tree:
+        nine: Counter[str] = Counter()
+        tree.conn.counts = nine
+        yield nine
 
 
 async def sh(command: str) -> str:
