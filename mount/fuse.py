@@ -3,7 +3,8 @@
 Every FUSE request is a coroutine in the same trio loop as the 9P client, under
 a deadline, so a dead server becomes an error, never a hang (fuseop.py). Inodes
 are qids (inodes.py); the nodes (fids) behind them are walked, kept and given
-back by nodes.py; open files are read ahead and written behind by fileio.py.
+back by nodes.py; directories are listed by listings.py, and their names changed by
+names.py; open files are read ahead and written behind by fileio.py.
 
 Speed comes from doing less: directory reads carry attributes (`ls -l` is one
 read), our own attribute and name caches answer repeated stats and lookups
@@ -33,19 +34,16 @@ from ninep.constants import (
     DMDIR,
     OREAD,
     OTRUNC,
-    QTDIR,
 )
-from ninep.errors import NinePError
 from ninep.messages import Qid, Stat
 from ninep.posix import dm_special, unix_special
-from ninep.tree import Tree, dir_perm, file_perm
+from ninep.tree import Tree, file_perm
 
 from .fileio import READAHEAD, FileIO, Handle, OpenFile, Window
-from .fuseabi import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, FileInfo, FuseError, StatvfsData
-from .fusecodec import DirentBuffer
+from .fuseabi import Attr, FileInfo, FuseError, StatvfsData
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
-from .listings import Listings
+from .names import Names
 from .posix import Statfs, check_name, create_mode, maker, open_mode, owner_name, wstat_keeping, wstat_mode
 
 __all__ = ["FuseOptions", "TreeFS"]
@@ -78,10 +76,9 @@ class FuseOptions:
 # and we ask the server (fstat of a file written elsewhere, or unlinked).
 OPEN_FILE_TTL = 1.0
 MISSING_MAX = 4096  # names remembered as missing, at most
-DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 
 
-class TreeFS(Listings, FileIO):
+class TreeFS(Names, FileIO):
     """The FUSE operations (fusesession.py calls them) over a `Tree` attached as `uname`."""
 
     def __init__(
@@ -159,17 +156,6 @@ class TreeFS(Listings, FileIO):
         a.st_mtime_ns = s.mtime * 1_000_000_000
         a.st_ctime_ns = s.mtime * 1_000_000_000
         return a
-
-    def _dir_changed(self, d: Inode) -> None:
-        """We changed `d`'s entries: its mtime is now, and the rest of its stat still holds.
-
-        Kept fresh, so the kernel's permission check on the next path through `d`
-        (we mount with default_permissions) is answered without a Tstat.
-        """
-        d.stat = dataclasses.replace(d.stat, mtime=int(time.time()))
-        # Its qid.vers moved to one we have not seen: our listing of it is not known whole
-        # at any qid.vers until it is read again (listings.py).
-        d.known_vers, d.changed_at = 0, time.monotonic()
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
@@ -408,34 +394,6 @@ class TreeFS(Listings, FileIO):
         with self._pinned(root):
             return await self.statvfs.read(self.tree, await self._node(root))
 
-    # --- directories -----------------------------------------------------------------------------
-
-    @fuse_op
-    async def opendir(self, inode: int, ctx: Any) -> FileInfo:
-        i = self._inode(inode)
-        since = time.monotonic()
-        # A listing always asks the server, if only for the directory's qid.vers: what the
-        # kernel or we know of it is used only while that is unchanged.
-        if i.listing_vers == 0:
-            # The kernel has no listing of it (never read, changed, or it forgot the inode):
-            # its first read goes with the open, and the tree keeps it for readdir (one round
-            # trip less for `ls` and `find`; nothing more to wait for if it is only fsync'd).
-            node, qid = await self._walk_opendir(i, DIR_FIRST_READ)
-        else:
-            node, qid, _ = await self._walk_open(i, OREAD)
-        h = Handle(i, node, 0, False, False)
-        h.vers, h.listed, h.prefetched = qid.vers, since, i.listing_vers == 0
-        # The kernel keeps the listing it read (FOPEN_CACHE_DIR), and may serve it again while
-        # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
-        # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
-        # a server that does not version directories: always read afresh.
-        keep = qid.vers != 0 and i.listing_vers == qid.vers
-        if not keep and qid.vers != 0 and qid.vers == i.known_vers:
-            # Unchanged since we last read all of it, and we have all of it still: the kernel
-            # dropped its listing (drop_caches) and gets ours, with no more reads.
-            h.entries = self._listing_from_memory(i)
-        return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
-
     def _new_handle(self, h: Handle) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -443,41 +401,6 @@ class TreeFS(Listings, FileIO):
         h.inode.open_handles += 1
         self._opened(h)
         return fh
-
-    @fuse_op
-    async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
-        h = self.handles[fh]
-        if start_id == 0 or h.entries is None:
-            if not (h.prefetched and h.entries is not None):  # else ours, from opendir
-                if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
-                    h.listed = time.monotonic()
-                h.entries = list(await self.tree.readdir(h.node))
-            h.prefetched = False  # rewinddir reads afresh
-        # "." and ".." first (ids 1 and 2; the kernel takes no lookup count for them), then entry
-        # k with id k + 3.
-        for i, name in ((0, b"."), (1, b"..")):
-            if i >= start_id:
-                dot = self.inodes.get(h.inode.parent if i else h.inode.ino) or h.inode
-                if not buf.add(name, self._attr(dot), i + 1):
-                    return
-        raced = h.inode.removed_at >= h.listed  # we removed or renamed something there since
-        for i in range(max(start_id - 2, 0), len(h.entries)):
-            st = h.entries[i]
-            if raced and st.name not in h.inode.children:
-                continue  # maybe one we removed: not brought back (readdir(3) may leave it out)
-            inode = self._learn(h.inode, st.name, st)
-            if not buf.add(os.fsencode(st.name), self._attr(inode), i + 3):
-                break
-            if buf.plus:  # READDIRPLUS: each entry is a lookup the kernel will forget
-                inode.lookups += 1
-                self.inodes.revive(inode)
-        else:
-            h.inode.listing_vers = h.vers
-            self._listed_whole(h.inode, h.entries, h.listed, h.vers)
-
-    @fuse_op
-    async def releasedir(self, fh: int) -> None:
-        await self._release_handle(fh)
 
     async def _release_handle(self, fh: int, *, restat: bool = False) -> None:
         h = self.handles.pop(fh, None)
@@ -497,153 +420,6 @@ class TreeFS(Listings, FileIO):
                 node = self.inodes.retire(h.inode, self.options.attr_cache)
                 if node is not None:
                     self._clunk_later(node)
-
-    @fuse_op
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Attr:
-        self._writable()
-        check_name(name)
-        parent = self._inode(parent_inode)
-        n = os.fsdecode(name)
-        node, qid, _ = await self._create_in(parent, n, DMDIR | (mode & 0o777), OREAD)
-        owner = maker(ctx.uid, ctx.gid, self.uid, parent.stat)  # allow_other: the maker's
-        try:  # POSIX: the mode asked, less the umask (the kernel's); open(5) gave less
-            asked = DMDIR | (mode & 0o777) | dm_special(mode)
-            got = dir_perm(mode & 0o777, parent.stat.mode)
-            perm, given = await create_mode(self.tree, node, asked, got, owner)
-        finally:
-            self._clunk_later(node)
-        attr = self._created(parent, n, self._new_stat(parent, n, qid, perm, owner if given else None))
-        self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
-        return attr
-
-    def _new_stat(
-        self, parent: Inode, name: str, qid: Qid, mode: int, owner: tuple[str, str] | None = None
-    ) -> Stat:
-        """The stat a conforming server gives a file we just created (open(5)), without asking;
-        `owner`: the user and group it was given to after (posix.create_mode)."""
-        now = int(time.time())
-        return Stat(
-            qid=qid,
-            mode=mode,
-            atime=now,
-            mtime=now,
-            length=0,
-            name=name,
-            uid=owner[0] if owner else self.uname,
-            gid=owner[1] if owner else parent.stat.gid,
-            muid=self.uname,
-        )
-
-    def _created(self, parent: Inode, name: str, stat: Stat) -> Attr:
-        self._dir_changed(parent)
-        inode = self._learn(parent, name, stat)
-        inode.lookups += 1
-        self.inodes.revive(inode)
-        return self._attr(inode)
-
-    async def _remove(self, parent_inode: int, name: bytes) -> None:
-        self._writable()
-        check_name(name)
-        parent = self._inode(parent_inode)
-        n = os.fsdecode(name)
-        ino = parent.children.get(n)
-        child = self.inodes.get(ino) if ino is not None else None
-        if child is not None:
-            self._let_go(child)  # its clunks go out with the remove, not one by one after it
-        with self._pinned(parent):
-            await self.tree.walk_remove(await self._node(parent), [n])
-        self.inodes.unlink(parent, n)
-        parent.removed_at = time.monotonic()
-        self._dir_changed(parent)
-
-    @fuse_op
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._remove(parent_inode, name)
-
-    @fuse_op
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        await self._remove(parent_inode, name)
-
-    @fuse_op
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: Any,
-    ) -> None:
-        self._writable()
-        if parent_inode_old != parent_inode_new:
-            raise FuseError(errno.EXDEV)  # wstat(5) renames within a directory; mv copies
-        if flags & RENAME_EXCHANGE:
-            raise FuseError(errno.EINVAL)
-        check_name(name_old)
-        check_name(name_new)
-        parent = self._inode(parent_inode_old)
-        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
-        if new not in parent.children:
-            # The kernel looked `new` up first and found nothing: one round trip, walk and
-            # wstat together. 9P refuses to rename onto a name that is there ("file already
-            # exists"), so if it was made meanwhile, the whole way below does it.
-            try:
-                with self._pinned(parent):
-                    await self.tree.walk_wstat(await self._node(parent), [old], Stat.dont_touch(name=new))
-            except OSError as e:
-                if e.errno != errno.EEXIST or flags & RENAME_NOREPLACE:
-                    raise
-            else:
-                self._renamed(parent, old, new)
-                return
-        walked: dict[str, Any] = {}  # name -> its node, or the error its walk met
-
-        async def walk(name: str) -> None:
-            try:
-                walked[name] = (await self.tree.walk(pnode, [name]))[1]
-            except (NinePError, OSError) as e:
-                walked[name] = e
-
-        with self._pinned(parent):
-            pnode = await self._node(parent)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(walk, new)  # both walks in flight at once: one round trip
-                    await walk(old)
-                node, target = walked[old], walked[new]
-                if isinstance(node, BaseException):
-                    raise node
-                if node is None:
-                    raise FuseError(errno.ENOENT)
-                if target is not None and not isinstance(target, BaseException):
-                    if flags & RENAME_NOREPLACE:
-                        raise FuseError(errno.EEXIST)
-                    # POSIX rename replaces the target; 9P refuses, so remove it first (as 9pfuse does).
-                    # The walks' qids say which is a directory: no Tstat (the kernel checked too).
-                    target_dir = bool(target.qid.type & QTDIR)
-                    if target_dir != bool(node.qid.type & QTDIR):
-                        raise FuseError(errno.EISDIR if target_dir else errno.ENOTDIR)
-                    del walked[new]  # remove(5) clunks it, whatever the answer
-                    await self.tree.remove(target)
-                    self.inodes.unlink(parent, new)
-                await self.tree.wstat(node, Stat.dont_touch(name=new))
-            finally:
-                for n in walked.values():
-                    if n is not None and not isinstance(n, BaseException):
-                        self._clunk_later(n)
-        self._renamed(parent, old, new)
-
-    def _renamed(self, parent: Inode, old: str, new: str) -> None:
-        parent.removed_at = time.monotonic()
-        ino = parent.children.pop(old, None)
-        moved = self.inodes.get(ino) if ino is not None else None
-        self.missing.pop((parent.ino, new), None)
-        if moved is not None:
-            moved.name = new
-            parent.children[new] = moved.ino
-        else:
-            parent.listed = 0.0  # `new` exists now, and we know no inode for it
-        self._dir_changed(parent)
 
     # --- files -------------------------------------------------------------------------------------
 
@@ -758,9 +534,6 @@ class TreeFS(Listings, FileIO):
             h.append = h.direct = True  # the mount places each write at the end (fileio._append)
         fh = self._new_handle(h)
         return self._fileinfo(fh, h, qid), attr
-
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
 
     async def release(self, fh: int) -> None:
         h = self.handles.get(fh)

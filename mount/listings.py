@@ -1,4 +1,5 @@
-"""What the mount knows of a directory as a whole: every name in it, as of a listing.
+"""Directories: what the mount knows of one as a whole (every name in it, as of a
+listing), and the FUSE operations that list them.
 
 A directory whose whole listing we read (and changed only through this mount since)
 answers lookups of names it does not have with "no such file" for the attribute-cache
@@ -15,25 +16,34 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
+from ninep.constants import OREAD
 from ninep.messages import Stat
 
+from .fileio import Handle
+from .fuseabi import FileInfo
+from .fusecodec import DirentBuffer
+from .fuseop import fuse_op
 from .inodes import Inode
 from .nodes import Nodes
 
-__all__ = ["RELIST_MAX", "Listings"]
+__all__ = ["DIR_FIRST_READ", "RELIST_MAX", "Listings"]
 
 log = logging.getLogger("ninefs.fuse")
 
 RELIST_MAX = 10_000  # a directory listed bigger than this is not read again for lookups' sake
+DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 
 
 class Listings(Nodes):
-    """The whole-directory half of TreeFS (mount/fuse.py), which sets up `kernel`."""
+    """The directory half of TreeFS (mount/fuse.py), which sets up `kernel` and `handles`
+    and gives `_attr`, `_new_handle` and `_release_handle`."""
 
-    kernel: object | None  # the FUSE session, for notify_inval_entry
+    kernel: Any  # the FUSE session, for notify_inval_entry
+    handles: dict[int, Handle]
 
     def _listed_whole(self, d: Inode, entries: Sequence[Stat], since: float, vers: int) -> None:
         """`entries` are all of `d`, as the server had it at `since`, at qid.vers `vers`
@@ -59,7 +69,7 @@ class Listings(Nodes):
             if name not in listed and (child is None or child.seen_at < since):
                 self.inodes.unlink(d, name)
                 if self.kernel is not None:
-                    self.kernel.notify_inval_entry(d.ino, os.fsencode(name))  # type: ignore[attr-defined]
+                    self.kernel.notify_inval_entry(d.ino, os.fsencode(name))
 
     def _listing_from_memory(self, d: Inode) -> list[Stat] | None:
         """All of `d` as we last read it (the caller saw its qid.vers unchanged since), if
@@ -104,3 +114,69 @@ class Listings(Nodes):
             log.debug("listing %s again: %s", d.name, e)
         finally:
             d.relisting = False
+
+    # --- the FUSE directory operations --------------------------------------------------------
+
+    @fuse_op
+    async def opendir(self, inode: int, ctx: Any) -> FileInfo:
+        i = self._inode(inode)
+        since = time.monotonic()
+        # A listing always asks the server, if only for the directory's qid.vers: what the
+        # kernel or we know of it is used only while that is unchanged.
+        if i.listing_vers == 0:
+            # The kernel has no listing of it (never read, changed, or it forgot the inode):
+            # its first read goes with the open, and the tree keeps it for readdir (one round
+            # trip less for `ls` and `find`; nothing more to wait for if it is only fsync'd).
+            node, qid = await self._walk_opendir(i, DIR_FIRST_READ)
+        else:
+            node, qid, _ = await self._walk_open(i, OREAD)
+        h = Handle(i, node, 0, False, False)
+        h.vers, h.listed, h.prefetched = qid.vers, since, i.listing_vers == 0
+        # The kernel keeps the listing it read (FOPEN_CACHE_DIR), and may serve it again while
+        # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
+        # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
+        # a server that does not version directories: always read afresh.
+        keep = qid.vers != 0 and i.listing_vers == qid.vers
+        if not keep and qid.vers != 0 and qid.vers == i.known_vers:
+            # Unchanged since we last read all of it, and we have all of it still: the kernel
+            # dropped its listing (drop_caches) and gets ours, with no more reads.
+            h.entries = self._listing_from_memory(i)
+        return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
+
+    @fuse_op
+    async def readdir(self, fh: int, start_id: int, buf: DirentBuffer) -> None:
+        h = self.handles[fh]
+        if start_id == 0 or h.entries is None:
+            if not (h.prefetched and h.entries is not None):  # else ours, from opendir
+                if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
+                    h.listed = time.monotonic()
+                h.entries = list(await self.tree.readdir(h.node))
+            h.prefetched = False  # rewinddir reads afresh
+        # "." and ".." first (ids 1 and 2; the kernel takes no lookup count for them), then entry
+        # k with id k + 3.
+        for i, name in ((0, b"."), (1, b"..")):
+            if i >= start_id:
+                dot = self.inodes.get(h.inode.parent if i else h.inode.ino) or h.inode
+                if not buf.add(name, self._attr(dot), i + 1):
+                    return
+        raced = h.inode.removed_at >= h.listed  # we removed or renamed something there since
+        for i in range(max(start_id - 2, 0), len(h.entries)):
+            st = h.entries[i]
+            if raced and st.name not in h.inode.children:
+                continue  # maybe one we removed: not brought back (readdir(3) may leave it out)
+            inode = self._learn(h.inode, st.name, st)
+            if not buf.add(os.fsencode(st.name), self._attr(inode), i + 3):
+                break
+            if buf.plus:  # READDIRPLUS: each entry is a lookup the kernel will forget
+                inode.lookups += 1
+                self.inodes.revive(inode)
+        else:
+            h.inode.listing_vers = h.vers
+            self._listed_whole(h.inode, h.entries, h.listed, h.vers)
+
+    @fuse_op
+    async def releasedir(self, fh: int) -> None:
+        await self._release_handle(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
