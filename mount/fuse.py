@@ -166,12 +166,12 @@ class TreeFS(Names, FileIO):
         if not inode.fresh(self.options.attr_cache):
             opened = self._opened_node(inode)
             if opened is not None:
-                inode.stat = await self.tree.stat(opened)
+                stat = await self.tree.stat(opened)
             elif inode.node is None and self.tree.pipelines and inode.ino != ROOT_INODE:
                 # Walked and stated in one round trip; the node is kept as _node keeps it.
                 base, names = self._walk_from(inode)
                 with self._pinned(base):
-                    node, inode.stat = await self.tree.walk_stat(await self._node(base), names)
+                    node, stat = await self.tree.walk_stat(await self._node(base), names)
                 if inode.node is None and self.inodes.get(inode.ino) is inode:
                     inode.node = node
                     self._hold(inode)
@@ -179,8 +179,8 @@ class TreeFS(Names, FileIO):
                     self._clunk_later(node)
             else:
                 with self._pinned(inode):
-                    inode.stat = await self.tree.stat(await self._node(inode))
-            inode.stat_time, inode.written_at = time.monotonic(), 0.0
+                    stat = await self.tree.stat(await self._node(inode))
+            inode.took(stat)
         return inode.stat
 
     def _opened_node(self, inode: Inode) -> Any:
@@ -377,8 +377,7 @@ class TreeFS(Names, FileIO):
                 if "mtime" in changes:
                     i.vers_stale = True  # a server's qid.vers may follow mtime (ours does)
                 return self._attr(i)
-            i.stat = await self.tree.stat(node)  # a new length moves qid.vers and mtime
-        i.stat_time, i.written_at = time.monotonic(), 0.0
+            i.took(await self.tree.stat(node))  # a new length moves qid.vers and mtime
         return self._attr(i)
 
     def _writable(self) -> None:
@@ -472,7 +471,7 @@ class TreeFS(Names, FileIO):
         except BaseException:
             self._clunk_later(node)
             raise
-        i.stat, i.stat_time, i.vers_stale, i.written_at = stat, time.monotonic(), False, 0.0
+        i.took(stat)
         # Streams (devices, ctl files: length 0 and qid.vers 0) go past the page cache, in order;
         # an empty file is a file (mmap, SQLite's -shm), and one we made never is a stream.
         stream = is_stream(stat) and not i.regular
@@ -564,8 +563,7 @@ class TreeFS(Names, FileIO):
                     and inode.writes == writes
                     and not inode.fresh(self.options.attr_cache)
                 ):
-                    inode.stat, inode.stat_time = stat, time.monotonic()
-                    inode.vers_stale, inode.written_at = False, 0.0
+                    inode.took(stat)
         except Exception as e:
             log.debug("restat: %s", e)
         finally:

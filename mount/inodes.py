@@ -90,6 +90,12 @@ class Inode:
     def fresh(self, ttl: float) -> bool:
         return time.monotonic() - self.stat_time < ttl
 
+    def took(self, stat: Stat) -> None:
+        """`stat` is the server's, just now: what we guessed since its last one (a length from
+        our own writes, a qid.vers our wstat moved) is over."""
+        self.stat, self.stat_time = stat, time.monotonic()
+        self.written_at, self.vers_stale = 0.0, False
+
 
 class InodeTable:
     """Inodes by number and by qid.path."""

@@ -102,7 +102,7 @@ class Listings(Nodes):
                 with self._pinned(base):
                     node, qid, entries = await self.tree.walk_open_list(await self._node(base), names)
                 self._clunk_later(node)
-                if entries is None or self.inodes.get(d.ino) is not d or d.removed_at >= since:
+                if self.inodes.get(d.ino) is not d or d.removed_at >= since:
                     return  # a name we removed meanwhile may be in it: learning it would bring it back
                 if len(entries) > RELIST_MAX:
                     d.list_size = len(entries)  # too big to keep for lookups; not read again for them

@@ -178,15 +178,10 @@ class Tree(ABC):
         new, qid, _ = await self.walk_open(node, names, OREAD)
         return new, qid
 
-    async def walk_open_list(
-        self, node: Any, names: Sequence[str], unless_vers: int = 0
-    ) -> tuple[Any, Qid, Sequence[Stat] | None]:
+    async def walk_open_list(self, node: Any, names: Sequence[str]) -> tuple[Any, Qid, Sequence[Stat]]:
         """Walk to a directory, open it and read all of it, in as few round trips as the
-        tree can; None for the listing when the directory's qid.vers is `unless_vers`
-        (not 0): the caller has that listing already."""
+        tree can."""
         new, qid = await self.walk_opendir(node, names, LIST_FIRST_READ)
-        if unless_vers and qid.vers == unless_vers:
-            return new, qid, None
         try:
             return new, qid, await self.readdir(new)
         except BaseException:
