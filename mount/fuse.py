@@ -54,9 +54,10 @@ log = logging.getLogger("ninefs.fuse")
 @dataclass(frozen=True, slots=True)
 class FuseOptions:
     timeout: float = 30.0  # deadline of every operation
-    # How long we trust a stat we saw before asking again (sshfs: 20 s). Another machine's
-    # changes show in stat and ls -l that much later; contents never lag, because every
-    # open revalidates through the qid.vers in Ropen (and bypasses stale kernel state).
+    # How long we trust a stat, and a directory's listing, we saw before asking again (sshfs:
+    # 20 s). Another machine's changes show in stat and ls that much later; file contents
+    # never lag, because every open revalidates through the qid.vers in Ropen (and bypasses
+    # stale kernel state).
     attr_cache: float = 10.0
     # How long the kernel may trust names and attributes we gave it; None: as long as we
     # trust them ourselves (what is left of attr_cache), so it stops asking what we know.
@@ -117,7 +118,8 @@ class TreeFS(Names, FileIO):
         with trio.move_on_after(10) as scope:
             scope.shield = True
             for h in list(self.handles.values()):
-                await self._clunk(h.node)
+                if h.node is not None:  # None: a directory listed from memory
+                    await self._clunk(h.node)
             self.handles.clear()
             while self.spares:
                 await self._clunk(self.spares.popitem()[1][2])
@@ -413,7 +415,7 @@ class TreeFS(Names, FileIO):
             if restat and self.nursery is not None:
                 h.inode.restat = trio.Event()
                 self.nursery.start_soon(self._restat_and_clunk, h.inode, h.node, h.inode.restat)
-            else:
+            elif h.node is not None:  # None: a directory listed from memory
                 self._clunk_later(h.node)
             if h.inode.lookups <= 0 and h.inode.open_handles == 0 and h.inode.ino != ROOT_INODE:
                 node = self.inodes.retire(h.inode, self.options.attr_cache)

@@ -117,11 +117,29 @@ class Listings(Nodes):
 
     # --- the FUSE directory operations --------------------------------------------------------
 
+    def _whole_listing(self, d: Inode, now: float) -> list[Stat] | None:
+        """All of `d` from memory, when the server showed us all of it (or we made it) within
+        the attribute-cache time and every change since was ours: the trust lookups already
+        put in it (they answer "no such file" for names it lacks). Not for a directory the
+        server does not version (qid.vers 0: /proc, /cmd, a namespace's own), read afresh."""
+        if now - d.listed >= self.options.attr_cache or d.stat.qid.vers == 0:
+            return None
+        return self._listing_from_memory(d)
+
     @fuse_op
     async def opendir(self, inode: int, ctx: Any) -> FileInfo:
         i = self._inode(inode)
         since = time.monotonic()
-        # A listing always asks the server, if only for the directory's qid.vers: what the
+        entries = self._whole_listing(i, since)
+        if entries is not None:
+            # Nothing asked: another machine's change shows here after the attribute-cache
+            # time at most, as in stat (sshfs: its 20 s dir_cache). The kernel keeps its own
+            # listing while we know the one it read to be the directory's still.
+            h = Handle(i, None, 0, False, False)
+            h.vers, h.listed, h.entries, h.prefetched, h.memory = i.known_vers, since, entries, True, True
+            keep = i.known_vers != 0 and i.listing_vers == i.known_vers
+            return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
+        # Else the listing asks the server, if only for the directory's qid.vers: what the
         # kernel or we know of it is used only while that is unchanged.
         if i.listing_vers == 0:
             # The kernel has no listing of it (never read, changed, or it forgot the inode):
@@ -137,10 +155,13 @@ class Listings(Nodes):
         # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
         # a server that does not version directories: always read afresh.
         keep = qid.vers != 0 and i.listing_vers == qid.vers
-        if not keep and qid.vers != 0 and qid.vers == i.known_vers:
-            # Unchanged since we last read all of it, and we have all of it still: the kernel
-            # dropped its listing (drop_caches) and gets ours, with no more reads.
-            h.entries = self._listing_from_memory(i)
+        if qid.vers != 0 and qid.vers == i.known_vers:
+            # Unchanged since we last read all of it (nor changed by us: known_vers would be
+            # 0): what we hold is all of it as of now, for lookups and the next opendir.
+            if i.removed_at < since:
+                i.listed = since
+            if not keep:  # the kernel dropped its listing (drop_caches) and gets ours
+                h.entries = self._listing_from_memory(i)
         return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
 
     @fuse_op
@@ -148,6 +169,9 @@ class Listings(Nodes):
         h = self.handles[fh]
         if start_id == 0 or h.entries is None:
             if not (h.prefetched and h.entries is not None):  # else ours, from opendir
+                if h.node is None:  # rewinddir of a listing from memory: now the server's
+                    h.node, _, _ = await self._walk_open(h.inode, OREAD)
+                    h.memory = False
                 if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
                     h.listed = time.monotonic()
                 h.entries = list(await self.tree.readdir(h.node))
@@ -172,7 +196,8 @@ class Listings(Nodes):
                 self.inodes.revive(inode)
         else:
             h.inode.listing_vers = h.vers
-            self._listed_whole(h.inode, h.entries, h.listed, h.vers)
+            if not h.memory:  # ours says nothing new of the server's directory
+                self._listed_whole(h.inode, h.entries, h.listed, h.vers)
 
     @fuse_op
     async def releasedir(self, fh: int) -> None:

@@ -345,7 +345,7 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
         type=seconds,
         metavar="S",
         default=FuseOptions().attr_cache,
-        help="how long ninefs (and the kernel) trust a stat seen (s); longer is faster, staler",
+        help="how long ninefs (and the kernel) trust a stat or listing seen (s); longer is faster, staler",
     )
     p.add_argument(
         "--cache",

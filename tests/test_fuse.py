@@ -325,15 +325,18 @@ def test_no_reconnect_fails_instead(tmp_path):
             assert r.returncode != 0
 
 
-def test_open_for_append_finds_a_file_made_elsewhere_after_a_listing(mnt):
-    export, mp = mnt
-    ok(f"ls {mp}/src")  # the mount now knows every name in src
-    (export / "src" / "late.txt").write_text("made on the server\n")
-    time.sleep(1.2)  # past the kernel's own cache
-    assert ok(f"ls {mp}/src").count("late.txt") == 1  # a listing always asks the server
-    (export / "src" / "later.txt").write_text("first\n")
-    ok(f"echo appended >> {mp}/src/later.txt")  # O_CREAT: opens what is there, no EEXIST
-    assert (export / "src" / "later.txt").read_text() == "first\nappended\n"
+def test_open_for_append_finds_a_file_made_elsewhere_after_a_listing(tmp_path):
+    export, mp = tmp_path / "export", tmp_path / "mnt"
+    (export / "src").mkdir(parents=True)
+    mp.mkdir()
+    with server_process(str(export)) as (address, _), mounted(address, str(mp), "--attr-cache", "1"):
+        ok(f"ls {mp}/src")  # the mount now knows every name in src
+        (export / "src" / "late.txt").write_text("made on the server\n")
+        time.sleep(1.2)  # past the attribute cache: the next listing asks the server
+        assert ok(f"ls {mp}/src").count("late.txt") == 1
+        (export / "src" / "later.txt").write_text("first\n")
+        ok(f"echo appended >> {mp}/src/later.txt")  # O_CREAT: opens what is there, no EEXIST
+        assert (export / "src" / "later.txt").read_text() == "first\nappended\n"
 
 
 def test_reads_are_whole_when_the_server_answers_in_small_pieces(tmp_path):
