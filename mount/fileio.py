@@ -84,7 +84,7 @@ class Handle:
     listed: float = 0.0  # when a directory handle read its entries
     prefetched: bool = False  # its first read came with the opendir, at `listed`
     vers: int = 0  # a directory's qid.vers when opened
-    memory: bool = False  # a directory opened without the server: its entries are our listing
+    memory: bool = False  # a directory's entries are our own listing, not one the server just sent
 
 
 @dataclass(eq=False, slots=True)

@@ -162,6 +162,7 @@ class Listings(Nodes):
                 i.listed = since
             if not keep:  # the kernel dropped its listing (drop_caches) and gets ours
                 h.entries = self._listing_from_memory(i)
+                h.memory = h.prefetched = h.entries is not None
         return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
 
     @fuse_op
@@ -171,7 +172,7 @@ class Listings(Nodes):
             if not (h.prefetched and h.entries is not None):  # else ours, from opendir
                 if h.node is None:  # rewinddir of a listing from memory: now the server's
                     h.node, _, _ = await self._walk_open(h.inode, OREAD)
-                    h.memory = False
+                h.memory = False
                 if not h.prefetched:  # else read from the open on: its time stands (_listed_whole)
                     h.listed = time.monotonic()
                 h.entries = list(await self.tree.readdir(h.node))
@@ -184,11 +185,19 @@ class Listings(Nodes):
                 if not buf.add(name, self._attr(dot), i + 1):
                     return
         raced = h.inode.removed_at >= h.listed  # we removed or renamed something there since
+        children, memory = h.inode.children, h.memory
         for i in range(max(start_id - 2, 0), len(h.entries)):
             st = h.entries[i]
-            if raced and st.name not in h.inode.children:
-                continue  # maybe one we removed: not brought back (readdir(3) may leave it out)
-            inode = self._learn(h.inode, st.name, st)
+            if memory:
+                # Our own listing: the inodes as they are, their stats as old as they are (not
+                # renewed by being listed: the server showed us nothing new).
+                inode = self.inodes.by_ino.get(children.get(st.name, 0))  # type: ignore[assignment]
+                if inode is None:
+                    continue  # removed since the open
+            else:
+                if raced and st.name not in children:
+                    continue  # maybe one we removed: not brought back (readdir(3) may leave it out)
+                inode = self._learn(h.inode, st.name, st)
             if not buf.add(os.fsencode(st.name), self._attr(inode), i + 3):
                 break
             if buf.plus:  # READDIRPLUS: each entry is a lookup the kernel will forget

@@ -46,6 +46,8 @@ def dm_special(st_mode: int) -> int:
 
 def unix_special(mode: int) -> int:
     """The Unix setuid, setgid and sticky bits of a 9P `mode` that carries them."""
+    if not mode & DM_SPECIAL:  # nearly every file: asked for each entry of every listing
+        return 0
     return sum(unix for unix, dm in _BITS if mode & dm)
 
 
