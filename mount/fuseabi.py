@@ -181,6 +181,7 @@ GETXATTR_IN = struct.Struct("<II")  # size padding
 ACCESS_IN = struct.Struct("<II")  # mask padding
 INTERRUPT_IN = struct.Struct("<Q")  # unique
 DIRENT = struct.Struct("<QQII")  # ino off namelen type; + name, padded to 8
+DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT.format[1:])  # + name
 NOTIFY_INVAL_INODE = struct.Struct("<Qqq")  # ino off len
 NOTIFY_INVAL_ENTRY = struct.Struct("<QII")  # parent namelen flags; + name NUL
 NOTIFY_DELETE = struct.Struct("<QQII")  # parent child namelen padding; + name NUL

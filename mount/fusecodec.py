@@ -10,6 +10,7 @@ values of fuseabi.py. Layouts are linux/fuse.h's (fuseabi.py).
 from __future__ import annotations
 
 import errno as errno_mod
+import struct
 
 from . import fuseabi as abi
 from .fuseabi import Attr, FileInfo, Op, SetattrIn, StatvfsData
@@ -319,21 +320,32 @@ def _ns(t: int) -> tuple[int, int]:
     return s & _U64, ns
 
 
-def _attr(a: Attr) -> bytes:
+_ENTRY_AND_ATTR = struct.Struct("<" + abi.ENTRY_OUT.format[1:] + abi.ATTR.format[1:])
+
+
+def _attr_fields(a: Attr) -> tuple[int, ...]:
     asec, ansec = _ns(a.st_atime_ns)
     msec, mnsec = _ns(a.st_mtime_ns)
     csec, cnsec = _ns(a.st_ctime_ns)
-    return abi.ATTR.pack(
+    return (
         a.st_ino, a.st_size, a.st_blocks, asec, msec, csec, ansec, mnsec, cnsec,
         a.st_mode, a.st_nlink, a.st_uid & 0xFFFFFFFF, a.st_gid & 0xFFFFFFFF, a.st_rdev, a.st_blksize, 0,
     )  # fmt: skip
 
 
-def entry_out(a: Attr) -> bytes:
-    """A lookup's (mkdir's, create's) answer; st_ino 0 is a negative entry."""
+def _attr(a: Attr) -> bytes:
+    return abi.ATTR.pack(*_attr_fields(a))
+
+
+def _entry_fields(a: Attr) -> tuple[int, ...]:
     es, ens = _split(a.entry_timeout)
     ats, atns = _split(a.attr_timeout)
-    return abi.ENTRY_OUT.pack(a.st_ino, a.generation, es, ats, ens, atns) + _attr(a)
+    return (a.st_ino, a.generation, es, ats, ens, atns, *_attr_fields(a))
+
+
+def entry_out(a: Attr) -> bytes:
+    """A lookup's (mkdir's, create's) answer; st_ino 0 is a negative entry."""
+    return _ENTRY_AND_ATTR.pack(*_entry_fields(a))
 
 
 def attr_out(a: Attr) -> bytes:
@@ -365,6 +377,9 @@ def init_out(
     )  # fmt: skip
 
 
+_PADS = tuple(b"\0" * k for k in range(8))
+
+
 class DirentBuffer:
     """A READDIR(PLUS) answer being filled: entries until the kernel's buffer is full.
 
@@ -381,15 +396,20 @@ class DirentBuffer:
 
     def add(self, name: bytes, attr: Attr, next_offset: int) -> bool:
         """Add an entry; False (and nothing added) once it would not fit."""
-        head = abi.DIRENT.size + len(name)
-        pad = -head % 8
-        record = abi.DIRENT.pack(attr.st_ino, next_offset, len(name), (attr.st_mode >> 12) & 0xF)
-        if self.plus:
-            record = entry_out(attr) + record
-        total = len(record) + len(name) + pad
-        if self.used + total > self.size:
-            return False
-        self._parts.append(record + name + b"\0" * pad)
+        n = len(name)
+        pad = -(abi.DIRENT.size + n) % 8
+        dirent = (attr.st_ino, next_offset, n, (attr.st_mode >> 12) & 0xF)
+        if self.plus:  # one pack for fuse_direntplus: entry_out, attr and dirent
+            total = abi.DIRENTPLUS.size + n + pad
+            if self.used + total > self.size:
+                return False
+            record = abi.DIRENTPLUS.pack(*_entry_fields(attr), *dirent)
+        else:
+            total = abi.DIRENT.size + n + pad
+            if self.used + total > self.size:
+                return False
+            record = abi.DIRENT.pack(*dirent)
+        self._parts.append(record + name + _PADS[pad])
         self.used += total
         return True
 
