@@ -17,7 +17,7 @@ under /tmp, so the disk is the same for all):
            the kernel's entry/attr timeouts stay at libfuse's 1 s, as for ninefs and the
            ceiling. An option that `sshfs -h` does not list is left out, and the note says
            so. "n/a" when sshfs/openssh-server cannot be installed
-  ceiling  benchmarks/passthrough.py: a bare pyfuse3 passthrough (no network, same
+  ceiling  benchmarks/passthrough.py: a bare passthrough on our FUSE session (no network, same
            kernel options as ninefs: 1 s entry/attr timeouts, no writeback cache)
 
 Rows, per configuration, in this order:
@@ -554,7 +554,7 @@ def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
     if read_line(proc, 20) != "ready":
         raise RuntimeError("passthrough.py did not say ready")
     wait_mounted(mp, proc, 10)
-    return Config("ceiling", root=mp, pids={"passthrough": proc.pid}, note="pyfuse3 passthrough, no network")
+    return Config("ceiling", root=mp, pids={"passthrough": proc.pid}, note="passthrough on our own FUSE session, no network")
 
 
 # --- the measurements ---------------------------------------------------------------------------------
@@ -1129,7 +1129,7 @@ def render(results: dict[str, dict[str, float] | None], sizes: Sizes) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(
-        description="ninefs mounted, against direct, sshfs and a pyfuse3 passthrough"
+        description="ninefs mounted, against direct, sshfs and a passthrough on our own FUSE session"
     )
     ap.add_argument(
         "--quick",

@@ -89,6 +89,34 @@ async def test_a_directory_the_mount_read_whole_is_listed_from_memory_then_check
                 await trio.sleep(0.2)
 
 
+async def test_a_listing_from_memory_shows_every_change_made_through_the_mount_at_once(tree):
+    export, mp = tree
+    (export / "e").mkdir()
+    async with counted(export, mp) as nine:
+
+        async def same(*dirs: str) -> None:
+            for d in dirs:
+                nine.clear()
+                assert (await sh(f"ls -a {mp}/{d}")).split() == sorted([".", "..", *os.listdir(export / d)])
+                assert nine["Tread"] == 0, nine  # the mount's own listing, read whole before
+
+        await sh(f"ls {mp}/d {mp}/e >/dev/null")
+        steps = [
+            f"echo new > {mp}/d/made",
+            f"mkdir {mp}/d/sub",
+            f"mv {mp}/d/made {mp}/d/renamed",
+            f"mv {mp}/d/renamed {mp}/e/moved",
+            f"mv {mp}/e/moved {mp}/d/n005",  # onto a name that exists
+            f"rm {mp}/d/n006",
+            f"rmdir {mp}/d/sub",
+            f"mv {mp}/d/n007 {mp}/e/; mkdir {mp}/e/n008; mv {mp}/e/n008 {mp}/d/dir8",
+        ]
+        for step in steps:
+            await sh(step)
+            await same("d", "e")
+        assert (await sh(f"cat {mp}/d/n005")) == "new\n"
+
+
 async def test_a_directory_opened_only_to_be_fsynced_costs_one_round_trip(tree):
     export, mp = tree
     async with counted(export, mp) as nine:
