@@ -554,7 +554,12 @@ def setup_ceiling(export: str, tmp: str, cleanup: Cleanup) -> Config:
     if read_line(proc, 20) != "ready":
         raise RuntimeError("passthrough.py did not say ready")
     wait_mounted(mp, proc, 10)
-    return Config("ceiling", root=mp, pids={"passthrough": proc.pid}, note="passthrough on our own FUSE session, no network")
+    return Config(
+        "ceiling",
+        root=mp,
+        pids={"passthrough": proc.pid},
+        note="passthrough on our own FUSE session, no network",
+    )
 
 
 # --- the measurements ---------------------------------------------------------------------------------
