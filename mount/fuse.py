@@ -160,6 +160,14 @@ class TreeFS(Names, FileIO):
                 await inode.restat.wait()
         if not inode.fresh(self.options.attr_cache):
             opened = self._opened_node(inode)
+            if opened is None and inode.stat_time > 0 and inode.ino != ROOT_INODE:
+                # Old by age (not made old by our own writes): its directory read again may
+                # answer this and its neighbours together (listings._fresh_by_relisting).
+                parent = self.inodes.get(inode.parent)
+                if parent is not None and parent.children.get(inode.name) == inode.ino:
+                    await self._fresh_by_relisting(parent, inode.name)
+        if not inode.fresh(self.options.attr_cache):
+            opened = self._opened_node(inode)
             if opened is not None:
                 stat = await self.tree.stat(opened)
             elif inode.node is None and self.tree.pipelines and inode.ino != ROOT_INODE:
@@ -236,6 +244,14 @@ class TreeFS(Names, FileIO):
                 # We listed this directory (or made it) and saw every change we made since:
                 # a name we do not know is not there, as far as the attribute cache goes.
                 return self._negative()
+            if inode is None or (inode.stat_time > 0 and not inode.fresh(self.options.attr_cache)):
+                # Not known (any more: the kernel forgot it, drop_caches) or known too long
+                # ago: its directory read again may answer this and its neighbours together.
+                found = await self._fresh_by_relisting(parent, n)
+                if found is not None:
+                    inode = found
+                elif n not in parent.children and time.monotonic() - parent.listed < self.options.attr_cache:
+                    return self._negative()  # read again just now, without it
             if inode is None or not inode.fresh(self.options.attr_cache):
                 try:
                     node, stat = await self._walk_stat(parent, n, inode)

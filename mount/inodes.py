@@ -71,9 +71,10 @@ class Inode:
     known_vers: int = 0  # a directory's qid.vers at which `children` is all of it; 0: not known
     changed_at: float = 0.0  # when this mount last made, removed or renamed a name in the directory
     removed_at: float = 0.0  # when this mount last removed or renamed a name in the directory
-    missed_at: float = 0.0  # when a walk in this directory last found nothing
+    missed_at: float = 0.0  # when a walk in this directory last found nothing, or a stale name
+    read_at: float = 0.0  # when the server last sent all of this directory: its names' stats are that new
     seen_at: float = 0.0  # when the server last showed this name, or this mount made it (not moved by writes)
-    relisting: bool = False  # a listing for lookups' sake is on its way
+    relisting: trio.Event | None = None  # a listing for lookups' sake is on its way; set when in
     written_at: float = 0.0  # time.time() of our last write since the server's last stat; 0 if none
     vers_stale: bool = False  # our own wstat moved mtime: the server's qid.vers is one we have not seen
     restat: trio.Event | None = None  # set when the stat asked for at a written file's close is in

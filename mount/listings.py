@@ -7,6 +7,12 @@ time, without a walk: most of the lookups of a burst of creates (tar x, cp -r, g
 checkout, rsync) are of names that are not there yet. A mount that makes a directory
 knows all of it; one that comes to a directory it did not make learns it by reading
 it, in the background, once two walks in it have found nothing (_relist_soon).
+
+For the same time a listing is answered from that knowledge, asking nothing; past it,
+the directory is read again, and the stats of all its names with it. A lookup of a name
+whose stat went old waits for such a read of its directory (the second within the
+attribute-cache time starts it): `git status` past the cache reads each directory once,
+not a walk per file (_fresh_by_relisting).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ log = logging.getLogger("ninefs.fuse")
 
 RELIST_MAX = 10_000  # a directory listed bigger than this is not read again for lookups' sake
 DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
+WAIT_FOR_LISTING = 1_000  # entries: a lookup waits for a directory read again only up to this size
 
 
 class Listings(Nodes):
@@ -58,7 +65,7 @@ class Listings(Nodes):
         d.list_size = len(entries)
         if d.removed_at >= since:
             return
-        d.listed = since  # every name is learned: lookup may answer "no such file"
+        d.listed = d.read_at = since  # every name is learned: lookup may answer "no such file"
         d.known_vers = vers if d.changed_at < since else 0
         if len(d.children) <= len(entries) and all(st.name in d.children for st in entries):
             return  # the common case: nothing gone (every listed name known, no more known)
@@ -84,17 +91,37 @@ class Listings(Nodes):
         return out
 
     def _relist_soon(self, d: Inode) -> None:
-        """A walk in `d` found nothing, and what we knew of all of `d` is old. On the second
-        such miss within the attribute-cache time, read `d` again in the background."""
+        """A walk in `d` found nothing, or a name in it had a stat too old to answer with, and
+        what we knew of all of `d` is old. On the second such within the attribute-cache time,
+        read `d` again in the background (d.relisting is set when it is in)."""
         now = time.monotonic()
         ttl = self.options.attr_cache
         missed, d.missed_at = d.missed_at, now
-        if now - missed >= ttl or d.relisting or d.list_size > RELIST_MAX or self.nursery is None:
+        if now - missed >= ttl or d.relisting is not None or d.list_size > RELIST_MAX or self.nursery is None:
             return
-        d.relisting = True
-        self.nursery.start_soon(self._relist, d)
+        d.relisting = trio.Event()
+        self.nursery.start_soon(self._relist, d, d.relisting)
 
-    async def _relist(self, d: Inode) -> None:
+    async def _fresh_by_relisting(self, d: Inode, name: str) -> Inode | None:
+        """`name` in `d`, a directory the server once sent whole, is forgotten (drop_caches) or
+        its stat is too old (`git status`, `du`, `ls -l` past the attribute cache: every
+        name's is). Rather than a walk for each, the second such reads all of `d` again, one
+        round trip for every name, and waits for it; its inode if that made it fresh, else
+        None (walk it)."""
+        if not d.read_at:
+            return None  # never read whole: one stat, not a listing, for a name looked up
+        if d.relisting is None:
+            self._relist_soon(d)
+        done = d.relisting
+        if done is None or d.list_size > WAIT_FOR_LISTING:
+            return None  # a big directory's reading goes on behind; this one is walked
+        with trio.move_on_after(self.options.timeout):
+            await done.wait()
+        ino = d.children.get(name)
+        inode = self.inodes.get(ino) if ino is not None else None
+        return inode if inode is not None and inode.fresh(self.options.attr_cache) else None
+
+    async def _relist(self, d: Inode, done: trio.Event) -> None:
         try:
             since = time.monotonic()
             with trio.move_on_after(self.options.timeout):
@@ -113,7 +140,8 @@ class Listings(Nodes):
         except Exception as e:
             log.debug("listing %s again: %s", d.name, e)
         finally:
-            d.relisting = False
+            d.relisting = None
+            done.set()
 
     # --- the FUSE directory operations --------------------------------------------------------
 
@@ -122,8 +150,9 @@ class Listings(Nodes):
         the attribute-cache time and every change since was ours: the trust lookups already
         put in it (they answer "no such file" for names it lacks). Not for a directory the
         server does not version (qid.vers 0: /proc, /cmd, a namespace's own), read afresh."""
-        if now - d.listed >= self.options.attr_cache or d.stat.qid.vers == 0:
-            return None
+        ttl = self.options.attr_cache
+        if now - d.listed >= ttl or now - d.read_at >= ttl or d.stat.qid.vers == 0:
+            return None  # past it the listing is read again, and every name's stat with it
         return self._listing_from_memory(d)
 
     @fuse_op
@@ -141,7 +170,7 @@ class Listings(Nodes):
             return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
         # Else the listing asks the server, if only for the directory's qid.vers: what the
         # kernel or we know of it is used only while that is unchanged.
-        if i.listing_vers == 0:
+        if i.listing_vers == 0 or since - i.read_at >= self.options.attr_cache:
             # The kernel has no listing of it (never read, changed, or it forgot the inode):
             # its first read goes with the open, and the tree keeps it for readdir (one round
             # trip less for `ls` and `find`; nothing more to wait for if it is only fsync'd).
@@ -154,13 +183,16 @@ class Listings(Nodes):
         # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
         # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
         # a server that does not version directories: always read afresh.
-        keep = qid.vers != 0 and i.listing_vers == qid.vers
+        # Not once the stats we have of its names are old (read with the listing): the kernel
+        # would ask for each (`ls -l`), a round trip a name; a listing read again has them all.
+        stats_fresh = since - i.read_at < self.options.attr_cache
+        keep = qid.vers != 0 and i.listing_vers == qid.vers and stats_fresh
         if qid.vers != 0 and qid.vers == i.known_vers:
             # Unchanged since we last read all of it (nor changed by us: known_vers would be
             # 0): what we hold is all of it as of now, for lookups and the next opendir.
             if i.removed_at < since:
                 i.listed = since
-            if not keep:  # the kernel dropped its listing (drop_caches) and gets ours
+            if not keep and stats_fresh:  # the kernel dropped its listing (drop_caches) and gets ours
                 h.entries = self._listing_from_memory(i)
                 h.memory = h.prefetched = h.entries is not None
         return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)

@@ -64,7 +64,8 @@ class Names(Listings):
         finally:
             self._clunk_later(node)
         attr = self._created(parent, n, self._new_stat(parent, n, qid, perm, owner if given else None))
-        self._inode(attr.st_ino).listed = time.monotonic()  # new and empty: we know all of it
+        made = self._inode(attr.st_ino)
+        made.listed = made.read_at = time.monotonic()  # new and empty: we know all of it
         return attr
 
     def _new_stat(

@@ -67,7 +67,7 @@ async def test_a_listing_comes_with_its_open(tree):
         assert nine["waits"] == 2 and nine["Tread"] == 2
 
 
-async def test_a_directory_the_mount_read_whole_is_listed_from_memory_then_checked_by_its_qid_vers(tree):
+async def test_a_directory_the_mount_read_whole_is_listed_from_memory_then_read_again(tree):
     # What `find`, `du` or `git status` after drop_caches meets: the kernel has no listing,
     # the mount has one (here read in the background, after two lookups of names it lacks).
     export, mp = tree
@@ -80,9 +80,9 @@ async def test_a_directory_the_mount_read_whole_is_listed_from_memory_then_check
         assert nine["waits"] == 0, nine  # within the attribute cache: the trust lookups put in it
         await trio.sleep(2.2)
         assert (await sh(f"ls {mp}/d")).split() == names
-        # Its stat for the lookup (Twalk+Tstat) and Twalk+Topen: no Tread, for the qid.vers
-        # is the one we read it at
-        assert nine["waits"] == 2 and nine["Topen"] == 1 and nine["Tread"] == 0, nine
+        # Past the attribute cache: its stat for the lookup (Twalk+Tstat), and the listing read
+        # again (Twalk+Topen+Tread, the Tread that hears the end), every name's stat with it
+        assert nine["waits"] == 3 and nine["Topen"] == 1 and nine["Tread"] == 2, nine
         (export / "d" / "new").write_text("made on the host\n")
         with trio.fail_after(2.0 + 3):  # another machine's change shows within the attribute cache
             while "new" not in (await sh(f"ls {mp}/d")).split():
@@ -115,6 +115,34 @@ async def test_a_listing_from_memory_shows_every_change_made_through_the_mount_a
             await sh(step)
             await same("d", "e")
         assert (await sh(f"cat {mp}/d/n005")) == "new\n"
+
+
+async def test_ls_l_past_the_attribute_cache_reads_the_directory_again_not_each_stat(tree):
+    export, mp = tree
+    async with counted(export, mp, attr_cache=1.0) as nine:
+        await sh(f"ls -l {mp}/d >/dev/null")
+        await trio.sleep(1.2)
+        nine.clear()
+        out = await sh(f"ls -l {mp}/d")
+        assert len(out.splitlines()) == 201
+        # The directory's stat, its listing in two reads: was a Tstat for each of 200 names,
+        # the kernel having kept its listing while the stats in it went old.
+        assert nine["waits"] <= 4 and nine["Tstat"] <= 1, nine
+
+
+async def test_stat_of_every_name_past_the_attribute_cache_reads_their_directory_once(tree):
+    # `git status` or `du` after the attribute cache: an lstat of each file the mount knows,
+    # each stat too old to answer with.
+    export, mp = tree
+    async with counted(export, mp, attr_cache=1.0) as nine:
+        await sh(f"ls {mp}/d >/dev/null")
+        (export / "d" / "n010").write_text("changed on the host\n")
+        await trio.sleep(1.2)
+        nine.clear()
+        sizes = (await sh(f"cd {mp}/d && stat -c '%n %s' n*")).splitlines()
+        assert len(sizes) == 200 and "n010 20" in sizes  # the host's change is seen
+        # Two walks (the second starts the listing), the listing: not 200 walks
+        assert nine["waits"] <= 8, nine
 
 
 async def test_a_directory_opened_only_to_be_fsynced_costs_one_round_trip(tree):
