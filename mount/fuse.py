@@ -244,9 +244,11 @@ class TreeFS(Names, FileIO):
                 # We listed this directory (or made it) and saw every change we made since:
                 # a name we do not know is not there, as far as the attribute cache goes.
                 return self._negative()
+            counted = False  # this lookup counted toward reading the directory again
             if inode is None or (inode.stat_time > 0 and not inode.fresh(self.options.attr_cache)):
                 # Not known (any more: the kernel forgot it, drop_caches) or known too long
                 # ago: its directory read again may answer this and its neighbours together.
+                counted = parent.read_at > 0
                 found = await self._fresh_by_relisting(parent, n)
                 if found is not None:
                     inode = found
@@ -257,7 +259,8 @@ class TreeFS(Names, FileIO):
                     node, stat = await self._walk_stat(parent, n, inode)
                 except FileNotFoundError:
                     self._missed(parent, n)
-                    self._relist_soon(parent)
+                    if not counted:
+                        self._relist_soon(parent)
                     return self._negative()
                 inode, unneeded = self.inodes.learn(parent, n, stat, node)
                 for old in unneeded:
