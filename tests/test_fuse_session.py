@@ -237,16 +237,17 @@ def test_ctrl_c_of_a_read_blocked_on_the_server_flushes_it_and_the_mount_goes_on
             server_process(str(export), "--trace", stderr=err) as (address, _),
             mounted(address, str(mp)),
         ):
-            start = time.monotonic()
-            r = subprocess.run(["timeout", "-s", "INT", "2", "cat", str(mp / "fifo")], timeout=60)
-            assert r.returncode != 0  # killed by the SIGINT, with nothing read
-            assert time.monotonic() - start < 30
-            deadline = time.monotonic() + 20
-            while "-> Tflush(" not in log.read_text():  # the INTERRUPT became a Tflush
-                assert time.monotonic() < deadline, "no Tflush reached the server"
-                time.sleep(0.1)
-            r = sh(f"cat {mp}/hello.txt && ls {mp}", timeout=60)
-            assert r.returncode == 0 and r.stdout.split() == ["still", "here", "fifo", "hello.txt"], r.stderr
+            for k in (1, 2):  # twice: the worker answering EINTR takes up its work again
+                start = time.monotonic()
+                r = subprocess.run(["timeout", "-s", "INT", "2", "cat", str(mp / "fifo")], timeout=60)
+                assert r.returncode != 0  # killed by the SIGINT, with nothing read
+                assert time.monotonic() - start < 30
+                deadline = time.monotonic() + 20
+                while log.read_text().count("-> Tflush(") < k:  # the INTERRUPT became a Tflush
+                    assert time.monotonic() < deadline, "no Tflush reached the server"
+                    time.sleep(0.1)
+                r = sh(f"cat {mp}/hello.txt && ls {mp}", timeout=60)
+                assert r.returncode == 0 and r.stdout.split() == ["still", "here", "fifo", "hello.txt"], r.stderr
     finally:
         os.close(writer)  # the server's abandoned read of the FIFO sees EOF and ends
 
