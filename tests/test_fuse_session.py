@@ -247,7 +247,9 @@ def test_ctrl_c_of_a_read_blocked_on_the_server_flushes_it_and_the_mount_goes_on
                     assert time.monotonic() < deadline, "no Tflush reached the server"
                     time.sleep(0.1)
                 r = sh(f"cat {mp}/hello.txt && ls {mp}", timeout=60)
-                assert r.returncode == 0 and r.stdout.split() == ["still", "here", "fifo", "hello.txt"], r.stderr
+                assert r.returncode == 0 and r.stdout.split() == ["still", "here", "fifo", "hello.txt"], (
+                    r.stderr
+                )
     finally:
         os.close(writer)  # the server's abandoned read of the FIFO sees EOF and ends
 
