@@ -55,12 +55,13 @@ _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 class _Worker:
     """A worker's cancel scope, and the request it is handling (for its EINTR)."""
 
-    __slots__ = ("handed", "scope", "unique")
+    __slots__ = ("handed", "parked", "scope", "unique")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.unique: int | None = None
         self.handed = False  # it gave reading to another worker while its request waited
+        self.parked = False  # waiting to be the reader again
 
 
 @types.coroutine
@@ -258,7 +259,7 @@ class FuseSession:
                 if w.unique is not None:  # interrupted (the caller got a signal)
                     self._send(codec.reply_error(w.unique, errno.EINTR))
                     w.unique = None
-                if w.handed:
+                if w.handed or w.parked:  # (a late INTERRUPT of an answered request: parked again)
                     await self._after_handing_over(w)
         finally:
             self._workers -= 1
@@ -268,7 +269,9 @@ class FuseSession:
         until we are the reader again, or be it now if nobody is."""
         w.handed = False
         if self._has_reader:
+            w.parked = True
             await self._parked.park()  # unparked: we are the reader (_hand_over)
+            w.parked = False
         else:
             self._has_reader = True
 
