@@ -158,16 +158,14 @@ class TreeFS(Names, FileIO):
             # The stat a close asked for is on its way (_restat_and_clunk): sooner than our own.
             with trio.move_on_after(self.options.timeout):
                 await inode.restat.wait()
+        if not inode.fresh(self.options.attr_cache) and inode.stat_time > 0 and not inode.open_handles:
+            # Old by age (not made old by our own writes), and no open fid to stat: its
+            # directory read again may answer this and its neighbours together.
+            parent = self.inodes.get(inode.parent) if inode.ino != ROOT_INODE else None
+            if parent is not None and parent.children.get(inode.name) == inode.ino:
+                await self._fresh_by_relisting(parent, inode.name)
         if not inode.fresh(self.options.attr_cache):
-            opened = self._opened_node(inode)
-            if opened is None and inode.stat_time > 0 and inode.ino != ROOT_INODE:
-                # Old by age (not made old by our own writes): its directory read again may
-                # answer this and its neighbours together (listings._fresh_by_relisting).
-                parent = self.inodes.get(inode.parent)
-                if parent is not None and parent.children.get(inode.name) == inode.ino:
-                    await self._fresh_by_relisting(parent, inode.name)
-        if not inode.fresh(self.options.attr_cache):
-            opened = self._opened_node(inode)
+            opened = self._opened_node(inode)  # after any wait above: a handle may have come or gone
             if opened is not None:
                 stat = await self.tree.stat(opened)
             elif inode.node is None and self.tree.pipelines and inode.ino != ROOT_INODE:

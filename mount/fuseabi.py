@@ -150,6 +150,7 @@ ATTR = struct.Struct(
 )  # ino size blocks a/m/ctime a/m/ctimensec mode nlink uid gid rdev blksize flags
 ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_nsec attr_nsec; + ATTR
 ATTR_OUT = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy; + ATTR
+ENTRY_AND_ATTR = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:])  # fuse_entry_out, whole
 OPEN_OUT = struct.Struct("<QII")  # fh open_flags padding
 WRITE_OUT = struct.Struct("<II")  # size padding
 KSTATFS = struct.Struct(

@@ -10,7 +10,6 @@ values of fuseabi.py. Layouts are linux/fuse.h's (fuseabi.py).
 from __future__ import annotations
 
 import errno as errno_mod
-import struct
 
 from . import fuseabi as abi
 from .fuseabi import Attr, FileInfo, Op, SetattrIn, StatvfsData
@@ -320,9 +319,6 @@ def _ns(t: int) -> tuple[int, int]:
     return s & _U64, ns
 
 
-_ENTRY_AND_ATTR = struct.Struct("<" + abi.ENTRY_OUT.format[1:] + abi.ATTR.format[1:])
-
-
 def _attr_fields(a: Attr) -> tuple[int, ...]:
     asec, ansec = _ns(a.st_atime_ns)
     msec, mnsec = _ns(a.st_mtime_ns)
@@ -345,7 +341,7 @@ def _entry_fields(a: Attr) -> tuple[int, ...]:
 
 def entry_out(a: Attr) -> bytes:
     """A lookup's (mkdir's, create's) answer; st_ino 0 is a negative entry."""
-    return _ENTRY_AND_ATTR.pack(*_entry_fields(a))
+    return abi.ENTRY_AND_ATTR.pack(*_entry_fields(a))
 
 
 def attr_out(a: Attr) -> bytes:

@@ -170,31 +170,30 @@ class Listings(Nodes):
             return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
         # Else the listing asks the server, if only for the directory's qid.vers: what the
         # kernel or we know of it is used only while that is unchanged.
-        if i.listing_vers == 0 or since - i.read_at >= self.options.attr_cache:
-            # The kernel has no listing of it (never read, changed, or it forgot the inode):
-            # its first read goes with the open, and the tree keeps it for readdir (one round
-            # trip less for `ls` and `find`; nothing more to wait for if it is only fsync'd).
+        stats_fresh = since - i.read_at < self.options.attr_cache
+        prefetch = i.listing_vers == 0 or not stats_fresh
+        if prefetch:
+            # The kernel has no listing of it (never read, changed, or it forgot the inode), or
+            # what we know of its names is old: its first read goes with the open, and the tree
+            # keeps it for readdir (one round trip less for `ls` and `find`; nothing more to
+            # wait for if it is only fsync'd).
             node, qid = await self._walk_opendir(i, DIR_FIRST_READ)
         else:
             node, qid, _ = await self._walk_open(i, OREAD)
         h = Handle(i, node, 0, False, False)
-        h.vers, h.listed, h.prefetched = qid.vers, since, i.listing_vers == 0
+        h.vers, h.listed, h.prefetched = qid.vers, since, prefetch
         # The kernel keeps the listing it read (FOPEN_CACHE_DIR), and may serve it again while
         # the directory's qid.vers is the one it was read at: `ls` again asks nothing more.
         # (It drops it itself after creates and removes through this mount.) qid.vers 0 is
         # a server that does not version directories: always read afresh.
         # Not once the stats we have of its names are old (read with the listing): the kernel
         # would ask for each (`ls -l`), a round trip a name; a listing read again has them all.
-        stats_fresh = since - i.read_at < self.options.attr_cache
+        # (While they are fresh and we hold all of it, _whole_listing answered without asking.)
         keep = qid.vers != 0 and i.listing_vers == qid.vers and stats_fresh
-        if qid.vers != 0 and qid.vers == i.known_vers:
+        if qid.vers != 0 and qid.vers == i.known_vers and i.removed_at < since:
             # Unchanged since we last read all of it (nor changed by us: known_vers would be
-            # 0): what we hold is all of it as of now, for lookups and the next opendir.
-            if i.removed_at < since:
-                i.listed = since
-            if not keep and stats_fresh:  # the kernel dropped its listing (drop_caches) and gets ours
-                h.entries = self._listing_from_memory(i)
-                h.memory = h.prefetched = h.entries is not None
+            # 0): its names are all we know of it as of now, for lookups' "no such file".
+            i.listed = since
         return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
 
     @fuse_op
