@@ -44,7 +44,17 @@ from .fuseabi import Attr, FileInfo, FuseError, StatvfsData
 from .fuseop import fuse_op
 from .inodes import ROOT_INODE, Inode, InodeTable, is_stream
 from .names import Names
-from .posix import Statfs, check_name, create_mode, maker, open_mode, owner_name, wstat_keeping, wstat_mode
+from .posix import (
+    Statfs,
+    check_name,
+    checks_after,
+    create_mode,
+    maker,
+    open_mode,
+    owner_name,
+    wstat_keeping,
+    wstat_mode,
+)
 
 __all__ = ["FuseOptions", "TreeFS"]
 
@@ -377,10 +387,18 @@ class TreeFS(Names, FileIO):
             # An open file's own node will do (futimens, ftruncate, fchmod, which comes without
             # its handle): no walk for one of ours, and it works on an unlinked file too.
             node = h.node if h is not None else self._opened_node(i)
-            if node is None:
-                node = await self._node(i)
-            # EPERM for a setuid bit or an owner the server did not take; an atime it refused is left out
-            changes = await wstat_keeping(self.tree, node, changes, i.stat.mode)
+            if node is None and i.node is None and "length" not in changes and not checks_after(changes):
+                # No node at hand, and no stat needed after: the walk goes with the wstat.
+                base, names = self._walk_from(i)
+                with self._pinned(base):
+                    changes = await wstat_keeping(
+                        self.tree, await self._node(base), changes, i.stat.mode, names
+                    )
+            else:
+                if node is None:
+                    node = await self._node(i)
+                # EPERM for a setuid bit or an owner the server did not take; an atime it refused is left out
+                changes = await wstat_keeping(self.tree, node, changes, i.stat.mode)
             if "length" not in changes:
                 # chmod, chgrp, touch -d: wstat(5) does exactly what it was asked or nothing,
                 # so the stat we hold, changed so, is the server's (tar x, cp -p: one round trip).

@@ -30,6 +30,7 @@ import logging
 import os
 import pwd
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ninep.constants import DMSETGID, ORDWR, OREAD, OWRITE
@@ -132,13 +133,33 @@ def _uid(name: str) -> int | None:
         return int(name) if name.isdigit() else None
 
 
-async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode: int) -> dict[str, Any]:
+def checks_after(changes: dict[str, Any]) -> bool:
+    """Whether wstat_keeping must stat the file after its wstat: a new owner, or a setuid,
+    setgid or sticky bit, which a server may take without keeping."""
+    return "uid" in changes or bool(changes.get("mode", 0) & DM_SPECIAL)
+
+
+async def wstat_keeping(
+    tree: Tree, node: Any, changes: dict[str, Any], old_mode: int, names: Sequence[str] = ()
+) -> dict[str, Any]:
     """wstat(5) with `changes`; setuid, setgid or sticky in them are kept, or EPERM; so is
     a new owner (`uid`). An `atime` the server refuses is left out (wstat(5) has none).
-    Returns the changes made."""
+    Returns the changes made.
+
+    `names`: the file is what they walk to from `node`, and the walk goes with the wstat
+    (walk_wstat: one round trip, not two; touch, rsync's times on a file it has closed).
+    Only for changes that need no stat after (not checks_after)."""
+    assert not (names and checks_after(changes))
     special = changes.get("mode", 0) & DM_SPECIAL
+
+    async def wstat(st: Stat) -> None:
+        if names:
+            await tree.walk_wstat(node, names, st)
+        else:
+            await tree.wstat(node, st)
+
     try:
-        await tree.wstat(node, Stat.dont_touch(**changes))
+        await wstat(Stat.dont_touch(**changes))
     except NinePError:
         if special or "uid" in changes:
             raise FuseError(errno.EPERM) from None
@@ -148,7 +169,7 @@ async def wstat_keeping(tree: Tree, node: Any, changes: dict[str, Any], old_mode
         # none: the refused wstat changed nothing).
         rest = {k: v for k, v in changes.items() if k != "atime"}
         if rest:
-            await tree.wstat(node, Stat.dont_touch(**rest))
+            await wstat(Stat.dont_touch(**rest))
         return rest
     if "uid" in changes and _uid((await tree.stat(node)).uid) != _uid(changes["uid"]):
         raise FuseError(errno.EPERM)  # a server that took the wstat but not the owner
