@@ -110,6 +110,7 @@ class TreeFS(Names, FileIO):
         self.spares: OrderedDict[int, tuple[int, str, Any]] = OrderedDict()
         # inodes that may hold a walked node, oldest first (_hold)
         self.held: OrderedDict[int, Inode] = OrderedDict()
+        self.walking_ahead: set[int] = set()
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.kernel: Any = None  # the FuseSession serving us, for invalidations (mounter.py)

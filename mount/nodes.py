@@ -44,6 +44,7 @@ class Nodes:
     # inodes that may hold a walked node, oldest first (_hold)
     held: OrderedDict[int, Inode]
     missing: OrderedDict[tuple[int, str], float]  # the negative cache (TreeFS._missed)
+    walking_ahead: set[int]  # directories whose node is being walked behind (_walk_ahead)
 
     async def _clunk(self, node: Any) -> None:
         try:
@@ -127,13 +128,40 @@ class Nodes:
     def _walk_from(self, inode: Inode) -> tuple[Inode, list[str]]:
         """Where a fresh node for `inode` is walked from, in one Twalk either way: a clone
         of its own node, or its path from the nearest directory that holds one (the root
-        always does), not a walk per level."""
+        always does), not a walk per level.
+
+        When its directory holds no node, one is walked for it behind (_walk_ahead): the
+        files of a directory the mount made or only looked into are opened one after
+        another (cat, grep, tar, git), and a walk from the directory costs the server one
+        lookup, not one per level below the nearest node."""
         names: list[str] = []
+        start = inode
         while inode.node is None and inode.ino != ROOT_INODE:
             names.append(inode.name)
             inode = self._inode(inode.parent)
         names.reverse()
+        if len(names) > 1:
+            self._walk_ahead(start.parent)
         return inode, names
+
+    def _walk_ahead(self, ino: int) -> None:
+        """Walk a node for directory `ino` behind the caller (once at a time)."""
+        if self.nursery is None or ino in self.walking_ahead or len(self.walking_ahead) >= SPARES:
+            return
+        d = self.inodes.get(ino)
+        if d is None or d.node is not None:
+            return
+        self.walking_ahead.add(ino)
+        self.nursery.start_soon(self._node_behind, d)
+
+    async def _node_behind(self, d: Inode) -> None:
+        try:
+            with trio.fail_after(self.options.timeout):
+                await self._node(d)
+        except (Exception, trio.TooSlowError) as e:
+            log.debug("walk of %s ahead: %s", d.name, e)  # the next walk from further up will say
+        finally:
+            self.walking_ahead.discard(d.ino)
 
     async def _clone(self, inode: Inode) -> Any:
         """A fresh node for `inode`, to create in."""

@@ -12,13 +12,19 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from ninep.messages import Twalk
+
 from .fuse_helpers import mounted_here, needs_fuse
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
+
+
+_CONNS: dict[int, Any] = {}
 
 
 @asynccontextmanager
@@ -28,7 +34,16 @@ async def counted(export: Path, mp: Path, **options: float) -> AsyncIterator[Cou
     async with mounted_here(export, mp, **options) as tree:
         nine: Counter[str] = Counter()
         tree.conn.counts = nine
-        yield nine
+        _CONNS[id(nine)] = tree.conn
+        try:
+            yield nine
+        finally:
+            del _CONNS[id(nine)]
+
+
+def nine_conn(nine: Counter[str]) -> Any:
+    """The 9P connection `counted` counts with `nine`."""
+    return _CONNS[id(nine)]
 
 
 async def sh(command: str) -> str:
@@ -242,6 +257,33 @@ async def test_rsync_into_the_mount_waits_seven_times_a_file(tree, tmp_path):
         await sh(f"cd {export}/r && find . -type f | sort | xargs md5sum")
     )
     assert (await sh(f"stat -c '%a %Y' {src}/s1/f5")) == (await sh(f"stat -c '%a %Y' {export}/r/s1/f5"))
+
+
+async def test_files_of_a_directory_the_mount_made_are_walked_from_that_directory(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        walked: list[int] = []  # the names of each walk, as the server gets them
+        await sh(f"mkdir -p {mp}/w/s/t")
+        await settle()
+        for i in range(20):
+            await sh(f"echo {i} > {mp}/w/s/t/f{i}")
+        await settle()
+        conn = nine_conn(nine)
+        windowed = conn.windowed
+
+        async def counting(requests, window, **kw):
+            walked.extend(len(m.wnames) for m, _ in requests if isinstance(m, Twalk))
+            return await windowed(requests, window, **kw)
+
+        conn.windowed = counting
+        out = await sh(" ; ".join(f"cat {mp}/w/s/t/f{i}" for i in range(20)))
+        assert out.split() == [str(i) for i in range(20)]
+        await sh(f"rm {mp}/w/s/t/f*")
+        await settle()
+        # Each open and remove walks one name from t (a walk of t went behind the first);
+        # they walked w/s/t/f from the root, four names, before.
+        assert len(walked) >= 40 and sum(n > 1 for n in walked) <= 2, walked
+        assert not list((export / "w/s/t").iterdir())
 
 
 async def test_an_open_after_our_own_touch_gets_its_stat_with_it(tree):
