@@ -18,6 +18,7 @@ not a walk per file (_fresh_by_relisting).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -27,13 +28,14 @@ from typing import Any
 import trio
 
 from ninep.constants import OREAD
+from ninep.errors import NinePError, ProtocolError, TimedOut
 from ninep.messages import Stat
 
 from .fileio import Handle
 from .fuseabi import FileInfo
 from .fusecodec import DirentBuffer
-from .fuseop import fuse_op
-from .inodes import Inode
+from .fuseop import errno_of, fuse_op
+from .inodes import ROOT_INODE, Inode
 from .nodes import Nodes
 
 __all__ = ["DIR_FIRST_READ", "RELIST_MAX", "Listings"]
@@ -43,6 +45,10 @@ log = logging.getLogger("ninefs.fuse")
 RELIST_MAX = 10_000  # a directory listed bigger than this is not read again for lookups' sake
 DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 WAIT_FOR_LISTING = 1_000  # entries: a lookup waits for a directory read again only up to this size
+# What a server that does not sync directories answers a null wstat of one with (fsyncdir)
+_NO_DIRECTORY_SYNC = frozenset(
+    {errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EISDIR, errno.ENOENT}
+)
 
 
 class Listings(Nodes):
@@ -243,5 +249,30 @@ class Listings(Nodes):
     async def releasedir(self, fh: int) -> None:
         await self._release_handle(fh)
 
+    @fuse_op
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
+        """The directory's entries on the server's stable storage: stat(5)'s null wstat,
+        which our servers answer with an fsync(2) of the directory. So a create, rename or
+        remove before it survives a crash of the server's host (SQLite after each journal
+        it makes, an editor's save, git). It was answered at once, and nothing asked.
+
+        A server that will not sync a directory (it refuses the wstat) leaves its entries
+        as durable as it makes them, as before: not an error. An error of the disk, or of
+        the connection, is one."""
+        h = self.handles[fh]
+        d = h.inode
+        null = Stat.dont_touch()
+        try:
+            if h.node is not None:
+                await self.tree.wstat(h.node, null)  # the fid its listing was read on
+            elif d.node is not None or d.ino == ROOT_INODE:
+                with self._pinned(d):
+                    await self.tree.wstat(await self._node(d), null)
+            else:  # listed from memory, and no node kept: the walk goes with the wstat
+                base, names = self._walk_from(d)
+                with self._pinned(base):
+                    await self.tree.walk_wstat(await self._node(base), names, null)
+        except NinePError as e:
+            if isinstance(e, ProtocolError | TimedOut) or errno_of(e) not in _NO_DIRECTORY_SYNC:
+                raise
+            log.debug("%s: the server does not sync directories: %s", d.name, e)

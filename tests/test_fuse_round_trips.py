@@ -160,15 +160,26 @@ async def test_stat_of_every_name_past_the_attribute_cache_reads_their_directory
         assert nine["waits"] <= 8, nine
 
 
-async def test_a_directory_opened_only_to_be_fsynced_costs_one_round_trip(tree):
+async def test_the_fsync_of_a_directory_reaches_the_server(tree):
     export, mp = tree
     async with counted(export, mp) as nine:
+        code = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)"
         await sh(f"stat {mp}/d >/dev/null")
         await settle()
         nine.clear()
-        code = f"import os; fd = os.open('{mp}/d', os.O_RDONLY); os.fsync(fd); os.close(fd)"
-        await sh(f'python3 -c "{code}"')
-        assert nine["waits"] <= 1  # SQLite does this after each journal it makes or removes
+        await sh(f"python3 -c '{code}' {mp}/d")
+        # The open reads the listing (SQLite does this after each journal it makes or
+        # removes, an editor after its rename); the null Twstat is the fsync (stat(5)),
+        # which was answered at once and never asked: its entries were not made durable.
+        assert nine["Twstat"] == 1 and nine["waits"] <= 2, nine
+        await sh(f"ls {mp}/d >/dev/null; echo x > {mp}/d/new")
+        await settle()
+        nine.clear()
+        await sh(f"python3 -c '{code}' {mp}/d")  # listed from memory: only the fsync waits
+        assert nine["Twstat"] == 1 and nine["waits"] == 1, nine
+        nine.clear()
+        await sh(f"python3 -c '{code}' {mp}")  # the root too
+        assert nine["Twstat"] == 1, nine
 
 
 async def test_a_chmod_to_the_mode_a_file_has_asks_nothing(tree):
