@@ -126,6 +126,11 @@ class FidPool:
     def put(self, fid: int) -> None:
         heapq.heappush(self._free, fid)
 
+    @property
+    def in_use(self) -> int:
+        """Fids handed out and not back yet: what a leak would grow."""
+        return self._next - len(self._free)
+
 
 Done = Callable[[Message | NinePError], None]
 
