@@ -67,6 +67,7 @@ class Inode:
     children: dict[str, int] = field(default_factory=dict)  # name -> ino, for directories
     listed: float = 0.0  # when `children` was last known to be the whole directory
     listing_vers: int = 0  # a directory's qid.vers when the kernel last got all of its listing
+    kernel_listed: float = 0.0  # when the kernel began reading the listing it last got all of from us
     list_size: int = 0  # entries in the directory's last whole listing (mount/listings.py)
     known_vers: int = 0  # a directory's qid.vers at which `children` is all of it; 0: not known
     changed_at: float = 0.0  # when this mount last made, removed or renamed a name in the directory

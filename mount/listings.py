@@ -172,7 +172,13 @@ class Listings(Nodes):
             # listing while we know the one it read to be the directory's still.
             h = Handle(i, None, 0, False, False)
             h.vers, h.listed, h.entries, h.prefetched, h.memory = i.known_vers, since, entries, True, True
-            keep = i.known_vers != 0 and i.listing_vers == i.known_vers
+            # Also after our own changes there (known_vers 0): once the kernel has read all of
+            # the listing since the last of them, and since the server last sent it whole, it
+            # holds what we would answer (git status again over a tree git wrote: each
+            # directory was a getattr and two readdirplus more).
+            keep = (i.known_vers != 0 and i.listing_vers == i.known_vers) or (
+                i.kernel_listed > i.changed_at and i.kernel_listed > i.read_at
+            )
             return FileInfo(fh=self._new_handle(h), cache_dir=True, keep_cache=keep)
         # Else the listing asks the server, if only for the directory's qid.vers: what the
         # kernel or we know of it is used only while that is unchanged.
@@ -242,6 +248,7 @@ class Listings(Nodes):
                 self.inodes.revive(inode)
         else:
             h.inode.listing_vers = h.vers
+            h.inode.kernel_listed = h.listed if h.memory else 0.0
             if not h.memory:  # ours says nothing new of the server's directory
                 self._listed_whole(h.inode, h.entries, h.listed, h.vers)
 
