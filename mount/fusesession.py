@@ -55,13 +55,15 @@ _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 class _Worker:
     """A worker's cancel scope, and the request it is handling (for its EINTR)."""
 
-    __slots__ = ("handed", "parked", "scope", "unique")
+    __slots__ = ("handed", "parked", "scope", "stealing", "unique", "unyielded")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.unique: int | None = None
         self.handed = False  # it gave reading to another worker while its request waited
         self.parked = False  # waiting to be the reader again
+        self.stealing = False  # reading beside the reader (FuseSession._after_handing_over)
+        self.unyielded = 0  # requests answered since it last let the loop's other tasks run
 
 
 @types.coroutine
@@ -111,6 +113,7 @@ class FuseSession:
         self._has_reader = False  # one worker at a time reads /dev/fuse (the others are busy or parked)
         self._parked = trio.lowlevel.ParkingLot()  # idle workers, waiting to be the reader
         self._workers = 0
+        self._on_server = 0  # requests whose handler waits (on the server) right now
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._bufsize = self.options.max_write + 4096
@@ -134,26 +137,28 @@ class FuseSession:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def _read(self, buf: bytearray, spin: bool = False) -> int | None:
-        """One request into `buf`: its length, or None when the kernel ended the connection.
+    def _read_ready(self, buf: bytearray, spin: bool) -> int | None:
+        """A request already queued, read into `buf` without waiting in epoll: its length;
+        0 if there is none; None when the kernel ended the connection.
 
-        `spin`: the last request was answered from memory and nothing else of ours is
-        running. A program that stats file after file sends the next request a few
-        microseconds after our reply; asking again for up to SPIN seconds catches it without
-        a pass through epoll and the scheduler, which costs more than the answer itself.
+        `spin`: nothing else of ours is running (no request waits on the server). A program
+        that stats file after file, or closes the file it just opened, sends its next
+        request a few microseconds after our reply; asking again for up to SPIN seconds
+        catches it without a pass through epoll and the scheduler, which costs more than
+        the answer itself.
         """
         until = 0.0
         while True:
             try:
                 return os.readv(self.fd, [buf])
             except BlockingIOError:
-                if spin:
-                    now = time.perf_counter()
-                    if not until:
-                        until = now + SPIN
-                    if now < until:
-                        continue
-                await trio.lowlevel.wait_readable(self.fd)
+                if not spin:
+                    return 0
+                now = time.perf_counter()
+                if not until:
+                    until = now + SPIN
+                elif now >= until:
+                    return 0
             except InterruptedError:
                 continue
             except OSError as e:
@@ -162,6 +167,15 @@ class FuseSession:
                 if e.errno == errno.ENODEV:
                     return None  # unmounted
                 raise
+
+    async def _read(self, buf: bytearray, spin: bool = False) -> int | None:
+        """One request into `buf`, waiting for it if need be (_read_ready)."""
+        while True:
+            n = self._read_ready(buf, spin)
+            if n != 0:
+                return n
+            await trio.lowlevel.wait_readable(self.fd)
+            spin = False
 
     async def _init(self) -> None:
         buf = bytearray(max(self._bufsize, 8192))
@@ -231,7 +245,6 @@ class FuseSession:
         inline, with no task switch; one that must wait hands reading over first (_handle)."""
         buf = bytearray(self._bufsize)
         view = memoryview(buf)
-        unyielded = 0
         w = _Worker()
         try:
             while True:
@@ -248,32 +261,54 @@ class FuseSession:
                                 self.stop()
                                 return
                             await self._handle(view[:n], w)
-                            spin = (
-                                self._workers == len(self._parked) + 1
-                            )  # no other worker waits on the server
-                            unyielded += 1
-                            if unyielded >= YIELD_EVERY and not w.handed:  # answered from memory:
-                                unyielded = 0  # let the loop's other tasks (the 9P client) run
-                                await trio.lowlevel.checkpoint()
-                        await self._after_handing_over(w)
+                            spin = not self._on_server
+                            await self._maybe_yield(w)
+                        if not await self._after_handing_over(w, buf, view):
+                            return
                 if w.unique is not None:  # interrupted (the caller got a signal)
                     self._send(codec.reply_error(w.unique, errno.EINTR))
                     w.unique = None
-                if w.handed or w.parked:  # (a late INTERRUPT of an answered request: parked again)
-                    await self._after_handing_over(w)
+                # (a late INTERRUPT of an answered request, or one of a request read after ours)
+                if (w.handed or w.parked) and not await self._after_handing_over(w, buf, view):
+                    return
         finally:
             self._workers -= 1
 
-    async def _after_handing_over(self, w: _Worker) -> None:
-        """Our request, which made us give reading to another worker, is answered: park
-        until we are the reader again, or be it now if nobody is."""
+    async def _maybe_yield(self, w: _Worker) -> None:
+        w.unyielded += 1
+        if w.unyielded >= YIELD_EVERY and not w.handed:  # answered from memory:
+            w.unyielded = 0  # let the loop's other tasks (the 9P client) run
+            await trio.lowlevel.checkpoint()
+
+    async def _after_handing_over(self, w: _Worker, buf: bytearray, view: memoryview) -> bool:
+        """Our request, which made us give reading to another worker, is answered: go on
+        with the requests already queued, then park until we are the reader again (or be it
+        now if nobody is). False when the kernel ended the connection.
+
+        The program our reply woke sends its next request at once (a close after an open,
+        the next file's open): read here without waiting, it is answered with no wake-up
+        of the reader, no scheduler pass, and no park. The reader meanwhile waits in
+        epoll; two tasks may read /dev/fuse, but only one may wait on it."""
         w.handed = False
-        if self._has_reader:
-            w.parked = True
-            await self._parked.park()  # unparked: we are the reader (_hand_over)
-            w.parked = False
-        else:
-            self._has_reader = True
+        while self._has_reader:
+            n = self._read_ready(buf, not self._on_server)
+            if n is None:
+                self.stop()
+                return False
+            if not n:
+                w.parked = True
+                await self._parked.park()  # unparked: we are the reader (_hand_over)
+                w.parked = False
+                return True
+            w.stealing = True  # a request of ours that waits hands nothing over: the reader reads
+            try:
+                await self._handle(view[:n], w)
+            finally:
+                w.stealing = False
+            w.handed = False
+            await self._maybe_yield(w)
+        self._has_reader = True
+        return True
 
     async def _handle(self, data: memoryview, w: _Worker) -> None:
         try:
@@ -315,8 +350,13 @@ class FuseSession:
             else:
                 if not w.handed:
                     w.handed = True
-                    self._hand_over()
-                body = await _resume(coro, trap)
+                    if not w.stealing:
+                        self._hand_over()
+                self._on_server += 1
+                try:
+                    body = await _resume(coro, trap)
+                finally:
+                    self._on_server -= 1
             out = codec.reply(unique, body)
         except FuseError as e:
             out = codec.reply_error(unique, e.errno)
