@@ -136,7 +136,8 @@ class FileIO:
         f = self.files.get(inode.ino)
         if f is not None and f.behind:
             for done in list(f.behind):
-                await done.wait()
+                if not done.is_set():  # (a wait on a set Event is still a checkpoint)
+                    await done.wait()
 
     async def _drain(self, h: Handle) -> None:
         await self._drain_inode(h.inode)
@@ -204,7 +205,8 @@ class FileIO:
         w = h.windows.get(k)
         if w is None or w.writes != h.inode.writes:  # written through another handle since
             w = self._start_window(h, k)
-        await w.done.wait()
+        if not w.done.is_set():  # a checkpoint in a handler hands reading to another worker
+            await w.done.wait()
         if w.error is not None:
             h.windows.pop(k, None)
             raise w.error

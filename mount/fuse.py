@@ -165,7 +165,11 @@ class TreeFS(Names, FileIO):
 
     async def _refresh(self, inode: Inode) -> Stat:
         await self._drain_inode(inode)
-        if inode.restat is not None and not inode.fresh(self.options.attr_cache):
+        if (
+            inode.restat is not None
+            and not inode.restat.is_set()
+            and not inode.fresh(self.options.attr_cache)
+        ):
             # The stat a close asked for is on its way (_restat_and_clunk): sooner than our own.
             with trio.move_on_after(self.options.timeout):
                 await inode.restat.wait()
