@@ -328,10 +328,8 @@ class TreeFS(Names, FileIO):
                 continue
             inode.lookups -= n
             if inode.lookups <= 0 and inode.open_handles == 0:
-                inode.listing_vers, inode.kernel_listed = (
-                    0,
-                    0.0,
-                )  # the kernel's listing went with the inode (drop_caches)
+                # the kernel's listing went with the inode (drop_caches)
+                inode.listing_vers, inode.kernel_listed = 0, 0.0
                 node = self.inodes.retire(inode, self.options.attr_cache)
                 if node is not None:
                     self._clunk_later(node)

@@ -261,7 +261,7 @@ class Listings(Nodes):
         """The directory's entries on the server's stable storage: stat(5)'s null wstat,
         which our servers answer with an fsync(2) of the directory. So a create, rename or
         remove before it survives a crash of the server's host (SQLite after each journal
-        it makes, an editor's save, git). It was answered at once, and nothing asked.
+        it makes, an editor's save, git).
 
         A server that will not sync a directory (it refuses the wstat) leaves its entries
         as durable as it makes them, as before: not an error. An error of the disk, or of
