@@ -102,8 +102,9 @@ class Names(Listings):
         child = self.inodes.get(ino) if ino is not None else None
         if child is not None:
             self._let_go(child)  # its clunks go out with the remove, not one by one after it
-        with self._pinned(parent):
-            await self.tree.walk_remove(await self._node(parent), [n])
+        base, names = self._walk_in(parent)
+        with self._pinned(base):
+            await self.tree.walk_remove(await self._node(base), [*names, n])
         self.inodes.unlink(parent, n)
         parent.removed_at = time.monotonic()
         self._dir_changed(parent)
@@ -140,8 +141,11 @@ class Names(Listings):
             # wstat together. 9P refuses to rename onto a name that is there ("file already
             # exists"), so if it was made meanwhile, the whole way below does it.
             try:
-                with self._pinned(parent):
-                    await self.tree.walk_wstat(await self._node(parent), [old], Stat.dont_touch(name=new))
+                base, names = self._walk_in(parent)
+                with self._pinned(base):
+                    await self.tree.walk_wstat(
+                        await self._node(base), [*names, old], Stat.dont_touch(name=new)
+                    )
             except OSError as e:
                 if e.errno != errno.EEXIST or flags & RENAME_NOREPLACE:
                     raise

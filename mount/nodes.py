@@ -144,6 +144,15 @@ class Nodes:
             self._walk_ahead(start.parent)
         return inode, names
 
+    def _walk_in(self, d: Inode) -> tuple[Inode, list[str]]:
+        """Where a walk to a name in directory `d` starts, and the names from there to `d`
+        (none when `d` holds a node). When it holds none, one is walked for it behind, for
+        the next names there (rm -r, mv): the first costs one round trip, not two."""
+        base, names = self._walk_from(d)
+        if names:
+            self._walk_ahead(d.ino)
+        return base, names
+
     def _walk_ahead(self, ino: int) -> None:
         """Walk a node for directory `ino` behind the caller (once at a time)."""
         if self.nursery is None or ino in self.walking_ahead or len(self.walking_ahead) >= SPARES:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from ninep.messages import Twalk
+from ninep.messages import Message, Twalk
 
 from .fuse_helpers import mounted_here, needs_fuse
 
@@ -41,9 +41,19 @@ async def counted(export: Path, mp: Path, **options: float) -> AsyncIterator[Cou
             del _CONNS[id(nine)]
 
 
-def nine_conn(nine: Counter[str]) -> Any:
-    """The 9P connection `counted` counts with `nine`."""
-    return _CONNS[id(nine)]
+def recorded_calls(nine: Counter[str]) -> list[list[Message]]:
+    """From now on, the requests of each call the connection `counted` counts with `nine`
+    makes (one write each), in the order they went."""
+    conn = _CONNS[id(nine)]
+    calls: list[list[Message]] = []
+    windowed = conn.windowed
+
+    async def recording(requests: Any, window: int, **kw: Any) -> Any:
+        calls.append([m for m, _ in requests])
+        return await windowed(requests, window, **kw)
+
+    conn.windowed = recording
+    return calls
 
 
 async def sh(command: str) -> str:
@@ -273,28 +283,37 @@ async def test_rsync_into_the_mount_waits_seven_times_a_file(tree, tmp_path):
 async def test_files_of_a_directory_the_mount_made_are_walked_from_that_directory(tree):
     export, mp = tree
     async with counted(export, mp) as nine:
-        walked: list[int] = []  # the names of each walk, as the server gets them
         await sh(f"mkdir -p {mp}/w/s/t")
         await settle()
         for i in range(20):
             await sh(f"echo {i} > {mp}/w/s/t/f{i}")
         await settle()
-        conn = nine_conn(nine)
-        windowed = conn.windowed
-
-        async def counting(requests, window, **kw):
-            walked.extend(len(m.wnames) for m, _ in requests if isinstance(m, Twalk))
-            return await windowed(requests, window, **kw)
-
-        conn.windowed = counting
+        calls = recorded_calls(nine)
         out = await sh(" ; ".join(f"cat {mp}/w/s/t/f{i}" for i in range(20)))
         assert out.split() == [str(i) for i in range(20)]
         await sh(f"rm {mp}/w/s/t/f*")
         await settle()
+        walked = [len(m.wnames) for call in calls for m in call if isinstance(m, Twalk)]  # names each
         # Each open and remove walks one name from t (a walk of t went behind the first);
         # they walked w/s/t/f from the root, four names, before.
         assert len(walked) >= 40 and sum(n > 1 for n in walked) <= 2, walked
         assert not list((export / "w/s/t").iterdir())
+
+
+async def test_the_first_remove_or_rename_in_a_directory_with_no_fid_is_one_round_trip(tree):
+    export, mp = tree
+    async with counted(export, mp) as nine:
+        await sh(f"mkdir -p {mp}/w/s && for i in 1 2 3; do echo $i > {mp}/w/s/f$i; done")
+        await settle()
+        calls = recorded_calls(nine)
+        for command, last in ((f"rm {mp}/w/s/f1", "Tremove"), (f"mv {mp}/w/s/f2 {mp}/w/s/g2", "Twstat")):
+            calls.clear()
+            await sh(command)
+            await settle()
+            # the walk from the root goes with the remove (or rename); a walk of s only after,
+            # behind it, for the next names there (it was a wait of its own, first)
+            assert [type(m).__name__ for m in calls[0]] == ["Twalk", last], calls
+        assert sorted(p.name for p in (export / "w/s").iterdir()) == ["f3", "g2"]
 
 
 async def test_deep_trees_made_read_and_removed_at_once_leave_nothing_behind(tree):
@@ -302,7 +321,7 @@ async def test_deep_trees_made_read_and_removed_at_once_leave_nothing_behind(tre
     # every fid they took must go back, and no remove may fail for them.
     export, mp = tree
     async with counted(export, mp) as nine:
-        fids = nine_conn(nine).fids
+        fids = _CONNS[id(nine)].fids
         await sh(f"mkdir {mp}/x; rmdir {mp}/x")
         await settle()
         in_use = fids.in_use
