@@ -393,8 +393,9 @@ class TreeFS(Names, FileIO):
             # An open file's own node will do (futimens, ftruncate, fchmod, which comes without
             # its handle): no walk for one of ours, and it works on an unlinked file too.
             node = h.node if h is not None else self._opened_node(i)
-            if node is None and i.node is None and "length" not in changes and not checks_after(changes):
-                # No node at hand, and no stat needed after: the walk goes with the wstat.
+            if node is None and "length" not in changes and not checks_after(changes):
+                # No open fid, and no stat needed after: the inode's own node, or the walk
+                # goes with the wstat.
                 base, names = self._walk_from(i)
                 with self._pinned(base):
                     changes = await wstat_keeping(

@@ -28,15 +28,16 @@ from typing import Any
 import trio
 
 from ninep.constants import OREAD
-from ninep.errors import NinePError, ProtocolError, TimedOut
+from ninep.errors import NinePError
 from ninep.messages import Stat
 
 from .fileio import Handle
 from .fuseabi import FileInfo
 from .fusecodec import DirentBuffer
 from .fuseop import errno_of, fuse_op
-from .inodes import ROOT_INODE, Inode
+from .inodes import Inode
 from .nodes import Nodes
+from .posix import wstat_at
 
 __all__ = ["DIR_FIRST_READ", "RELIST_MAX", "Listings"]
 
@@ -272,14 +273,11 @@ class Listings(Nodes):
         try:
             if h.node is not None:
                 await self.tree.wstat(h.node, null)  # the fid its listing was read on
-            elif d.node is not None or d.ino == ROOT_INODE:
-                with self._pinned(d):
-                    await self.tree.wstat(await self._node(d), null)
-            else:  # listed from memory, and no node kept: the walk goes with the wstat
+            else:  # listed from memory: its own node, or the walk goes with the wstat
                 base, names = self._walk_from(d)
                 with self._pinned(base):
-                    await self.tree.walk_wstat(await self._node(base), names, null)
+                    await wstat_at(self.tree, await self._node(base), names, null)
         except NinePError as e:
-            if isinstance(e, ProtocolError | TimedOut) or errno_of(e) not in _NO_DIRECTORY_SYNC:
+            if errno_of(e) not in _NO_DIRECTORY_SYNC:  # (a lost connection is EIO, a deadline ETIMEDOUT)
                 raise
             log.debug("%s: the server does not sync directories: %s", d.name, e)

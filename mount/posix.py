@@ -133,6 +133,15 @@ def _uid(name: str) -> int | None:
         return int(name) if name.isdigit() else None
 
 
+async def wstat_at(tree: Tree, node: Any, names: Sequence[str], stat: Stat) -> None:
+    """wstat(5) of `node`, or of what `names` walk to from it, the walk going with the
+    Twstat (walk_wstat: one round trip, not two)."""
+    if names:
+        await tree.walk_wstat(node, names, stat)
+    else:
+        await tree.wstat(node, stat)
+
+
 def checks_after(changes: dict[str, Any]) -> bool:
     """Whether wstat_keeping must stat the file after its wstat: a new owner, or a setuid,
     setgid or sticky bit, which a server may take without keeping."""
@@ -146,20 +155,12 @@ async def wstat_keeping(
     a new owner (`uid`). An `atime` the server refuses is left out (wstat(5) has none).
     Returns the changes made.
 
-    `names`: the file is what they walk to from `node`, and the walk goes with the wstat
-    (walk_wstat: one round trip, not two; touch, rsync's times on a file it has closed).
-    Only for changes that need no stat after (not checks_after)."""
+    `names`: the file is what they walk to from `node` (wstat_at; rsync's times on a file
+    it has closed). Only for changes that need no stat after (not checks_after)."""
     assert not (names and checks_after(changes))
     special = changes.get("mode", 0) & DM_SPECIAL
-
-    async def wstat(st: Stat) -> None:
-        if names:
-            await tree.walk_wstat(node, names, st)
-        else:
-            await tree.wstat(node, st)
-
     try:
-        await wstat(Stat.dont_touch(**changes))
+        await wstat_at(tree, node, names, Stat.dont_touch(**changes))
     except NinePError:
         if special or "uid" in changes:
             raise FuseError(errno.EPERM) from None
@@ -169,7 +170,7 @@ async def wstat_keeping(
         # none: the refused wstat changed nothing).
         rest = {k: v for k, v in changes.items() if k != "atime"}
         if rest:
-            await wstat(Stat.dont_touch(**rest))
+            await wstat_at(tree, node, names, Stat.dont_touch(**rest))
         return rest
     if "uid" in changes and _uid((await tree.stat(node)).uid) != _uid(changes["uid"]):
         raise FuseError(errno.EPERM)  # a server that took the wstat but not the owner
