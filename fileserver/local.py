@@ -86,10 +86,10 @@ class _Node:
 class LocalTree(Tree):
     """The directory `root` of this host as a 9P tree; `read_only` refuses every change."""
 
-    # Metadata calls on a local disk return at once, and so do reads and writes of regular
-    # files (io_never_blocks); those of a FIFO or a device go to a thread, and a null wstat
-    # (fsync) does too.
-    never_blocks = frozenset({"attach", "walk", "open", "create", "clunk", "remove", "stat"})
+    # Metadata calls on a local disk return at once (a listing too: its stats are lstats),
+    # and so do reads and writes of regular files (io_never_blocks); those of a FIFO or a
+    # device go to a thread, and a null wstat (fsync) does too.
+    never_blocks = frozenset({"attach", "walk", "open", "create", "clunk", "remove", "stat", "readdir"})
 
     def __init__(self, root: str, *, read_only: bool = False, check_users: bool = False) -> None:
         real = os.path.realpath(root)

@@ -110,6 +110,7 @@ class Session(Answers):
         }
         never = self.tree.never_blocks
         self.inline = {t for t, ops in _OPS_OF.items() if ops <= never}
+        self.readdir_inline = "readdir" in never
 
     # --- the connection loop -------------------------------------------------
 
@@ -209,7 +210,11 @@ class Session(Answers):
 
     def _io_inline(self, fid: int) -> bool:
         f = self.fids.get(fid)
-        return f is not None and f.auth is None and not f.is_dir and self.tree.io_never_blocks(f.node)
+        if f is None or f.auth is not None:
+            return False
+        # A directory's read lists it: with a walk and an open sent with it (a FUSE opendir),
+        # the three replies go in one write, one wake-up of the client, not two.
+        return self.readdir_inline if f.is_dir else self.tree.io_never_blocks(f.node)
 
     async def _answer(self, handler: Callable[[Any], Any], msg: Message) -> Message:
         """The reply to `msg`: the handler's, or an Rerror for whatever it raised."""

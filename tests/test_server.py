@@ -7,10 +7,26 @@ import struct
 import pytest
 import trio
 
+from fileserver.local import LocalTree
 from fileserver.ram import RamTree
-from ninep import DMDIR, NOFID, NOTAG, ORCLOSE, ORDWR, OREAD, OTRUNC, OWRITE, Limits, Stat, codec
+from ninep import DMDIR, NOFID, NOTAG, ORCLOSE, ORDWR, OREAD, OTRUNC, OWRITE, Limits, Stat, codec, transport
 from ninep.errors import NinePError
-from ninep.messages import Rerror, Rflush, Rversion, Tattach, Tflush, Tstat, Tversion
+from ninep.messages import (
+    Rattach,
+    Rerror,
+    Rflush,
+    Ropen,
+    Rread,
+    Rversion,
+    Rwalk,
+    Tattach,
+    Tflush,
+    Topen,
+    Tread,
+    Tstat,
+    Tversion,
+    Twalk,
+)
 
 from .servers import raw_connection, serving
 
@@ -628,3 +644,35 @@ async def test_a_tree_that_never_blocks_is_answered_in_order_even_when_pipelined
         replies = [await sock.recv() for _ in range(50)]
     assert [r.tag for r in replies] == [NOTAG, *range(1, 50)]
     assert all(type(r).__name__ in ("Rversion", "Rattach", "Rstat") for r in replies)
+
+
+async def test_a_directory_walked_opened_and_read_together_is_answered_in_one_write(tmp_path, monkeypatch):
+    # A FUSE opendir sends Twalk, Topen and the first Tread together; a local export's
+    # listing never waits, so the three replies go in one write: one wake-up of the
+    # client, not two (the read was answered by a task of its own, after the other two).
+    (tmp_path / "d").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "d" / name).write_text(name)
+    writes: list[int] = []
+    write_parts = transport._write_parts
+
+    def counted(sock, parts):
+        writes.append(len(parts))
+        write_parts(sock, parts)
+
+    async with serving(LocalTree(str(tmp_path))) as address:
+        host, port = address.split("!")[1:]
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            sock = RawSocket(stream)
+            await sock.send(version_frame(), codec.encode(Tattach(1, 0, NOFID, "u", "")))
+            assert [type(await sock.recv()) for _ in range(2)] == [Rversion, Rattach]
+            monkeypatch.setattr(transport, "_write_parts", counted)
+            await sock.send(
+                codec.encode(Twalk(2, 0, 1, ["d"]))
+                + codec.encode(Topen(3, 1, OREAD))
+                + codec.encode(Tread(4, 1, 0, 4096))
+            )
+            replies = [await sock.recv() for _ in range(3)]
+    assert [type(r) for r in replies] == [Rwalk, Ropen, Rread]
+    assert sorted(st.name for st in codec.decode_stats(replies[2].data)) == ["a", "b", "c"]
+    assert writes == [3]
