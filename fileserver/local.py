@@ -59,7 +59,7 @@ from ninep.posix import STATFS_NAME, dm_special, statfs_text, unix_special
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
 from .beneath import NOWHERE, Place, Root, proc_path
-from .dmbits import EXTRA_BITS, XATTR, set_extra_bits, xattr_bits
+from .dmbits import EXTRA_BITS, XATTR, KnownBits, set_extra_bits
 from .hostnames import host_name, wire_name
 from .owners import group_id, group_name, host_user_may, is_root, may_set_special, owns, user_id, user_name
 from .streams import is_stream
@@ -102,6 +102,7 @@ class LocalTree(Tree):
         # mode bits are checked for that user, as the kernel would if that user did it.
         self.check_users = check_users
         self._exclusive: set[tuple[int, int]] = set()  # (dev, ino) of DMEXCL files open now
+        self._bits = KnownBits()
 
     # --- host files as 9P sees them ------------------------------------------------------
 
@@ -112,7 +113,7 @@ class LocalTree(Tree):
     def _extra_bits(self, fd: int, s: os.stat_result) -> int:
         if st_mod.S_ISDIR(s.st_mode):
             return 0  # DMAPPEND and DMEXCL are for files (wstat refuses them on directories)
-        return xattr_bits(proc_path(fd))
+        return self._bits.of(proc_path(fd), s)
 
     def _qid(self, s: os.stat_result, extra: int, entry: tuple[int, int] | None = None) -> Qid:
         """The qid of the file `s` is the stat of; qid.path from the inode of its name,
@@ -363,7 +364,7 @@ class LocalTree(Tree):
                             continue
                         s = dent.stat(follow_symlinks=False)
                         in_dir = f"{proc_path(fd)}/{name}"  # the name in the directory held
-                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else xattr_bits(in_dir, follow_symlinks=False)
+                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else self._bits.of(in_dir, s, follow_symlinks=False)
                         out.append(self._stat(s, extra, wire))
                     except OSError:
                         continue  # dangling or escaping symlink, or removed meanwhile

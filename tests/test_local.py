@@ -11,6 +11,7 @@ import trio
 import ninep
 from fileserver.local import LocalTree
 from ninep import DMAPPEND, ORDWR, OREAD
+from ninep.constants import QTAPPEND
 
 from .servers import raw_connection, serving
 
@@ -115,6 +116,32 @@ async def test_dmappend_files_append_whatever_the_offset(export):
         await c.write(0, 0, b"second")
         assert (export / "log").read_bytes() == b"first second"
         assert (await c.stat(0)).mode & DMAPPEND
+
+
+async def test_dmappend_set_on_the_host_shows_at_once_and_unchanged_files_read_no_xattr(export, monkeypatch):
+    # The bits are remembered by inode and ctime (fileserver/dmbits.py KnownBits): a file
+    # whose ctime has not moved is not asked again; one the host marks append-only is.
+    path = export / "hello.txt"
+    await trio.sleep(0.15)  # its ctime settled: older than the clock's granularity
+    lists: list[str] = []
+    listxattr = os.listxattr
+
+    def counted(p, *a, **kw):
+        lists.append(str(p))
+        return listxattr(p, *a, **kw)
+
+    monkeypatch.setattr(os, "listxattr", counted)
+    async with serving(LocalTree(str(export))) as address, ninep.connect(address) as fs:
+        assert not (await fs.stat("hello.txt")).mode & DMAPPEND
+        asked = len(lists)
+        for _ in range(3):
+            assert not (await fs.stat("hello.txt")).mode & DMAPPEND
+        assert len(lists) == asked  # walked, stat'ed and clunked three times: nothing read
+        os.setxattr(path, "user.ninefs.dm", str(DMAPPEND).encode())  # by hand, on the host
+        st = await fs.stat("hello.txt")
+        assert st.mode & DMAPPEND and st.qid.type & QTAPPEND
+        os.removexattr(path, "user.ninefs.dm")
+        assert not (await fs.stat("hello.txt")).mode & DMAPPEND
 
 
 async def test_read_only_export_refuses_every_change(export):
