@@ -364,7 +364,11 @@ class LocalTree(Tree):
                             continue
                         s = dent.stat(follow_symlinks=False)
                         in_dir = f"{proc_path(fd)}/{name}"  # the name in the directory held
-                        extra = 0 if st_mod.S_ISDIR(s.st_mode) else self._bits.of(in_dir, s, follow_symlinks=False)
+                        extra = (
+                            0
+                            if st_mod.S_ISDIR(s.st_mode)
+                            else self._bits.of(in_dir, s, follow_symlinks=False)
+                        )
                         out.append(self._stat(s, extra, wire))
                     except OSError:
                         continue  # dangling or escaping symlink, or removed meanwhile
