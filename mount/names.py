@@ -44,7 +44,9 @@ class Names(Listings):
         Kept fresh, so the kernel's permission check on the next path through `d`
         (we mount with default_permissions) is answered without a Tstat.
         """
-        d.stat = dataclasses.replace(d.stat, mtime=int(time.time()))
+        now = int(time.time())
+        if d.stat.mtime != now:  # (rm -rf, tar x: many changes a second, one new stat)
+            d.stat = dataclasses.replace(d.stat, mtime=now)
         # Its qid.vers moved to one we have not seen: our listing of it is not known whole
         # at any qid.vers until it is read again (listings.py).
         d.known_vers, d.changed_at = 0, time.monotonic()
