@@ -459,9 +459,9 @@ class TreeFS(Names, FileIO):
 
     # --- files -------------------------------------------------------------------------------------
 
-    def _fileinfo(self, fh: int, h: Handle, qid: Qid) -> FileInfo:
+    def _fileinfo(self, fh: int, h: Handle, qid: Qid, *, stored: bool = False) -> FileInfo:
         inode = h.inode
-        keep = not (h.stream or h.direct) and inode.last_open_vers == qid.vers
+        keep = stored or (not (h.stream or h.direct) and inode.last_open_vers == qid.vers)
         inode.last_open_vers = None if h.direct else qid.vers
         # An open that cannot write has nothing for close(2) to wait for or report: no FLUSH.
         return FileInfo(fh=fh, direct_io=h.stream or h.direct, keep_cache=keep, noflush=not h.writable)
@@ -526,13 +526,27 @@ class TreeFS(Names, FileIO):
             # which refuses mmap (SQLite's -shm, opened while another process writes it).
             i.last_open_vers = None
             self._forget_kernel_attributes(i.ino)
+        # The whole file came with the open, at the size the kernel was told, and no one has
+        # it open (fusesession.notify_store): its pages are filled now, so the read(2) that
+        # follows needs no READ (sshfs's kernel_cache keeps its own writes' pages for that).
+        store = (
+            first is not None
+            and unchanged
+            and mode == OREAD
+            and not stream
+            and not i.open_handles
+            and 0 < len(first) == stat.length == i.length()
+            and self.kernel is not None
+        )
         fh = self._new_handle(h)
         if first is not None and len(first) >= stat.length:
             w = h.windows[0] = Window(data=first, writes=i.writes)  # the whole file, read with the open
             w.done.set()
+            if store:
+                self.kernel.notify_store(i.ino, first)
         elif not stream and mode == OREAD and stat.length > 0 and self.nursery is not None:
             self._start_window(h, 0)  # most opens for reading read from the start: ask now
-        return self._fileinfo(fh, h, qid)
+        return self._fileinfo(fh, h, qid, stored=store)
 
     @fuse_op
     async def create(

@@ -186,6 +186,7 @@ DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT
 NOTIFY_INVAL_INODE = struct.Struct("<Qqq")  # ino off len
 NOTIFY_INVAL_ENTRY = struct.Struct("<QII")  # parent namelen flags; + name NUL
 NOTIFY_DELETE = struct.Struct("<QQII")  # parent child namelen padding; + name NUL
+NOTIFY_STORE = struct.Struct("<QQII")  # ino offset size padding; + the bytes
 
 # The write-in header the kernel sent before 7.9 was shorter; we refuse those kernels (MIN_MINOR).
 COMPAT_WRITE_IN_SIZE = 24

@@ -434,3 +434,9 @@ def notify_inval_entry(parent: int, name: bytes) -> bytes:
 def notify_delete(parent: int, child: int, name: bytes) -> bytes:
     """`name` (inode `child`) in `parent` is gone: as inval_entry, and the dentry deleted."""
     return _notify(abi.Notify.DELETE, abi.NOTIFY_DELETE.pack(parent, child, len(name), 0) + name + b"\0")
+
+
+def notify_store_header(ino: int, offset: int, size: int) -> bytes:
+    """The kernel's page cache of `ino` gets `size` bytes at `offset`: the bytes follow."""
+    body = abi.NOTIFY_STORE.pack(ino, offset, size, 0)
+    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body) + size, abi.Notify.STORE, 0) + body

@@ -397,9 +397,20 @@ class FuseSession:
         directory's lock, which a request of ours in that directory may hold."""
         self._notify_later(codec.notify_inval_entry(parent, name))
 
+    def notify_store(self, ino: int, data: bytes) -> None:
+        """The kernel's page cache of `ino` holds `data` from its start, so a read(2) that
+        follows the open asks us nothing.
+
+        Only for an inode nobody has open: storing locks the pages, and a READ in flight
+        holds those locks until we answer it, which we could not while we wait here."""
+        self._notify_parts([codec.notify_store_header(ino, 0, len(data)), data])
+
     def _notify(self, msg: bytes) -> None:
+        self._notify_parts([msg])
+
+    def _notify_parts(self, parts: list[bytes]) -> None:
         try:
-            os.write(self.fd, msg)
+            os.writev(self.fd, parts)
         except OSError as e:  # ENOENT: the kernel does not know the inode (any more)
             if e.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
                 log.debug("FUSE notify: %s", e)

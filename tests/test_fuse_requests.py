@@ -74,6 +74,39 @@ async def test_reading_a_file_sends_no_flush(tree):
         assert counts["FLUSH"] >= 1  # a writer's close still waits for its writes (sh: one per dup)
 
 
+async def test_a_small_file_is_read_with_its_open_not_a_read_request(tree):
+    export, mp = tree
+    data = os.urandom(4096).hex()[:4096]
+    async with counted_mount(export, mp) as counts:
+        await sh(f"printf %s {data} > {mp}/w; stat {mp}/w > /dev/null")  # written through us
+        (export / "o").write_text("other\n")  # and one written elsewhere
+        await sh(f"stat {mp}/o > /dev/null")
+        counts.clear()
+        assert await sh(f"cat {mp}/w") == data
+        assert await sh(f"cat {mp}/o") == "other\n"
+        # the open's Tread filled the kernel's pages (notify_store): no READ
+        assert counts["OPEN"] == 2 and counts["READ"] == 0, counts
+        (export / "o").write_text("OTHER\n")  # same length, new bytes: the next open reads them
+        assert await sh(f"cat {mp}/o") == "OTHER\n"
+        assert await sh(f"cat {mp}/o") == "OTHER\n"
+
+
+async def test_small_files_read_by_many_processes_at_once_never_wait_on_each_other(tree):
+    """A file's pages are filled at open only while no one else has it open: a READ in
+    flight holds their locks, and the mount would wait in the kernel for itself."""
+    export, mp = tree
+    (export / "d" / "big").write_bytes(os.urandom(3 << 20))
+    want = {p.name: p.read_bytes() for p in (export / "d").iterdir()}
+    loop = "for i in 1 2 3 4 5 6 7 8 9 10; do cat {mp}/d/n00[0-9] {mp}/d/big > /dev/null; done"
+    async with counted_mount(export, mp):
+        with trio.fail_after(120):  # a deadlock hangs; this only ends the test if it does
+            async with trio.open_nursery() as n:
+                for _ in range(6):
+                    n.start_soon(sh, loop.format(mp=mp))
+        got = await trio.to_thread.run_sync(lambda: {p.name: p.read_bytes() for p in (mp / "d").iterdir()})
+        assert got == want
+
+
 async def test_a_second_listing_is_served_by_the_kernels_directory_cache(tree):
     export, mp = tree
     async with counted_mount(export, mp) as counts:
@@ -249,7 +282,8 @@ async def test_a_connection_the_kernel_aborts_ends_the_session_and_its_dead_moun
                 await ready.wait()
             # a stat of our own mount from the loop that serves it would never be answered
             minor = os.minor((await trio.to_thread.run_sync(os.stat, mp)).st_dev)
-            script = f"mount -t fusectl none /sys/fs/fuse/connections && echo 1 > /sys/fs/fuse/connections/{minor}/abort"
+            fusectl = "/sys/fs/fuse/connections"  # mounted already on some hosts
+            script = f"{{ mountpoint -q {fusectl} || mount -t fusectl none {fusectl}; }} && echo 1 > /sys/fs/fuse/connections/{minor}/abort"
             await trio.run_process(["unshare", "-m", "sh", "-c", script])
             with trio.fail_after(20):
                 await ended.wait()

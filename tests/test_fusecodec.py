@@ -243,6 +243,10 @@ def test_notifications_have_unique_zero_and_the_code_in_the_error_field():
     assert (ino, off, ln) == (9, -1, 0)
     parent, child, namelen, _ = abi.NOTIFY_DELETE.unpack_from(codec.notify_delete(1, 2, b"ab"), 16)
     assert (parent, child, namelen) == (1, 2, 2)
+    head = codec.notify_store_header(7, 0, 4096)  # the bytes follow in the same write
+    length, code, unique = abi.OUT_HEADER.unpack_from(head)
+    assert (length, code, unique) == (len(head) + 4096, abi.Notify.STORE, 0)
+    assert abi.NOTIFY_STORE.unpack_from(head, abi.OUT_HEADER.size) == (7, 0, 4096, 0)
 
 
 def test_init_reply_asks_for_the_pages_of_its_max_write():
