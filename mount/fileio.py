@@ -3,7 +3,9 @@
 Sequential reads are fetched a window (READAHEAD) at a time, AHEAD windows ahead,
 and the kernel's concurrent reads wait on the same fetch; a read-only open knows
 the file's length, so no Tread asks only for "end of file". Sequential writes are
-sent behind the writer (write-behind, WRITE_BEHIND in flight per open file).
+sent behind the writer (write-behind, WRITE_BEHIND in flight per open file); a small
+write waits up to HOLD for the one that continues it, and they go as one Twrite (a
+SQLite transaction's 12 writes are 3), but never past anything that waits for it.
 
 Nothing written is lost silently (DESIGN.md). A write-behind that fails (the server
 refused it, the connection broke under it and the file was walked again on a new
@@ -39,15 +41,28 @@ from .fuseabi import FuseError
 from .fuseop import errno_of, fuse_op
 from .inodes import Inode
 
-__all__ = ["AHEAD", "READAHEAD", "WRITE_BEHIND", "FileIO", "Handle", "OpenFile", "Window"]
+__all__ = ["AHEAD", "MERGE", "READAHEAD", "WRITE_BEHIND", "Behind", "FileIO", "Handle", "OpenFile", "Window"]
 
 log = logging.getLogger("ninefs.fuse")
 
 WRITE_BEHIND = 16  # writes in flight per open file before a writer waits
+MERGE = 64 << 10  # a small write that continues one not yet sent joins it, up to this
+HOLD = 0.002  # how long a small write-behind waits for the write that continues it
 READAHEAD = 1 << 20
 AHEAD = 3  # windows a sequential reader has on their way beyond the one it reads
 # What a lost write is reported as: its own errno when it says why (no space), else EIO.
 _KEPT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@dataclass(eq=False, slots=True)
+class Behind:
+    """A write the writer was told is done, on its way to the server."""
+
+    handle: Handle
+    off: int
+    data: bytearray
+    done: trio.Event = field(default_factory=trio.Event)  # on the server, or counted lost
+    go: trio.Event = field(default_factory=trio.Event)  # send it now: no more joins it
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +74,12 @@ class OpenFile:
     lost: int = 0  # write-behinds lost so far (the kernel's errseq): a new one is reported
     lost_errno: int = errno.EIO
     appending: trio.Lock = field(default_factory=trio.Lock)  # one O_APPEND write at a time
+    queued: Behind | None = None  # the small write-behind not sent yet, which the next may join
+
+    def send_queued(self) -> None:
+        """Someone waits for the write-behind: the one held for joining goes now."""
+        if self.queued is not None:
+            self.queued.go.set()
 
 
 @dataclass(eq=False, slots=True)
@@ -135,6 +156,7 @@ class FileIO:
         """Wait for the write-behind of this file in flight now, so what follows sees it."""
         f = self.files.get(inode.ino)
         if f is not None and f.behind:
+            f.send_queued()
             for done in list(f.behind):
                 if not done.is_set():  # (a wait on a set Event is still a checkpoint)
                     await done.wait()
@@ -249,14 +271,27 @@ class FileIO:
         f, end = h.file, off + len(buf)
         for done, (o, e) in list(f.behind.items()):
             if o < end and off < e:
+                f.send_queued()
                 await done.wait()  # an overlapping rewrite must land after the earlier write
+        q = f.queued
+        if q is not None and q.handle is h and q.off + len(q.data) == off and len(q.data) + len(buf) <= MERGE:
+            # It continues the write not yet sent (SQLite's journal, a log's lines): one
+            # Twrite for both, nothing between the check and the join to let it go.
+            q.data += buf
+            f.behind[q.done] = (q.off, end)
+            return len(buf)
+        f.send_queued()
         try:  # without the checkpoint acquire() makes: a write that need not wait is not handed off
             h.limiter.acquire_nowait()
         except trio.WouldBlock:
             await h.limiter.acquire()
-        done = trio.Event()
-        f.behind[done] = (off, end)
-        self.nursery.start_soon(self._write_behind, h, off, bytes(buf), done)
+        q = Behind(h, off, bytearray(buf))
+        f.behind[q.done] = (off, end)
+        if len(buf) < MERGE:
+            f.queued = q
+        else:
+            q.go.set()
+        self.nursery.start_soon(self._write_behind, q)
         return len(buf)
 
     async def _append(self, h: Handle, data: bytes) -> int:
@@ -274,9 +309,16 @@ class FileIO:
             off = 0 if dmappend else (await self.tree.stat(h.node)).length
             return await self.tree.write(h.node, off, data)
 
-    async def _write_behind(self, h: Handle, off: int, data: bytes, done: trio.Event) -> None:
-        f = h.file
+    async def _write_behind(self, q: Behind) -> None:
+        h, f, off, done = q.handle, q.handle.file, q.off, q.done
+        data = b""
         try:
+            if not q.go.is_set():
+                with trio.move_on_after(HOLD):
+                    await q.go.wait()
+            if f.queued is q:
+                f.queued = None
+            data = bytes(q.data)
             with trio.fail_after(self.options.timeout):
                 n = await self.tree.write(h.node, off, data)
             if n != len(data):
@@ -287,6 +329,8 @@ class FileIO:
             log.exception("write-behind failed")
             self._lost(h, off, len(data), e)
         finally:
+            if f.queued is q:  # cancelled while held
+                f.queued = None
             del f.behind[done]
             done.set()
             h.limiter.release()

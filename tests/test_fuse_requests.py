@@ -9,6 +9,7 @@ loop serving the mount is free to answer them."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -105,6 +106,52 @@ async def test_small_files_read_by_many_processes_at_once_never_wait_on_each_oth
                     n.start_soon(sh, loop.format(mp=mp))
         got = await trio.to_thread.run_sync(lambda: {p.name: p.read_bytes() for p in (mp / "d").iterdir()})
         assert got == want
+
+
+JOURNAL = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+for r in range(int(sys.argv[2])):
+    os.pwrite(fd, b"H" * 512, 0)  # a journal's header, then its pages one after another
+    for i in range(6):
+        os.pwrite(fd, bytes([65 + i + r % 7]) * 4096, 512 + 4096 * i)
+    os.pwrite(fd, b"h%d" % r * 9, 0)  # the header rewritten over the unsent ones: after them
+    os.pwrite(fd, b"Z" * 100, (1 << 20) + r)  # far from the rest
+    os.fdatasync(fd)
+os.close(fd)
+"""
+
+
+def journal_bytes(rounds: int) -> bytes:
+    out = bytearray()
+
+    def put(data: bytes, at: int) -> None:
+        out.extend(b"\0" * max(0, at + len(data) - len(out)))
+        out[at : at + len(data)] = data
+
+    for r in range(rounds):
+        put(b"H" * 512, 0)
+        for i in range(6):
+            put(bytes([65 + i + r % 7]) * 4096, 512 + 4096 * i)
+        put(b"h%d" % r * 9, 0)
+        put(b"Z" * 100, (1 << 20) + r)
+    return bytes(out)
+
+
+async def test_small_writes_that_continue_each_other_go_to_the_server_as_one(tree):
+    export, mp = tree
+    nine: Counter[str] = Counter()
+    async with mounted_here(export, mp) as t:
+        t.conn.counts = nine
+        await trio.run_process([sys.executable, "-c", JOURNAL, str(mp / "j"), "1"])
+        # 9 writes: the header and the pages after it go as one Twrite (unless 2 ms pass
+        # between every two of them); the rewrite and the far one each on their own
+        assert nine["Twrite"] < 9, nine
+        assert (export / "j").read_bytes() == journal_bytes(1)
+        await trio.run_process([sys.executable, "-c", JOURNAL, str(mp / "k"), "40"])
+        assert (export / "k").read_bytes() == journal_bytes(40)
+        got = await trio.to_thread.run_sync((mp / "k").read_bytes)
+        assert got == journal_bytes(40)
 
 
 async def test_a_second_listing_is_served_by_the_kernels_directory_cache(tree):
