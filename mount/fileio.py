@@ -4,8 +4,9 @@ Sequential reads are fetched a window (READAHEAD) at a time, AHEAD windows ahead
 and the kernel's concurrent reads wait on the same fetch; a read-only open knows
 the file's length, so no Tread asks only for "end of file". Sequential writes are
 sent behind the writer (write-behind, WRITE_BEHIND in flight per open file); a small
-write waits up to HOLD for the one that continues it, and they go as one Twrite (a
-SQLite transaction's 12 writes are 3), but never past anything that waits for it.
+write past the start waits up to HOLD for the one that continues it, and they go as one
+Twrite (a SQLite transaction's 12 writes are 3-4), but never past anything that waits for
+it.
 
 Nothing written is lost silently (DESIGN.md). A write-behind that fails (the server
 refused it, the connection broke under it and the file was walked again on a new
@@ -289,7 +290,9 @@ class FileIO:
         f.behind[q.done] = (off, end)
         if len(buf) < MERGE:
             f.queued = q
-        else:
+        if off == 0 or len(buf) >= MERGE:
+            # A file's first write is often its only one (cp, tar x, git checkout): it goes
+            # now, not when close(2) asks for it
             q.go.set()
         self.nursery.start_soon(self._write_behind, q)
         return len(buf)
