@@ -25,7 +25,7 @@ import stat as st_mod
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -487,15 +487,12 @@ class TreeFS(Names, FileIO):
             # A small file opened to be read: walk (or clone), open and read it in one round
             # trip; a node the inode holds stays for the next open.
             node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
-        elif i.node is not None and not i.stat.mode & DMDIR and not i.pins and not i.lock.locked():
-            node, i.node = i.node, None  # a file's walked node is only for opening: save a clone
-            try:
-                qid, iounit = await self.tree.open(node, mode)
-            except BaseException:
-                self._clunk_later(node)
-                raise
         else:
-            node, qid, iounit = await self._walk_open(i, mode)
+            node, qid, iounit = await self._walk_open(i, mode, by_name=True)
+        # (not a stream: a clone file's open gives the qid of what it made, by design)
+        if qid.path != i.stat.qid.path and not i.unlinked and not is_stream(i.stat):
+            self._clunk_later(node)
+            self._replaced(i)
         try:
             unchanged = i.stat.qid.path == qid.path and i.stat.qid.vers == qid.vers
             if stat is None and unchanged and i.stat_time > 0 and not mode & OTRUNC:
@@ -621,6 +618,17 @@ class TreeFS(Names, FileIO):
             done.set()
             if inode.restat is done:
                 inode.restat = None
+
+    def _replaced(self, i: Inode) -> NoReturn:
+        """The name of `i` holds another file now (replaced by a rename elsewhere): the
+        mount forgets the name and says ESTALE, and the kernel, as for NFS, looks the name
+        up again (LOOKUP_REVAL) and opens what it finds, once."""
+        parent = self.inodes.get(i.parent)
+        if parent is not None:
+            self.inodes.unlink(parent, i.name)
+            parent.listed = 0.0  # its listing is older than this
+        self._forget_kernel_attributes(i.ino)
+        raise FuseError(errno.ESTALE)
 
     def _forget_kernel_attributes(self, ino: int) -> None:
         """Tell the kernel to ask getattr again for `ino` (its pages stay: safe in any request)."""

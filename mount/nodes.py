@@ -144,6 +144,17 @@ class Nodes:
             self._walk_ahead(start.parent)
         return inode, names
 
+    def _walk_by_name(self, inode: Inode) -> tuple[Inode, list[str]]:
+        """Where the open of file `inode` walks from: its name in its directory, not its own
+        node, so that the open finds the file the name holds now (one replaced on the host
+        by a rename: an editor's save, `mv new f`); one Twalk either way. An unlinked file
+        has no name to walk: its own node."""
+        parent = self.inodes.get(inode.parent) if inode.ino != ROOT_INODE and not inode.unlinked else None
+        if parent is None or parent.children.get(inode.name) != inode.ino:
+            return self._walk_from(inode)
+        base, names = self._walk_in(parent)
+        return base, [*names, inode.name]
+
     def _walk_in(self, d: Inode) -> tuple[Inode, list[str]]:
         """Where a walk to a name in directory `d` starts, and the names from there to `d`
         (none when `d` holds a node). When it holds none, one is walked for it behind, for
@@ -181,17 +192,17 @@ class Nodes:
             raise FuseError(errno.ENOENT)
         return node
 
-    async def _walk_open(self, inode: Inode, mode: int) -> tuple[Any, Qid, int]:
+    async def _walk_open(self, inode: Inode, mode: int, *, by_name: bool = False) -> tuple[Any, Qid, int]:
         """A fresh node for `inode`, opened: walk and open go to the server together."""
-        base, names = self._walk_from(inode)
+        base, names = self._walk_by_name(inode) if by_name else self._walk_from(inode)
         with self._pinned(base):
             return await self.tree.walk_open(await self._node(base), names, mode)
 
     async def _walk_open_read(
         self, inode: Inode, mode: int, count: int
     ) -> tuple[Any, Qid, int, bytes | None]:
-        """`_walk_open`, and up to `count` bytes from the start read in the same round trip."""
-        base, names = self._walk_from(inode)
+        """`_walk_open` by name, and up to `count` bytes from the start read in the same round trip."""
+        base, names = self._walk_by_name(inode)
         with self._pinned(base):
             return await self.tree.walk_open_read(await self._node(base), names, mode, count)
 
@@ -204,8 +215,8 @@ class Nodes:
     async def _walk_open_stat(
         self, inode: Inode, mode: int, count: int = 0
     ) -> tuple[Any, Qid, int, bytes | None, Stat]:
-        """`_walk_open` (or `_walk_open_read`), and the file's stat in the same round trip."""
-        base, names = self._walk_from(inode)
+        """`_walk_open_read` (count 0: no read), and the file's stat in the same round trip."""
+        base, names = self._walk_by_name(inode)
         with self._pinned(base):
             return await self.tree.walk_open_stat(await self._node(base), names, mode, count)
 

@@ -279,6 +279,31 @@ async def test_another_clients_change_shows_in_stat_within_the_attribute_cache(t
             await trio.sleep(0.2)
 
 
+async def test_a_file_replaced_on_the_host_by_a_rename_is_what_the_next_open_reads(tree):
+    """An editor's save on the server (write a new file, rename it over the old): the
+    next open reads the new file at once, within the attribute cache, as sshfs and NFS
+    do; the kernel is told ESTALE, looks the name up again, and opens what it finds."""
+    export, mp = tree
+    async with counted_mount(export, mp, attr_cache=30.0):
+        assert await sh(f"cat {mp}/f") == "hello\n"
+        async with trio.open_nursery() as n:  # held open across the replacement
+            done = trio.Event()
+
+            async def holder() -> None:
+                fd = await trio.to_thread.run_sync(os.open, str(mp / "f"), os.O_RDONLY)
+                await done.wait()
+                assert await trio.to_thread.run_sync(os.pread, fd, 100, 0) == b"hello\n"
+                os.close(fd)
+
+            n.start_soon(holder)
+            await trio.sleep(0.2)
+            (export / ".f.new").write_text("saved again\n")
+            os.rename(export / ".f.new", export / "f")
+            assert await sh(f"cat {mp}/f") == "saved again\n"
+            assert await sh(f"cat {mp}/f; stat -c %s {mp}/f") == "saved again\n12\n"
+            done.set()
+
+
 async def test_our_own_write_shows_in_stat_at_once(tree):
     export, mp = tree
     async with counted_mount(export, mp) as _:
