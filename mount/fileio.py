@@ -65,13 +65,17 @@ class Behind:
     done: trio.Event = field(default_factory=trio.Event)  # on the server, or counted lost
     go: trio.Event = field(default_factory=trio.Event)  # send it now: no more joins it
 
+    @property
+    def end(self) -> int:
+        return self.off + len(self.data)
+
 
 @dataclass(eq=False, slots=True)
 class OpenFile:
     """What the open handles of one file share: its write-behind and its lost writes."""
 
     handles: int = 0
-    behind: dict[trio.Event, tuple[int, int]] = field(default_factory=dict)  # in flight: (offset, end)
+    behind: set[Behind] = field(default_factory=set)  # in flight, or held for joining
     lost: int = 0  # write-behinds lost so far (the kernel's errseq): a new one is reported
     lost_errno: int = errno.EIO
     appending: trio.Lock = field(default_factory=trio.Lock)  # one O_APPEND write at a time
@@ -158,9 +162,9 @@ class FileIO:
         f = self.files.get(inode.ino)
         if f is not None and f.behind:
             f.send_queued()
-            for done in list(f.behind):
-                if not done.is_set():  # (a wait on a set Event is still a checkpoint)
-                    await done.wait()
+            for b in list(f.behind):
+                if not b.done.is_set():  # (a wait on a set Event is still a checkpoint)
+                    await b.done.wait()
 
     async def _drain(self, h: Handle) -> None:
         await self._drain_inode(h.inode)
@@ -270,16 +274,15 @@ class FileIO:
         if h.stream or self.nursery is None:
             return await self.tree.write(h.node, off, bytes(buf))
         f, end = h.file, off + len(buf)
-        for done, (o, e) in list(f.behind.items()):
-            if o < end and off < e:
+        for b in list(f.behind):
+            if b.off < end and off < b.end:
                 f.send_queued()
-                await done.wait()  # an overlapping rewrite must land after the earlier write
+                await b.done.wait()  # an overlapping rewrite must land after the earlier write
         q = f.queued
-        if q is not None and q.handle is h and q.off + len(q.data) == off and len(q.data) + len(buf) <= MERGE:
+        if q is not None and q.handle is h and q.end == off and len(q.data) + len(buf) <= MERGE:
             # It continues the write not yet sent (SQLite's journal, a log's lines): one
             # Twrite for both, nothing between the check and the join to let it go.
             q.data += buf
-            f.behind[q.done] = (q.off, end)
             return len(buf)
         f.send_queued()
         try:  # without the checkpoint acquire() makes: a write that need not wait is not handed off
@@ -287,7 +290,7 @@ class FileIO:
         except trio.WouldBlock:
             await h.limiter.acquire()
         q = Behind(h, off, bytearray(buf))
-        f.behind[q.done] = (off, end)
+        f.behind.add(q)
         if len(buf) < MERGE:
             f.queued = q
         if off == 0 or len(buf) >= MERGE:
@@ -313,7 +316,7 @@ class FileIO:
             return await self.tree.write(h.node, off, data)
 
     async def _write_behind(self, q: Behind) -> None:
-        h, f, off, done = q.handle, q.handle.file, q.off, q.done
+        h, f, off = q.handle, q.handle.file, q.off
         data = b""
         try:
             if not q.go.is_set():
@@ -334,8 +337,8 @@ class FileIO:
         finally:
             if f.queued is q:  # cancelled while held
                 f.queued = None
-            del f.behind[done]
-            done.set()
+            f.behind.discard(q)
+            q.done.set()
             h.limiter.release()
 
     def _lost(self, h: Handle, off: int, size: int, e: BaseException) -> None:

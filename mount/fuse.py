@@ -484,8 +484,8 @@ class TreeFS(Names, FileIO):
             # needs goes with it, not one round trip after.
             node, qid, iounit, first, stat = await self._walk_open_stat(i, mode, READAHEAD if small else 0)
         elif small:
-            # A small file opened to be read: walk (or clone), open and read it in one round
-            # trip; a node the inode holds stays for the next open.
+            # A small file opened to be read: walk its name, open and read it in one round
+            # trip.
             node, qid, iounit, first = await self._walk_open_read(i, mode, READAHEAD)
         else:
             node, qid, iounit = await self._walk_open(i, mode, by_name=True)

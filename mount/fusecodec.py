@@ -416,8 +416,9 @@ class DirentBuffer:
 # --- notifications ----------------------------------------------------------------------
 
 
-def _notify(code: int, body: bytes) -> bytes:
-    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body), code, 0) + body
+def _notify(code: int, body: bytes, more: int = 0) -> bytes:
+    """A notification's header and `body`; `more` bytes follow it in the same write."""
+    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body) + more, code, 0) + body
 
 
 def notify_inval_inode(ino: int, offset: int = -1, length: int = 0) -> bytes:
@@ -438,5 +439,4 @@ def notify_delete(parent: int, child: int, name: bytes) -> bytes:
 
 def notify_store_header(ino: int, offset: int, size: int) -> bytes:
     """The kernel's page cache of `ino` gets `size` bytes at `offset`: the bytes follow."""
-    body = abi.NOTIFY_STORE.pack(ino, offset, size, 0)
-    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(body) + size, abi.Notify.STORE, 0) + body
+    return _notify(abi.Notify.STORE, abi.NOTIFY_STORE.pack(ino, offset, size, 0), size)

@@ -147,9 +147,9 @@ class Nodes:
     def _walk_by_name(self, inode: Inode) -> tuple[Inode, list[str]]:
         """Where the open of file `inode` walks from: its name in its directory, not its own
         node, so that the open finds the file the name holds now (one replaced on the host
-        by a rename: an editor's save, `mv new f`); one Twalk either way. An unlinked file
-        has no name to walk: its own node."""
-        parent = self.inodes.get(inode.parent) if inode.ino != ROOT_INODE and not inode.unlinked else None
+        by a rename: an editor's save, `mv new f`); one Twalk either way. A file whose
+        name is no longer its own (unlinked) is walked to as before: its own node."""
+        parent = self.inodes.get(inode.parent) if inode.ino != ROOT_INODE else None
         if parent is None or parent.children.get(inode.name) != inode.ino:
             return self._walk_from(inode)
         base, names = self._walk_in(parent)
