@@ -47,7 +47,7 @@ log = logging.getLogger("ninefs.fuse")
 MAX_WRITE = 1 << 20  # bytes per WRITE request (FUSE_MAX_PAGES: 256 pages)
 MAX_WORKERS = 64  # requests handled at once
 YIELD_EVERY = 8  # requests a worker answers in a row before it lets other tasks run
-SPIN = 30e-6  # seconds the reader asks again for the next request before it waits (_read)
+SPIN = 400e-6  # seconds the reader asks again for the next request before it waits (_read)
 MAX_BACKGROUND = 64  # the kernel's readahead and async requests in flight at once (libfuse: 12)
 _NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
 
@@ -143,9 +143,10 @@ class FuseSession:
 
         `spin`: nothing else of ours is running (no request waits on the server). A program
         that stats file after file, or closes the file it just opened, sends its next
-        request a few microseconds after our reply; asking again for up to SPIN seconds
-        catches it without a pass through epoll and the scheduler, which costs more than
-        the answer itself.
+        request soon after our reply (tens of microseconds: most of it is its own wake-up);
+        asking again for up to SPIN seconds catches it without sleeping in epoll, whose
+        wake-up costs more than the answer itself (transport.poll_pass). Each try yields
+        the CPU first, so that the program, if it was woken on ours, runs at once.
         """
         until = 0.0
         while True:
@@ -159,6 +160,7 @@ class FuseSession:
                     until = now + SPIN
                 elif now >= until:
                     return 0
+                os.sched_yield()
             except InterruptedError:
                 continue
             except OSError as e:

@@ -66,6 +66,7 @@ KeySpec = Any  # an Ed25519PrivateKey, a path to one, or None (see ninep.auth.re
 FINISH_SEND = 10.0  # how long a cancelled send may go on, to end the frame it began (send_frame)
 FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
 SOON_DELAY = 0.01  # the longest a request sent `soon` waits for another to go out with
+POLL_REPLY = 0.001  # seconds a reader with requests out asks again before it sleeps (poll_pass)
 SOON_BATCH = 32  # `soon` requests that go out with one write, at most
 
 
@@ -156,6 +157,7 @@ class Connection:
         msize: int = DEFAULT_MSIZE,
         outstanding: int = 128,
         timeout: float | None = None,
+        poll: float = POLL_REPLY,
     ) -> None:
         self.stream = stream
         # A deadline for every call (None: none; a read of a cmd(3) file may wait for hours).
@@ -170,6 +172,8 @@ class Connection:
         self._calls: dict[int, _Call] = {}
         self._send_lock = trio.Lock()
         self._reader = FrameReader(stream, msize)
+        if poll > 0:  # while requests are out, their reply is on its way (poll_pass)
+            self._reader.poll = lambda now: now + poll if self._calls else 0.0
         self._closed: BaseException | None = None
         self._closed_event = trio.Event()
         self._nursery: trio.Nursery | None = None

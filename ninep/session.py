@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,9 @@ class Session(Answers):
         self.reader = FrameReader(
             stream, min(self.msize, self.limits.handshake_frame), frame_timeout=self.limits.frame_timeout
         )
+        self.answered = 0.0  # when our last reply went (time.perf_counter)
+        if self.limits.poll > 0:  # the client's next request often follows soon (poll_pass)
+            self.reader.poll = lambda now: self.answered + self.limits.poll
         self.handlers: dict[type, Callable[[Any], Any]] = {
             Tattach: self.attach,
             Twalk: self.walk,
@@ -299,6 +303,7 @@ class Session(Answers):
         if self.outbox:
             parts, self.outbox, self.outbox_bytes = (*self.outbox, *parts), [], 0
         await send_frame(self.stream, self.send_lock, parts, sent)
+        self.answered = time.perf_counter()
 
     def _trace_in(self, msg: object) -> None:
         if self.trace is not None:
