@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import struct
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import FrameReader, abort, send_frame
+from .transport import FrameReader, abort, poll_until, send_frame
 
 __all__ = ["Connection", "FidPool", "TagPool", "single_error"]
 
@@ -66,7 +67,7 @@ KeySpec = Any  # an Ed25519PrivateKey, a path to one, or None (see ninep.auth.re
 FINISH_SEND = 10.0  # how long a cancelled send may go on, to end the frame it began (send_frame)
 FLUSH_TIMEOUT = 5.0  # how long a cancelled call waits for Rflush before giving up the connection
 SOON_DELAY = 0.01  # the longest a request sent `soon` waits for another to go out with
-POLL_REPLY = 0.001  # seconds a reader with requests out asks again before it sleeps (poll_pass)
+POLL_REPLY = 0.001  # seconds a caller polls for its reply before it sleeps (_wait_for)
 SOON_BATCH = 32  # `soon` requests that go out with one write, at most
 
 
@@ -172,8 +173,7 @@ class Connection:
         self._calls: dict[int, _Call] = {}
         self._send_lock = trio.Lock()
         self._reader = FrameReader(stream, msize)
-        if poll > 0:  # while requests are out, their reply is on its way (poll_pass)
-            self._reader.poll = lambda now: now + poll if self._calls else 0.0
+        self.poll = poll  # how long a caller polls for its reply before it sleeps (_exchange)
         self._closed: BaseException | None = None
         self._closed_event = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -480,7 +480,7 @@ class Connection:
                 if not call.event.is_set():
                     # (Event.wait on one that is set still makes a checkpoint: a pass through
                     # the scheduler for each reply already in, two more for a walk-open-read.)
-                    await call.event.wait()
+                    await self._wait_for(call)
                 pending.popleft()
                 self._release_tag(tag)
                 result = self._result(call, want)
@@ -504,6 +504,14 @@ class Connection:
                         self._release_tag(tag)
             raise
         return out
+
+    async def _wait_for(self, call: _Call) -> None:
+        """Until `call`'s reply is in: polled for up to `poll` seconds (most replies come in
+        well under a millisecond, and a wake-up from epoll costs more than polling for
+        them: poll_until), then asleep (a read of a cmd(3) file may wait for hours)."""
+        if self.poll > 0 and await poll_until(call.event.is_set, time.perf_counter() + self.poll):
+            return
+        await call.event.wait()
 
     def _result(self, call: _Call, want: type[Message]) -> Message | NinePError:
         reply = call.reply

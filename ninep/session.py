@@ -97,7 +97,7 @@ class Session(Answers):
             stream, min(self.msize, self.limits.handshake_frame), frame_timeout=self.limits.frame_timeout
         )
         self.answered = 0.0  # when our last reply went (time.perf_counter)
-        if self.limits.poll > 0:  # the client's next request often follows soon (poll_pass)
+        if self.limits.poll > 0:  # the client's next request often follows soon (poll_until)
             self.reader.poll = lambda now: self.answered + self.limits.poll
         self.handlers: dict[type, Callable[[Any], Any]] = {
             Tattach: self.attach,

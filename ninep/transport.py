@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -179,19 +180,37 @@ class FrameTooLarge(CodecError):
     pass
 
 
-async def poll_pass() -> None:
-    """One pass of polling for a message instead of sleeping until it comes.
+_POLLING: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("ninep_polling", default=False)
+
+
+async def poll_until(ready: Callable[[], bool], until: float) -> bool:
+    """Keep the loop polling, not sleeping in epoll, until `ready()` (True) or until
+    time.perf_counter() reaches `until` (False).
 
     Sleeping in epoll and being woken costs a VM like ours ~40-50 us a side: a TCP round
     trip on loopback between two processes that sleep takes ~118 us, between two that
     poll ~16 us, and a 9P exchange is one such round trip plus the work. So a side that
     expects a message soon (a client with requests out, a server that has just answered)
-    asks again a while first. The checkpoint lets the loop run its other tasks, and its
-    epoll (without a timeout, as there is a task to run) serves every other file; the
-    yield lets a process woken on this CPU (the program our answer woke) run first.
+    polls a while first. Each pass yields the CPU (a process woken on ours, such as the
+    program our answer woke, runs first), then makes a checkpoint: the loop runs its
+    other tasks, and its epoll, with a task to run, has no timeout and serves every other
+    file. So one task polling is enough for the whole loop: while one does, another
+    returns at once (False unless ready) and waits as usual, seen without a sleep.
     """
-    os.sched_yield()
-    await trio.lowlevel.checkpoint()
+    if ready():
+        return True
+    if _POLLING.get():
+        return False
+    _POLLING.set(True)
+    try:
+        while time.perf_counter() < until:
+            os.sched_yield()
+            await trio.lowlevel.checkpoint()
+            if ready():
+                return True
+        return False
+    finally:
+        _POLLING.set(False)
 
 
 class FrameReader:
@@ -214,8 +233,9 @@ class FrameReader:
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._unwaited = 0  # frames since we last waited for the socket
         # Until when (time.perf_counter) to keep asking for the next frame before sleeping
-        # in epoll, given the time now; None or a past time: sleep at once. See poll_pass.
+        # in epoll, given the time now; None or a past time: sleep at once. See poll_until.
         self.poll: Callable[[float], float] | None = None
+        self._peek: select.poll | None = None  # (_readable)
 
     async def _receive(self, n: int, partial: bool = True) -> bytes:
         """Up to `n` bytes; `partial`: inside a frame, where silence has a limit."""
@@ -226,20 +246,25 @@ class FrameReader:
             with trio.move_on_after(self.frame_timeout):
                 return await self.stream.receive_some(n)
             raise self._silent()
-        until = 0.0
+        polled = partial or self.poll is None  # only between frames, when asked to
         while True:
             try:
                 return os.read(_fileno(sock), n)
             except BlockingIOError:
-                if not partial and self.poll is not None:  # between frames: poll a while?
-                    now = time.perf_counter()
-                    until = until or self.poll(now)
-                    if now < until:
-                        await poll_pass()
+                if not polled:
+                    polled = True
+                    if await poll_until(self._readable, self.poll(time.perf_counter())):  # type: ignore[misc]
                         continue
                 await self._wait(sock, partial)
             except OSError as e:
                 raise trio.BrokenResourceError(f"connection lost: {e.strerror or e}") from e
+
+    def _readable(self) -> bool:
+        """A read of the socket would not block (bytes, the end, or an error wait)."""
+        if self._peek is None:
+            self._peek = select.poll()
+            self._peek.register(_fileno(self._sock), select.POLLIN)  # type: ignore[arg-type]
+        return bool(self._peek.poll(0))
 
     async def _receive_into(self, view: memoryview) -> int:
         sock = self._sock

@@ -12,6 +12,8 @@ import trio
 import ninep
 from fileserver.ram import RamTree
 from namespaces import MAFTER, MBEFORE, MCREATE, MREPL, Namespace, NamespaceFileError, apply, parse
+from ninep.errors import NinePError, PermissionDenied
+from ninep.messages import Stat
 from ninep.tree import Tree
 
 from .servers import serving
@@ -44,8 +46,8 @@ async def listdir(ns: Tree, path: str) -> list[str]:
         return [s.name for s in await ns.readdir(node)]
 
 
-async def filled(files: dict[str, bytes]) -> RamTree:
-    tree = RamTree()
+async def filled(files: dict[str, bytes], tree: RamTree | None = None) -> RamTree:
+    tree = tree or RamTree()
     async with serving(tree) as address, ninep.connect(address) as fs:
         for path, data in files.items():
             if "/" in path.strip("/"):
@@ -270,3 +272,50 @@ async def test_a_namespace_inside_a_namespace_keeps_qids_distinct(two_servers):
                 await outer.clunk(node)
             await outer.clunk(root)
             assert len(set(qids)) == 3
+
+
+class _Syncing(RamTree):
+    """A RAM tree that counts the null wstats (stat(5)'s sync) it gets, or fails them."""
+
+    def __init__(self, fails: NinePError | None = None) -> None:
+        super().__init__()
+        self.synced = 0
+        self.fails = fails
+
+    async def wstat(self, node: Any, st: Stat) -> None:
+        if st == Stat.dont_touch():
+            if self.fails is not None:
+                raise self.fails
+            self.synced += 1
+        await super().wstat(node, st)
+
+
+async def _synced(alpha: _Syncing, beta: _Syncing) -> None:
+    """fsync(2) of the union /n/alpha/bin (alpha's bin, beta's after it), as the mount
+    sends it: a null wstat of the directory's node."""
+    for tree in (alpha, beta):
+        await filled({"bin/x": b"x"}, tree)
+    async with serving(alpha) as a, serving(beta) as b, Namespace() as ns:
+        await ns.mount(a, "/n/alpha")
+        await ns.mount(b, "/n/beta")
+        await ns.bind("/n/beta/bin", "/n/alpha/bin", MAFTER | MCREATE)
+        async with opened(ns, "/n/alpha/bin") as node:
+            await ns.wstat(node, Stat.dont_touch())
+
+
+async def test_syncing_a_union_directory_syncs_every_member():
+    """A create in a union lands in its MCREATE member, often not the first: an fsync of
+    the directory (SQLite after its journal, git) must reach that member too."""
+    alpha, beta = _Syncing(), _Syncing()
+    await _synced(alpha, beta)
+    assert (alpha.synced, beta.synced) == (1, 1)
+
+
+async def test_a_union_member_that_cannot_sync_does_not_hide_the_others():
+    refusing, beta = _Syncing(PermissionDenied("permission denied")), _Syncing()
+    await _synced(refusing, beta)  # a tree that will not sync: as durable as it makes it
+    assert beta.synced == 1
+    alpha, failing = _Syncing(), _Syncing(NinePError("i/o error: disk"))
+    with pytest.raises(NinePError, match="i/o error: disk"):
+        await _synced(alpha, failing)
+    assert alpha.synced == 1
