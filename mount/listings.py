@@ -18,7 +18,6 @@ not a walk per file (_fresh_by_relisting).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import trio
 
 from ninep.constants import OREAD
-from ninep.errors import NinePError
+from ninep.errors import REFUSED_SYNC, NinePError
 from ninep.messages import Stat
 
 from .fileio import Handle
@@ -47,9 +46,6 @@ RELIST_MAX = 10_000  # a directory listed bigger than this is not read again for
 DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 WAIT_FOR_LISTING = 1_000  # entries: a lookup waits for a directory read again only up to this size
 # What a server that does not sync directories answers a null wstat of one with (fsyncdir)
-_NO_DIRECTORY_SYNC = frozenset(
-    {errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EISDIR, errno.ENOENT}
-)
 
 
 class Listings(Nodes):
@@ -278,6 +274,6 @@ class Listings(Nodes):
                 with self._pinned(base):
                     await wstat_at(self.tree, await self._node(base), names, null)
         except NinePError as e:
-            if errno_of(e) not in _NO_DIRECTORY_SYNC:  # (a lost connection is EIO, a deadline ETIMEDOUT)
+            if errno_of(e) not in REFUSED_SYNC:
                 raise
             log.debug("%s: the server does not sync directories: %s", d.name, e)

@@ -38,7 +38,16 @@ import trio
 
 from ninep import bounds
 from ninep.constants import DMDIR, OACCMODE, OEXEC, OREAD, QTDIR
-from ninep.errors import NinePError, NotADirectory, NotFound, PermissionDenied, Unreachable
+from ninep.errors import (
+    REFUSED_SYNC,
+    NinePError,
+    NotADirectory,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    Unreachable,
+    errno_for,
+)
 from ninep.messages import Qid, Stat
 from ninep.remote import RemoteTree
 from ninep.tree import Tree
@@ -518,6 +527,9 @@ class Namespace(Tree):
     async def wstat(self, node: NsNode, stat: Stat) -> None:
         if node.mount_point and stat.name and stat.name != node.path[-1]:
             raise PermissionDenied("permission denied: cannot rename a mount point")
+        if len(node.members) > 1 and stat == _SYNC:
+            await _sync_all(node.members)
+            return
         m = self._member(node)
         await m.tree.wstat(m.node, stat)
         if stat.name:
@@ -646,3 +658,29 @@ async def _release(tree: Tree, node: Any) -> None:
         if tree.clunk_soon(node):
             return
     await _quiet_clunk(tree, node)
+
+
+_SYNC = Stat.dont_touch()  # stat(5)'s null wstat: the file to stable storage
+
+
+async def _sync_all(members: Sequence[Member]) -> None:
+    """A null wstat of a union: every member to stable storage, as a create or rename may
+    have gone to any (the first MCREATE member, often not the first). One that will not
+    sync (refuses) is as durable as it makes itself; an error of one that tried (its disk,
+    its connection) is the answer, once every member has been asked."""
+    refused: NinePError | None = None
+    failed: NinePError | None = None
+    synced = False
+    for m in members:
+        try:
+            await m.tree.wstat(m.node, _SYNC)
+            synced = True
+        except NinePError as e:
+            if isinstance(e, ProtocolError) or errno_for(e.ename) not in REFUSED_SYNC:
+                failed = failed or e
+            else:
+                refused = refused or e
+    if failed is not None:
+        raise failed
+    if refused is not None and not synced:
+        raise refused

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as E
 
 __all__ = [
+    "REFUSED_SYNC",
     "Exists",
     "Interrupted",
     "IsADirectory",
@@ -173,6 +174,11 @@ _CLASS_FOR_ERRNO: dict[int, type[NinePError]] = {
     E.EINTR: Interrupted,
     E.ETIMEDOUT: TimedOut,
 }
+
+
+# What a server that will not sync a file answers stat(5)'s null wstat with: a refusal,
+# not an error of its disk or of the connection (a lost one is EIO, a deadline ETIMEDOUT).
+REFUSED_SYNC = frozenset({E.EPERM, E.EACCES, E.EINVAL, E.ENOTSUP, E.ENOSYS, E.EISDIR, E.ENOENT})
 
 
 def error_for(ename: str, path: str | None = None) -> NinePError:
