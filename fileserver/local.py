@@ -34,8 +34,6 @@ import stat as st_mod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import trio
-
 from ninep.constants import (
     DMAPPEND,
     DMDIR,
@@ -56,6 +54,7 @@ from ninep.constants import (
 from ninep.errors import Exists, IsADirectory, NinePError, NotADirectory, PermissionDenied
 from ninep.messages import Qid, Stat
 from ninep.posix import STATFS_NAME, dm_special, statfs_text, unix_special
+from ninep.transport import in_thread
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
 from .beneath import NOWHERE, Place, Root, proc_path
@@ -346,7 +345,7 @@ class LocalTree(Tree):
         if node.regular:
             return os.pread(fd, count, offset)
         # FIFOs and devices may block: keep them off the event loop.
-        return await trio.to_thread.run_sync(os.read, fd, count, abandon_on_cancel=True)
+        return await in_thread(os.read, fd, count, abandon_on_cancel=True)
 
     async def readdir(self, node: _Node) -> Sequence[Stat]:
         dirp = node.place
@@ -383,7 +382,7 @@ class LocalTree(Tree):
             raise IsADirectory("is a directory")
         if node.regular:
             return os.pwrite(fd, data, offset)
-        return await trio.to_thread.run_sync(os.write, fd, data, abandon_on_cancel=True)
+        return await in_thread(os.write, fd, data, abandon_on_cancel=True)
 
     async def stat(self, node: _Node) -> Stat:
         place = node.place
@@ -408,7 +407,7 @@ class LocalTree(Tree):
         if not (name_set or length_set or mode_set or mtime_set or gid_set or atime_set or uid_set):
             # stat(5): a wstat that changes nothing asks for the file on stable storage.
             if not node.statfs:
-                await trio.to_thread.run_sync(_fsync, place, node.fd)
+                await in_thread(_fsync, place, node.fd)
             return
         self._writable()
         if node.statfs:

@@ -35,6 +35,8 @@ from typing import Any
 
 import trio
 
+from ninep.transport import in_thread
+
 from . import fuseabi as abi
 from . import fusecodec as codec
 from .fuseabi import FileInfo, FuseError, Op
@@ -422,7 +424,7 @@ class FuseSession:
             self._nursery.start_soon(self._notify_in_thread, msg)
 
     async def _notify_in_thread(self, msg: bytes) -> None:
-        await trio.to_thread.run_sync(self._notify, msg, abandon_on_cancel=True)
+        await in_thread(self._notify, msg, abandon_on_cancel=True)
 
 
 # --- opcodes onto the file system's methods ---------------------------------------------------

@@ -37,6 +37,7 @@ import trio
 from fileserver.local import LocalTree
 from namespaces import Namespace, NamespaceFileError, Op, apply
 from namespaces.cli import add_namespace_options, add_start_options, gather_ops, register_export
+from ninep.transport import in_thread
 
 from . import linux
 from .fuse import FuseOptions
@@ -189,18 +190,18 @@ async def _run_in_namespace(
                 for real, source in points:
                     if not os.path.lexists(real):
                         # Syscalls that look through our own FUSE mount must not block the loop serving it.
-                        missing.append((real, await trio.to_thread.run_sync(os.path.isdir, source)))
+                        missing.append((real, await in_thread(os.path.isdir, source)))
                 if missing:
-                    await trio.to_thread.run_sync(_make_mount_points, missing, work, cwd)
+                    await in_thread(_make_mount_points, missing, work, cwd)
                 for real, source in points:
-                    await trio.to_thread.run_sync(linux.bind_mount, source, real)
+                    await in_thread(linux.bind_mount, source, real)
                     bound.append(real)
                 log.debug("%d mount points ready in %.3f s", len(points), trio.current_time() - started)
                 return await _run_command(command, ns_cwd or cwd)
             finally:
                 for real in reversed(bound):
                     try:
-                        await trio.to_thread.run_sync(linux.unmount_detach, real)
+                        await in_thread(linux.unmount_detach, real)
                     except OSError as e:
                         log.warning("%s", e)
                 if not served.is_set():

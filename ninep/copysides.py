@@ -24,6 +24,7 @@ from .constants import DMDIR
 from .errors import NinePError
 from .files import WINDOW, Client, File, split_path
 from .messages import Stat
+from .transport import in_thread
 
 __all__ = ["CopyError", "Entry", "LocalSide", "Reader", "RemoteSide", "Side", "Writer", "blame", "normalize"]
 
@@ -135,7 +136,7 @@ class _LocalReader:
         self.pos = 0
 
     async def read(self) -> bytes:
-        data = await trio.to_thread.run_sync(os.pread, self.fd, LOCAL_CHUNK, self.pos)
+        data = await in_thread(os.pread, self.fd, LOCAL_CHUNK, self.pos)
         self.pos += len(data)
         return data
 
@@ -153,7 +154,7 @@ class _LocalWriter:
             while view:
                 view = view[os.write(self.fd, view) :]
 
-        await trio.to_thread.run_sync(write_all)
+        await in_thread(write_all)
 
     async def commit(self, replace: bool, perm: int | None, times: tuple[int, int] | None) -> None:
         if perm is not None:
@@ -195,7 +196,7 @@ class LocalSide:
     async def lookup(self, path: str) -> Entry | None:
         with blame(path):
             try:
-                s = await trio.to_thread.run_sync(os.stat, path)
+                s = await in_thread(os.stat, path)
             except FileNotFoundError:
                 return None
         return _local_entry(self.basename(path), s)
@@ -210,7 +211,7 @@ class LocalSide:
             return out
 
         with blame(path):
-            return await trio.to_thread.run_sync(scan)
+            return await in_thread(scan)
 
     async def mkdir(self, path: str, perm: int) -> None:
         with blame(path):
@@ -237,7 +238,7 @@ class LocalSide:
     async def remove_tree(self, path: str) -> None:
         with blame(path):
             if os.path.isdir(path):
-                await trio.to_thread.run_sync(shutil.rmtree, path)
+                await in_thread(shutil.rmtree, path)
             else:
                 os.unlink(path)
 
