@@ -53,8 +53,8 @@ from ninep.constants import (
 )
 from ninep.errors import Exists, IsADirectory, NinePError, NotADirectory, PermissionDenied
 from ninep.messages import Qid, Stat
+from ninep.polling import in_thread
 from ninep.posix import STATFS_NAME, dm_special, statfs_text, unix_special
-from ninep.transport import in_thread
 from ninep.tree import Tree, check_name, dir_perm, file_perm
 
 from .beneath import NOWHERE, Place, Root, proc_path

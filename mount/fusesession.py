@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from ninep.transport import in_thread
+from ninep.polling import in_thread
 
 from . import fuseabi as abi
 from . import fusecodec as codec
@@ -147,7 +147,7 @@ class FuseSession:
         that stats file after file, or closes the file it just opened, sends its next
         request soon after our reply (tens of microseconds: most of it is its own wake-up);
         asking again for up to SPIN seconds catches it without sleeping in epoll, whose
-        wake-up costs more than the answer itself (transport.poll_until). Each try yields
+        wake-up costs more than the answer itself (polling.poll_until). Each try yields
         the CPU first, so that the program, if it was woken on ours, runs at once.
         """
         until = 0.0

@@ -37,7 +37,7 @@ import trio
 from fileserver.local import LocalTree
 from namespaces import Namespace, NamespaceFileError, Op, apply
 from namespaces.cli import add_namespace_options, add_start_options, gather_ops, register_export
-from ninep.transport import in_thread
+from ninep.polling import in_thread
 
 from . import linux
 from .fuse import FuseOptions

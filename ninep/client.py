@@ -56,7 +56,8 @@ from .messages import (
     Twrite,
     Twstat,
 )
-from .transport import FrameReader, abort, poll_until, send_frame
+from .polling import poll_until
+from .transport import FrameReader, abort, send_frame
 
 __all__ = ["Connection", "FidPool", "TagPool", "single_error"]
 

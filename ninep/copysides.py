@@ -24,7 +24,7 @@ from .constants import DMDIR
 from .errors import NinePError
 from .files import WINDOW, Client, File, split_path
 from .messages import Stat
-from .transport import in_thread
+from .polling import in_thread
 
 __all__ = ["CopyError", "Entry", "LocalSide", "Reader", "RemoteSide", "Side", "Writer", "blame", "normalize"]
 

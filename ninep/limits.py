@@ -51,7 +51,7 @@ class Limits:
     auth_fids: int = 4  # afids one connection may hold at once
     handshake_frame: int = 8192  # largest frame before the first successful attach
     # Seconds a connection keeps asking for the next request after a reply before it sleeps
-    # (transport.poll_until): a sequential client's next request comes ~100-300 us later.
+    # (polling.poll_until): a sequential client's next request comes ~100-300 us later.
     poll: float = 0.0005
 
 

@@ -16,14 +16,13 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
 from .codec import CodecError
 from .constants import DEFAULT_MSIZE
-
-T = TypeVar("T")
+from .polling import poll_until
 
 __all__ = [
     "Address",
@@ -31,10 +30,8 @@ __all__ = [
     "FrameTooLarge",
     "abort",
     "dial",
-    "in_thread",
     "listeners",
     "parse_address",
-    "poll_until",
 ]
 
 DEFAULT_PORT = 564  # 9P's registered port
@@ -192,55 +189,6 @@ class FrameTooLarge(CodecError):
     pass
 
 
-_POLLING: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("ninep_polling", default=False)
-_THREADS: trio.lowlevel.RunVar[int] = trio.lowlevel.RunVar("ninep_threads", default=0)  # (in_thread)
-
-
-async def poll_until(ready: Callable[[], bool], until: float) -> bool:
-    """Keep the loop polling, not sleeping in epoll, until `ready()` (True) or until
-    time.perf_counter() reaches `until` (False).
-
-    Sleeping in epoll and being woken costs a VM like ours ~40-50 us a side: a TCP round
-    trip on loopback between two processes that sleep takes ~118 us, between two that
-    poll ~16 us, and a 9P exchange is one such round trip plus the work. So a side that
-    expects a message soon (a client with requests out, a server that has just answered)
-    polls a while first. Each pass yields the CPU (a process woken on ours, such as the
-    program our answer woke, runs first), then makes a checkpoint: the loop runs its
-    other tasks, and its epoll, with a task to run, has no timeout and serves every other
-    file. So one task polling is enough for the whole loop: while one does, another
-    returns at once (False unless ready) and waits as usual, seen without a sleep.
-    """
-    if ready():
-        return True
-    if _POLLING.get() or _THREADS.get():
-        return False
-    _POLLING.set(True)
-    try:
-        while time.perf_counter() < until and not _THREADS.get():
-            os.sched_yield()
-            await trio.lowlevel.checkpoint()
-            if ready():
-                return True
-        return False
-    finally:
-        _POLLING.set(False)
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
-    """trio.to_thread.run_sync(fn, *args), and nobody polls while it runs (poll_until).
-
-    A loop that polls holds the GIL but for moments too short for a thread that waits
-    for it to take it, so the thread's call returns only when the interpreter's switch
-    interval (5 ms) forces the GIL over: an fsync in a thread took ~890 µs under a poll,
-    ~310 µs with the loop asleep.
-    """
-    _THREADS.set(_THREADS.get() + 1)
-    try:
-        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
-    finally:
-        _THREADS.set(_THREADS.get() - 1)
-
-
 class FrameReader:
     """Reads whole frames from a stream; `msize` may change after Tversion."""
 
@@ -261,7 +209,7 @@ class FrameReader:
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._unwaited = 0  # frames since we last waited for the socket
         # Until when (time.perf_counter) to keep asking for the next frame before sleeping
-        # in epoll, given the time now; None or a past time: sleep at once. See poll_until.
+        # in epoll, given the time now; None or a past time: sleep at once. See polling.poll_until.
         self.poll: Callable[[float], float] | None = None
         self._peek: select.poll | None = None  # (_readable)
 

@@ -15,7 +15,7 @@ from ninep import Connection, NinePError, dial
 from ninep import codec as ninep_codec
 from ninep.constants import NOTAG
 from ninep.messages import Rstat, Rversion, Tstat
-from ninep.transport import in_thread, poll_until
+from ninep.polling import in_thread, poll_until
 
 from .servers import server_process
 
