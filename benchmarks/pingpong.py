@@ -12,6 +12,8 @@ interrupt to a halted CPU; pinned, it is a context switch. A FUSE stat answered 
 memory is two such wake-ups (the program to the mount, and back), an open-read-close
 of a small file four (and the mount's to the server and back). sshfs pays them too:
 bench_mount run under `taskset -c 0` moves both columns (issue #17's closing notes).
+Then the same round trip with one side, or both, polling for its message instead of
+sleeping: what ninep/polling.py buys.
 """
 
 from __future__ import annotations
@@ -22,15 +24,33 @@ import socket
 import time
 
 
-def _bounce(a: socket.socket, b: socket.socket, rounds: int, cpu: int | None) -> float:
-    """Seconds per round trip, `b` echoed by a child process; both on `cpu` if given."""
+def _recv(s: socket.socket, poll: bool) -> bytes:
+    """A message; `poll`: ask again until it is there instead of sleeping (ninep/polling.py)."""
+    if not poll:
+        return s.recv(64)
+    while True:
+        try:
+            return s.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+
+
+def _bounce(
+    a: socket.socket,
+    b: socket.socket,
+    rounds: int,
+    cpu: int | None,
+    polls: tuple[bool, bool] = (False, False),
+) -> float:
+    """Seconds per round trip, `b` echoed by a child process; both on `cpu` if given;
+    `polls`: whether the client and the echo poll for their message."""
     pid = os.fork()
     if pid == 0:  # the echo
         try:
             a.close()
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
-            while data := b.recv(64):
+            while data := _recv(b, polls[1]):
                 b.sendall(data)
         finally:
             os._exit(0)
@@ -45,7 +65,7 @@ def _bounce(a: socket.socket, b: socket.socket, rounds: int, cpu: int | None) ->
             t = time.perf_counter()
             for _ in range(rounds):
                 a.sendall(msg)
-                a.recv(64)
+                _recv(a, polls[0])
             best = min(best, (time.perf_counter() - t) / rounds)
         return best
     finally:
@@ -76,6 +96,13 @@ def main() -> None:
         free = _bounce(*pair(), args.rounds, None)
         pinned = _bounce(*pair(), args.rounds, cpu)
         print(f"{name:16s} {free * 1e6:10.1f} {pinned * 1e6:10.1f}")
+    print("loopback TCP, any CPU, polling instead of sleeping (µs)")
+    for name, polls in (
+        ("client polls", (True, False)),
+        ("echo polls", (False, True)),
+        ("both poll", (True, True)),
+    ):
+        print(f"{name:16s} {_bounce(*_tcp_pair(), args.rounds, None, polls) * 1e6:10.1f}")
     try:
         with open("/sys/module/haltpoll/parameters/guest_halt_poll_ns") as f:
             print(f"guest_halt_poll_ns: {f.read().strip()}")
