@@ -45,7 +45,6 @@ log = logging.getLogger("ninefs.fuse")
 RELIST_MAX = 10_000  # a directory listed bigger than this is not read again for lookups' sake
 DIR_FIRST_READ = 64 * 1024  # bytes of a directory read with its open (~600 entries): more goes after
 WAIT_FOR_LISTING = 1_000  # entries: a lookup waits for a directory read again only up to this size
-# What a server that does not sync directories answers a null wstat of one with (fsyncdir)
 
 
 class Listings(Nodes):

@@ -174,7 +174,7 @@ class Connection:
         self._calls: dict[int, _Call] = {}
         self._send_lock = trio.Lock()
         self._reader = FrameReader(stream, msize)
-        self.poll = poll  # how long a caller polls for its reply before it sleeps (_exchange)
+        self.poll = poll  # how long a caller polls for its reply before it sleeps (_wait_for)
         self._closed: BaseException | None = None
         self._closed_event = trio.Event()
         self._nursery: trio.Nursery | None = None
