@@ -12,7 +12,7 @@ worker has a cancel scope: an INTERRUPT of its request cancels it (the 9P client
 flushes what it had asked, flush(5)), and the answer is EINTR.
 
 The file system (TreeFS) sees values, never bytes: each opcode maps to one of its
-methods in `_HANDLERS`, with the arguments pyfuse3 gave. Opcodes it lacks are
+methods in `opcodes.HANDLERS`, with the arguments pyfuse3 gave. Opcodes it lacks are
 answered ENOSYS, which the kernel remembers for the ones that allow it (xattrs,
 access); a request that cannot be parsed is answered EINVAL (or dropped, when not
 even its header is whole), never a crash. The session ends when the kernel ends
@@ -30,7 +30,7 @@ import os
 import time
 import types
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -39,8 +39,9 @@ from ninep.polling import in_thread
 
 from . import fuseabi as abi
 from . import fusecodec as codec
-from .fuseabi import FileInfo, FuseError, Op
-from .fuseargs import Init, Request
+from .fuseabi import FuseError, Op
+from .fuseargs import Init
+from .opcodes import HANDLERS
 
 __all__ = ["MAX_WRITE", "FuseSession", "SessionOptions"]
 
@@ -330,7 +331,7 @@ class FuseSession:
             if scope is not None:
                 scope.cancel()
             return
-        handler = _HANDLERS.get(op)
+        handler = HANDLERS.get(op)
         if handler is None:
             if op not in _NO_REPLY:
                 self._send(codec.reply_error(req.unique, errno.ENOSYS))
@@ -425,167 +426,3 @@ class FuseSession:
 
     async def _notify_in_thread(self, msg: bytes) -> None:
         await in_thread(self._notify, msg, abandon_on_cancel=True)
-
-
-# --- opcodes onto the file system's methods ---------------------------------------------------
-
-
-async def _lookup(s: FuseSession, req: Request) -> bytes:
-    return codec.entry_out(await s.fs.lookup(req.nodeid, req.args.name, req))
-
-
-async def _forget(s: FuseSession, req: Request) -> bytes:
-    await s.fs.forget([(req.nodeid, req.args.nlookup)])
-    return b""
-
-
-async def _batch_forget(s: FuseSession, req: Request) -> bytes:
-    await s.fs.forget(req.args.items)
-    return b""
-
-
-async def _getattr(s: FuseSession, req: Request) -> bytes:
-    return codec.attr_out(await s.fs.getattr(req.nodeid, req, fh=req.args.fh))
-
-
-async def _setattr(s: FuseSession, req: Request) -> bytes:
-    c = req.args.changes
-    return codec.attr_out(await s.fs.setattr(req.nodeid, c, c, c.fh if c.has_fh else None, req))
-
-
-async def _mkdir(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return codec.entry_out(await s.fs.mkdir(req.nodeid, a.name, a.mode, req))
-
-
-async def _unlink(s: FuseSession, req: Request) -> bytes:
-    await s.fs.unlink(req.nodeid, req.args.name, req)
-    return b""
-
-
-async def _rmdir(s: FuseSession, req: Request) -> bytes:
-    await s.fs.rmdir(req.nodeid, req.args.name, req)
-    return b""
-
-
-async def _rename(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    await s.fs.rename(req.nodeid, a.old, a.newdir, a.new, a.flags, req)
-    return b""
-
-
-async def _symlink(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return codec.entry_out(await s.fs.symlink(req.nodeid, a.name, a.target, req))
-
-
-async def _link(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return codec.entry_out(await s.fs.link(a.oldnodeid, req.nodeid, a.name, req))
-
-
-async def _mknod(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return codec.entry_out(await s.fs.mknod(req.nodeid, a.name, a.mode, a.rdev, req))
-
-
-async def _readlink(s: FuseSession, req: Request) -> bytes:
-    return bytes(await s.fs.readlink(req.nodeid, req))
-
-
-async def _open(s: FuseSession, req: Request) -> bytes:
-    return codec.open_out(await s.fs.open(req.nodeid, req.args.flags, req))
-
-
-async def _read(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return await s.fs.read(a.fh, a.offset, a.size)
-
-
-async def _write(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    return codec.write_out(await s.fs.write(a.fh, a.offset, a.data))
-
-
-async def _statfs(s: FuseSession, req: Request) -> bytes:
-    return codec.statfs_out(await s.fs.statfs(req))
-
-
-async def _release(s: FuseSession, req: Request) -> bytes:
-    await s.fs.release(req.args.fh)
-    return b""
-
-
-async def _flush(s: FuseSession, req: Request) -> bytes:
-    await s.fs.flush(req.args.fh)
-    return b""
-
-
-async def _fsync(s: FuseSession, req: Request) -> bytes:
-    await s.fs.fsync(req.args.fh, req.args.datasync)
-    return b""
-
-
-async def _opendir(s: FuseSession, req: Request) -> bytes:
-    got = await s.fs.opendir(req.nodeid, req)
-    return codec.open_out(got if isinstance(got, FileInfo) else FileInfo(fh=got))
-
-
-async def _readdir(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    buf = codec.DirentBuffer(a.size, a.plus)
-    await s.fs.readdir(a.fh, a.offset, buf)
-    return buf.bytes()
-
-
-async def _releasedir(s: FuseSession, req: Request) -> bytes:
-    await s.fs.releasedir(req.args.fh)
-    return b""
-
-
-async def _fsyncdir(s: FuseSession, req: Request) -> bytes:
-    await s.fs.fsyncdir(req.args.fh, req.args.datasync)
-    return b""
-
-
-async def _create(s: FuseSession, req: Request) -> bytes:
-    a = req.args
-    fi, attr = await s.fs.create(req.nodeid, a.name, a.mode, a.flags, req)
-    return codec.entry_out(attr) + codec.open_out(fi)
-
-
-async def _destroy(s: FuseSession, req: Request) -> bytes:
-    return b""
-
-
-_HANDLERS: dict[int, Callable[[FuseSession, Request], Awaitable[bytes]]] = {
-    Op.LOOKUP: _lookup,
-    Op.FORGET: _forget,
-    Op.BATCH_FORGET: _batch_forget,
-    Op.GETATTR: _getattr,
-    Op.SETATTR: _setattr,
-    Op.MKNOD: _mknod,
-    Op.MKDIR: _mkdir,
-    Op.UNLINK: _unlink,
-    Op.RMDIR: _rmdir,
-    Op.RENAME: _rename,
-    Op.RENAME2: _rename,
-    Op.SYMLINK: _symlink,
-    Op.LINK: _link,
-    Op.READLINK: _readlink,
-    Op.OPEN: _open,
-    Op.READ: _read,
-    Op.WRITE: _write,
-    Op.STATFS: _statfs,
-    Op.RELEASE: _release,
-    Op.FLUSH: _flush,
-    Op.FSYNC: _fsync,
-    Op.OPENDIR: _opendir,
-    Op.READDIR: _readdir,
-    Op.READDIRPLUS: _readdir,
-    Op.RELEASEDIR: _releasedir,
-    Op.FSYNCDIR: _fsyncdir,
-    Op.CREATE: _create,
-    Op.DESTROY: _destroy,
-    # ACCESS, the xattrs and the rest: ENOSYS, which the kernel remembers and stops asking
-}
