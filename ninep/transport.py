@@ -24,15 +24,7 @@ from .codec import CodecError
 from .constants import DEFAULT_MSIZE
 from .polling import poll_until
 
-__all__ = [
-    "Address",
-    "FrameReader",
-    "FrameTooLarge",
-    "abort",
-    "dial",
-    "listeners",
-    "parse_address",
-]
+__all__ = ["Address", "FrameReader", "FrameTooLarge", "abort", "dial", "listeners", "parse_address"]
 
 DEFAULT_PORT = 564  # 9P's registered port
 _SIZE = struct.Struct("<I")
